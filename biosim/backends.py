@@ -1,0 +1,195 @@
+"""Run a multi-trial simulation on one of Brian2's backends.
+
+====================  ==================================================
+backend               what runs
+====================  ==================================================
+``numpy``             Brian2 runtime, numpy code generation (no compiler)
+``cython``            Brian2 runtime, Cython (compiles each new model once)
+``cpp_standalone``    one C++ program for all trials (one build)
+``cuda_standalone``   brian2cuda: one CUDA program for all trials
+====================  ==================================================
+
+The backend is chosen in one place, :func:`run_trials`; every backend runs
+the same network (:func:`biosim.network.build_network`) and returns the same
+:class:`~biosim.results.SimulationResult`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .inputs import TrialSet
+from .network import build_network
+from .params import NetworkParams
+from .results import SimulationResult, SpikeTrains
+from .weights import NetworkWeights
+
+__all__ = ["BACKENDS", "BackendError", "run_trials", "check_backend"]
+
+RUNTIME_BACKENDS = ("numpy", "cython")
+STANDALONE_BACKENDS = ("cpp_standalone", "cuda_standalone")
+BACKENDS = RUNTIME_BACKENDS + STANDALONE_BACKENDS
+
+
+class BackendError(ValueError):
+    """Unknown or unavailable backend."""
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    return backend
+
+
+@contextmanager
+def _device(backend: str, build_dir: Path) -> Iterator[None]:
+    """Activate ``backend`` for one run and always restore a clean runtime device."""
+    import brian2 as b2
+
+    if backend in RUNTIME_BACKENDS:
+        b2.set_device("runtime")
+        b2.prefs.codegen.target = backend
+    elif backend == "cpp_standalone":
+        b2.set_device("cpp_standalone", directory=str(build_dir), build_on_run=False)
+    else:
+        try:
+            import brian2cuda  # noqa: F401  (registers the cuda_standalone device)
+        except ImportError as error:
+            raise BackendError(
+                "backend 'cuda_standalone' needs brian2cuda; see README, 'GPU install'"
+            ) from error
+        from .cuda_toolchain import configure_cuda_standalone
+
+        b2.set_device("cuda_standalone", directory=str(build_dir), build_on_run=False)
+        configure_cuda_standalone()
+    try:
+        yield
+    finally:
+        # A standalone device holds the whole project in memory; reinit so a
+        # later run in the same process starts from scratch.
+        b2.device.reinit()
+        b2.set_device("runtime")
+        b2.device.reinit()
+        b2.device.activate()
+
+
+def _report_to_stderr(elapsed, completed, start, duration) -> None:  # pragma: no cover - cosmetic
+    print(f"\rsimulated {float(completed) * 100:5.1f} % in {float(elapsed):.0f} s", end="", file=sys.stderr)
+
+
+def run_trials(
+    params: NetworkParams,
+    weights: NetworkWeights,
+    trials: TrialSet,
+    *,
+    backend: str = "cpp_standalone",
+    build_dir: str | Path | None = None,
+    record_v: dict[str, np.ndarray] | None = None,
+    progress: bool = True,
+) -> SimulationResult:
+    """Simulate all ``trials`` in Brian2 on ``backend``.
+
+    Parameters
+    ----------
+    params : NetworkParams
+    weights : NetworkWeights
+        Effective weights (use ``weights.effective()`` on trained weights).
+    trials : TrialSet
+    backend : str
+        One of :data:`BACKENDS`.
+    build_dir : path, optional
+        Project directory of standalone backends. Reusing a directory lets
+        the compiler skip unchanged files. Default: a temporary directory,
+        removed afterwards.
+    record_v : dict, optional
+        Neurons whose membrane potential is recorded, see :func:`build_network`.
+    progress : bool
+        Report simulation progress on stderr.
+
+    Returns
+    -------
+    SimulationResult
+        ``timings_s`` holds ``build`` (network construction, code generation
+        and compilation) and ``simulate``.
+
+    Raises
+    ------
+    BackendError
+        Unknown backend (the message lists the valid ones) or missing brian2cuda.
+    WeightShapeError, DaleLawError
+        Bad weights, before anything is built.
+    """
+    import brian2 as b2
+
+    check_backend(backend)
+    weights.check_shapes(params)
+    weights.check_dale()
+    temporary = build_dir is None
+    build_path = Path(tempfile.mkdtemp(prefix=f"biosim-{backend}-")) if temporary else Path(build_dir)
+    timings: dict[str, float] = {}
+    try:
+        with _device(backend, build_path):
+            t0 = time.perf_counter()
+            built = build_network(params, weights, trials, record_v=record_v)
+            report = None
+            if progress:
+                report = "stderr" if backend in STANDALONE_BACKENDS else _report_to_stderr
+            if backend in STANDALONE_BACKENDS:
+                built.network.run(built.duration, report=report, report_period=10 * b2.second)
+                b2.device.build(directory=str(build_path), compile=True, run=False, with_output=False)
+                timings["build"] = time.perf_counter() - t0
+                t1 = time.perf_counter()
+                b2.device.run(directory=str(build_path), with_output=progress)
+                timings["simulate"] = time.perf_counter() - t1
+            else:
+                timings["build"] = time.perf_counter() - t0
+                t1 = time.perf_counter()
+                built.network.run(built.duration, report=report, report_period=10 * b2.second)
+                timings["simulate"] = time.perf_counter() - t1
+                if progress:
+                    print(file=sys.stderr)
+            result = _collect(params, trials, built.monitors, backend)
+    finally:
+        if temporary:
+            shutil.rmtree(build_path, ignore_errors=True)
+    result.timings_s = timings
+    return result
+
+
+def _spike_trains(monitor, n_neurons: int, n_trials: int, n_steps: int, dt_s: float) -> SpikeTrains:
+    global_step = np.round(np.asarray(monitor.t_) / dt_s).astype(np.int64)
+    neuron = np.asarray(monitor.i, dtype=np.int64)
+    keep = global_step < n_trials * n_steps  # drop the extra boundary step
+    global_step, neuron = global_step[keep], neuron[keep]
+    return SpikeTrains.from_arrays(
+        global_step // n_steps, global_step % n_steps, neuron, n_neurons=n_neurons, n_trials=n_trials, n_steps=n_steps
+    )
+
+
+def _collect(params: NetworkParams, trials: TrialSet, monitors, backend: str) -> SimulationResult:
+    c, sim = params.connectivity, params.simulation
+    dt_s = sim.dt_ms * 1e-3
+    n_trials, n_steps = trials.n_trials, sim.n_steps
+    # Sample k is taken at the start of trial k, i.e. the end of trial k - 1.
+    score_sum = np.asarray(monitors["scores"].score_sum).T[1 : n_trials + 1]
+    traces = {}
+    for key in ("v_e", "v_i"):
+        if key in monitors:
+            v = np.asarray(monitors[key].v_).T[: n_trials * n_steps] * 1e3  # mV
+            traces[key] = v.reshape(n_trials, n_steps, -1)
+    return SimulationResult(
+        spikes_e=_spike_trains(monitors["spikes_e"], c.n_e, n_trials, n_steps, dt_s),
+        spikes_i=_spike_trains(monitors["spikes_i"], c.n_i, n_trials, n_steps, dt_s),
+        scores=score_sum / n_steps,
+        dt_ms=sim.dt_ms,
+        simulator=f"brian2:{backend}",
+        traces=traces,
+    )

@@ -1,0 +1,109 @@
+"""Command line: ``biosim <command> ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .backends import BACKENDS
+
+__all__ = ["main"]
+
+
+def _options(args: argparse.Namespace) -> dict:
+    """The parsed options as plain data (for run records)."""
+    return {key: value for key, value in vars(args).items() if not callable(value)}
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .analysis import gamma_peak, population_spectrum
+    from .params import NetworkParams
+    from .plotting import raster_and_spectrum_figure
+    from .records import write_json, write_run_record
+    from .simulation import simulate_test_digits
+
+    params = NetworkParams()
+    out = Path(args.out)
+    result, summary, _ = simulate_test_digits(
+        backend=args.backend,
+        n_trials=args.n_trials,
+        seed=args.seed,
+        params=params,
+        tier=args.tier,
+        idx_directory=args.idx_dir,
+        build_dir=args.build_dir or (out / "build" / args.backend),
+        progress=not args.quiet,
+    )
+    sim = params.simulation
+    frequencies, power = population_spectrum(result.spikes_e, sim.dt_ms, sim.transient_ms)
+    figure = raster_and_spectrum_figure(
+        result,
+        frequencies,
+        power,
+        gamma_peak(frequencies, power),
+        out / f"simulate_{args.backend}.png",
+        transient_ms=sim.transient_ms,
+        title=f"untrained PING network, {args.backend}, {args.n_trials} test digits, seed {args.seed}",
+    )
+    metrics = {
+        **summary.as_dict(),
+        "backend": args.backend,
+        "timings_s": result.timings_s,
+        "figure": str(figure),
+    }
+    write_json(out / f"spectrum_{args.backend}.json", {"frequency_hz": frequencies, "power": power})
+    write_run_record(out, command="simulate", config={**_options(args), "network": params.to_dict()}, seed=args.seed, metrics=metrics)
+    if args.json:
+        print(json.dumps(metrics, default=str))
+    else:
+        print(
+            f"{args.backend}: {summary.n_trials} trials  E {summary.rate_e_hz:.2f} Hz  I {summary.rate_i_hz:.2f} Hz  "
+            f"gamma peak {summary.gamma_peak_hz:.1f} Hz (x{summary.gamma_relative_power:.1f} over band median)\n"
+            f"figure: {figure}\nrecord: {out / 'run.json'}"
+        )
+    return 0
+
+
+def _add_simulate(subparsers) -> None:
+    p = subparsers.add_parser("simulate", help="run test digits through the untrained network in Brian2")
+    p.add_argument("--backend", default="cpp_standalone", choices=BACKENDS, help="Brian2 backend (default: %(default)s)")
+    p.add_argument("--n-trials", type=int, default=20, help="number of test digits (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, input spikes and initial state")
+    p.add_argument("--tier", default="medium", help="data tier whose test digits are used (default: %(default)s)")
+    p.add_argument("--idx-dir", default=None, help="directory with the MNIST IDX files (default: embedded digits)")
+    p.add_argument("--out", default="results/simulate", help="output directory (default: %(default)s)")
+    p.add_argument("--build-dir", default=None, help="standalone project directory (default: OUT/build/BACKEND)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(handler=_simulate)
+
+
+COMMANDS: list[Callable] = [_add_simulate]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="biosim", description="COBA PING networks in Brian2 and PyTorch.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "n_trials", 1) is not None and getattr(args, "n_trials", 1) < 1:
+        parser.error("--n-trials must be >= 1")
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError) as error:
+        # Bad input: one clear line, no traceback.
+        print(f"biosim {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

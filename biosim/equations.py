@@ -1,0 +1,61 @@
+"""The PING network as Brian2 equation strings.
+
+Identifiers are resolved from per-group namespaces built by
+:func:`biosim.params.to_brian2_namespace`; no number is formatted into a string.
+
+Integration
+-----------
+All groups are integrated with ``exponential_euler`` (:data:`METHOD`), named
+explicitly rather than left to Brian2's fallback chain, because the PyTorch
+mirror (:mod:`bridge.dynamics`) reproduces it step for step:
+
+- the conductances decay exactly, ``g <- g * exp(-dt / tau)``;
+- the membrane is linear in ``v`` with conductances frozen at the start of the
+  step, so with ``A = -(g_leak + ge + gi) / c_m`` and
+  ``B = (g_leak e_leak + ge e_exc + gi e_inh) / c_m`` the update is
+  ``v <- -B/A + (v + B/A) * exp(A dt)``, which is exact for piecewise constant
+  conductances and stable for any conductance.
+- during the refractory period ``v`` is held (``unless refractory``).
+
+Per time step Brian2's schedule runs: state update (all groups), threshold,
+synaptic propagation (zero delay: a spike at step n changes the target
+conductance at step n, which the membrane sees from step n + 1), reset.
+"""
+
+METHOD = "exponential_euler"
+
+NEURON_EQUATIONS = """
+dv/dt = (g_leak * (e_leak - v) + ge * (e_exc - v) + gi * (e_inh - v)) / c_m : volt (unless refractory)
+dge/dt = -ge / tau_ampa : siemens
+dgi/dt = -gi / tau_gaba : siemens
+"""
+THRESHOLD = "v > v_threshold"
+RESET = "v = v_reset"
+REFRACTORY = "refractory"
+
+# Trial boundary: restore the initial state of trial k (a row of a 2-D
+# TimedArray indexed by trial) and forget the previous trial's spikes.
+NEURON_TRIAL_RESET = """
+v = v_init(t, i)
+ge = 0 * siemens
+gi = 0 * siemens
+lastspike = -1e4 * second
+not_refractory = True
+"""
+
+READOUT_EQUATIONS = """
+du/dt = -u / tau_readout : 1
+score_sum : 1
+"""
+# Accumulated after synaptic input, i.e. u sampled at the end of each step.
+READOUT_ACCUMULATE = "score_sum += u"
+READOUT_TRIAL_RESET = """
+u = 0
+score_sum = 0
+"""
+
+SYNAPSE_MODEL_CONDUCTANCE = "w : siemens"
+SYNAPSE_MODEL_READOUT = "w : 1"
+ON_PRE_EXCITATORY = "ge_post += w"
+ON_PRE_INHIBITORY = "gi_post += w"
+ON_PRE_READOUT = "u_post += w"

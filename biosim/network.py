@@ -1,0 +1,150 @@
+"""Build the PING network in Brian2 for a whole set of trials.
+
+All trials run back to back in one Brian2 run (one build on standalone
+devices): at the start of each trial a ``run_regularly`` operation restores
+that trial's initial state from a 2-D ``TimedArray`` (row = trial) and clears
+conductances, refractoriness and the readout. The input spikes of all trials
+sit in one ``SpikeGeneratorGroup``, shifted by ``trial * trial_ms``.
+
+The class scores are read by a ``StateMonitor`` sampling the readout's
+accumulator at each trial boundary, just before the reset; the run therefore
+lasts one extra step so that the last trial's boundary is reached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import equations as eq
+from .inputs import TrialSet
+from .params import NetworkParams, to_brian2_namespace
+from .weights import NetworkWeights
+
+__all__ = ["BrianNetwork", "build_network"]
+
+
+@dataclass
+class BrianNetwork:
+    """The Brian2 objects of one multi-trial simulation."""
+
+    network: Any
+    duration: Any
+    monitors: dict[str, Any]
+
+
+def _dense_edges(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pre/post indices and values of the nonzero entries.
+
+    Zero-weight edges (pruned, or absent) are not instantiated: adding 0 to a
+    conductance is exact, so the dynamics are unchanged and Brian2 does less work.
+    """
+    pre, post = np.nonzero(matrix)
+    return pre.astype(np.int32), post.astype(np.int32), matrix[pre, post]
+
+
+def build_network(
+    params: NetworkParams,
+    weights: NetworkWeights,
+    trials: TrialSet,
+    *,
+    record_v: dict[str, np.ndarray] | None = None,
+) -> BrianNetwork:
+    """Create the Brian2 network for ``trials`` on the currently active device.
+
+    Parameters
+    ----------
+    params : NetworkParams
+    weights : NetworkWeights
+        Effective weights (uS); checked for shape and Dale's law.
+    trials : TrialSet
+        Input spikes and initial membrane potentials.
+    record_v : dict, optional
+        ``{"e": indices, "i": indices}``: record the membrane potential of
+        these neurons at every step (for cross-simulator checks).
+
+    Raises
+    ------
+    WeightShapeError, DaleLawError
+        Before any Brian2 object is created.
+    """
+    import brian2 as b2
+
+    weights.check_shapes(params)
+    weights.check_dale()
+    c, sim = params.connectivity, params.simulation
+    if trials.n_input != c.n_input or trials.n_steps != sim.n_steps:
+        raise ValueError(
+            f"trial set has n_input={trials.n_input}, n_steps={trials.n_steps}; "
+            f"the network expects n_input={c.n_input}, n_steps={sim.n_steps}"
+        )
+    b2.defaultclock.dt = sim.dt_ms * b2.ms
+    trial_duration = sim.trial_ms * b2.ms
+
+    populations = {}
+    for name, n, v_init in (("e", c.n_e, trials.v_init_e_mv), ("i", c.n_i, trials.v_init_i_mv)):
+        namespace = to_brian2_namespace(params, name)
+        namespace["v_init"] = b2.TimedArray(np.asarray(v_init, dtype=float) * b2.mV, dt=trial_duration)
+        group = b2.NeuronGroup(
+            n,
+            eq.NEURON_EQUATIONS,
+            threshold=eq.THRESHOLD,
+            reset=eq.RESET,
+            refractory=eq.REFRACTORY,
+            method=eq.METHOD,
+            namespace=namespace,
+            name=f"neurons_{name}",
+        )
+        group.run_regularly(eq.NEURON_TRIAL_RESET, dt=trial_duration, when="start", name=f"trial_reset_{name}")
+        populations[name] = group
+    neurons_e, neurons_i = populations["e"], populations["i"]
+
+    readout = b2.NeuronGroup(
+        c.n_classes,
+        eq.READOUT_EQUATIONS,
+        method=eq.METHOD,
+        namespace=to_brian2_namespace(params, "readout"),
+        name="readout",
+    )
+    readout.run_regularly(eq.READOUT_ACCUMULATE, when="after_synapses", name="readout_accumulate")
+    readout.run_regularly(eq.READOUT_TRIAL_RESET, dt=trial_duration, when="start", order=1, name="readout_reset")
+
+    steps = trials.input_trial.astype(np.int64) * sim.n_steps + trials.input_step
+    source = b2.SpikeGeneratorGroup(
+        c.n_input, trials.input_neuron, steps * sim.dt_ms * b2.ms, name="input"
+    )
+
+    def connect(pre, post, matrix, model, on_pre, name, unit):
+        synapses = b2.Synapses(pre, post, model=model, on_pre=on_pre, method=eq.METHOD, name=name)
+        i, j, w = _dense_edges(matrix)
+        synapses.connect(i=i, j=j)
+        if len(w):
+            synapses.w = w * unit
+        return synapses
+
+    w_in = np.where(weights.input_mask, weights.w_in, 0.0)
+    synapses = [
+        connect(source, neurons_e, w_in, eq.SYNAPSE_MODEL_CONDUCTANCE, eq.ON_PRE_EXCITATORY, "syn_in_e", b2.uS),
+        connect(neurons_e, neurons_i, weights.w_ei, eq.SYNAPSE_MODEL_CONDUCTANCE, eq.ON_PRE_EXCITATORY, "syn_e_i", b2.uS),
+        connect(neurons_i, neurons_e, weights.w_ie, eq.SYNAPSE_MODEL_CONDUCTANCE, eq.ON_PRE_INHIBITORY, "syn_i_e", b2.uS),
+        connect(neurons_e, readout, weights.w_out, eq.SYNAPSE_MODEL_READOUT, eq.ON_PRE_READOUT, "syn_e_out", 1),
+    ]
+
+    monitors = {
+        "spikes_e": b2.SpikeMonitor(neurons_e, name="spikes_e"),
+        "spikes_i": b2.SpikeMonitor(neurons_i, name="spikes_i"),
+        # Sampled at each trial boundary before the reset (order -1 < 0, 1).
+        "scores": b2.StateMonitor(
+            readout, "score_sum", record=True, dt=trial_duration, when="start", order=-1, name="scores"
+        ),
+    }
+    for name, indices in (record_v or {}).items():
+        monitors[f"v_{name}"] = b2.StateMonitor(
+            populations[name], "v", record=np.asarray(indices), when="after_groups", name=f"v_{name}"
+        )
+
+    network = b2.Network(populations["e"], populations["i"], readout, source, *synapses, *monitors.values())
+    duration = trials.n_trials * trial_duration + b2.defaultclock.dt
+    return BrianNetwork(network=network, duration=duration, monitors=monitors)
