@@ -20,9 +20,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -63,9 +63,7 @@ def _device(backend: str, build_dir: Path) -> Iterator[None]:
         try:
             import brian2cuda  # noqa: F401  (registers the cuda_standalone device)
         except ImportError as error:
-            raise BackendError(
-                "backend 'cuda_standalone' needs brian2cuda; see README, 'GPU install'"
-            ) from error
+            raise BackendError("backend 'cuda_standalone' needs brian2cuda; see README, 'GPU install'") from error
         from .cuda_toolchain import configure_cuda_standalone
 
         b2.set_device("cuda_standalone", directory=str(build_dir), build_on_run=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .backends import BACKENDS
 
@@ -55,7 +55,9 @@ def _simulate(args: argparse.Namespace) -> int:
         "figure": str(figure),
     }
     write_json(out / f"spectrum_{args.backend}.json", {"frequency_hz": frequencies, "power": power})
-    write_run_record(out, command="simulate", config={**_options(args), "network": params.to_dict()}, seed=args.seed, metrics=metrics)
+    write_run_record(
+        out, command="simulate", config={**_options(args), "network": params.to_dict()}, seed=args.seed, metrics=metrics
+    )
     if args.json:
         print(json.dumps(metrics, default=str))
     else:
@@ -69,7 +71,9 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _add_simulate(subparsers) -> None:
     p = subparsers.add_parser("simulate", help="run test digits through the untrained network in Brian2")
-    p.add_argument("--backend", default="cpp_standalone", choices=BACKENDS, help="Brian2 backend (default: %(default)s)")
+    p.add_argument(
+        "--backend", default="cpp_standalone", choices=BACKENDS, help="Brian2 backend (default: %(default)s)"
+    )
     p.add_argument("--n-trials", type=int, default=20, help="number of test digits (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, input spikes and initial state")
     p.add_argument("--tier", default="medium", help="data tier whose test digits are used (default: %(default)s)")
@@ -81,7 +85,50 @@ def _add_simulate(subparsers) -> None:
     p.set_defaults(handler=_simulate)
 
 
-COMMANDS: list[Callable] = [_add_simulate]
+def _crosscheck(args: argparse.Namespace) -> int:
+    from bridge.crosscheck import crosscheck
+
+    from .records import write_run_record
+
+    reports = []
+    for backend in args.backend:
+        report = crosscheck(
+            backend=backend,
+            n_trials=args.n_trials,
+            seed=args.seed,
+            build_dir=Path(args.out) / "build" / backend,
+            progress=not args.quiet,
+        )
+        reports.append(report)
+        if not args.json:
+            print(f"{backend} vs mirror (float64), {args.n_trials} trials:")
+            for population, counts in report["spikes"].items():
+                first = counts["first_divergence_step"]
+                where = "none" if first is None else f"step {first} of trial {counts['first_divergence_trial']}"
+                print(
+                    f"  {population.upper()}: {counts['reference_spikes']} spikes in Brian2, "
+                    f"{counts['identical']} identical, {counts['missing']} missing, {counts['extra']} extra; "
+                    f"first divergence: {where}"
+                )
+            print(f"  max relative membrane difference before divergence: {report['max_relative_v_difference']:.2e}")
+    write_run_record(args.out, command="crosscheck", config=_options(args), seed=args.seed, metrics={"reports": reports})
+    if args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports))
+    return 0 if all(r["identical"] for r in reports) else 1
+
+
+def _add_crosscheck(subparsers) -> None:
+    p = subparsers.add_parser("crosscheck", help="compare Brian2 and the PyTorch mirror spike for spike (float64)")
+    p.add_argument("--backend", nargs="+", default=["cpp_standalone"], choices=BACKENDS, help="Brian2 backend(s)")
+    p.add_argument("--n-trials", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="results/crosscheck")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_crosscheck)
+
+
+COMMANDS: list[Callable] = [_add_simulate, _add_crosscheck]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -92,9 +92,7 @@ class Dataset:
                 f"got {labels.dtype} of shape {labels.shape}"
             )
         if labels.size and (labels.min() < 0 or labels.max() >= N_CLASSES):
-            raise DataError(
-                f"{where}: labels must lie in 0..{N_CLASSES - 1}, found {labels.min()}..{labels.max()}"
-            )
+            raise DataError(f"{where}: labels must lie in 0..{N_CLASSES - 1}, found {labels.min()}..{labels.max()}")
         # Read-only views: datasets are cached and shared, so nobody may write into them.
         object.__setattr__(self, "images", _read_only(images))
         object.__setattr__(self, "labels", _read_only(labels.astype(np.int64, copy=False)))
@@ -299,9 +297,7 @@ def _read_idx(path: Path, magic: int, kind: str) -> np.ndarray:
     n_dims = magic & 0xFF
     header_size = 4 * (1 + n_dims)
     if len(raw) < header_size:
-        raise DataError(
-            f"{path}: expected an IDX {kind} header of {header_size} bytes, found {len(raw)} bytes"
-        )
+        raise DataError(f"{path}: expected an IDX {kind} header of {header_size} bytes, found {len(raw)} bytes")
     found_magic, *dims = struct.unpack(f">{1 + n_dims}I", raw[:header_size])
     if found_magic != magic:
         raise DataError(f"{path}: expected IDX {kind} magic number 0x{magic:08X}, found 0x{found_magic:08X}")
@@ -312,8 +308,7 @@ def _read_idx(path: Path, magic: int, kind: str) -> np.ndarray:
     if found_size != expected_size:
         problem = "truncated" if found_size < expected_size else "overlong"
         raise DataError(
-            f"{path}: {problem} payload; expected {expected_size} bytes for dimensions {dims}, "
-            f"found {found_size}"
+            f"{path}: {problem} payload; expected {expected_size} bytes for dimensions {dims}, found {found_size}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
 
@@ -366,9 +361,7 @@ def load_split(tier: str, *, idx_directory: str | Path | None = None) -> Split:
     ):
         if len(pool) < needed:
             hint = " Pass idx_directory= with the MNIST IDX files." if idx_directory is None else ""
-            raise DataError(
-                f"tier {tier!r} needs {needed} {role} digits, but {pool.source!r} holds {len(pool)}.{hint}"
-            )
+            raise DataError(f"tier {tier!r} needs {needed} {role} digits, but {pool.source!r} holds {len(pool)}.{hint}")
     return Split(
         train_pool.subset(slice(spec.n_train)),
         test_pool.subset(slice(spec.n_test)),

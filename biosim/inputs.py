@@ -8,7 +8,9 @@ Each pixel drives one input neuron with a Poisson process of rate
 draw with probability ``rate * dt`` (at most one spike per input per step).
 
 Reproducibility: trial ``k`` of a set made with seed ``s`` draws from its own
-generator, ``np.random.default_rng(np.random.SeedSequence([s, k]))``, so a
+generator, ``np.random.default_rng(np.random.SeedSequence([s, 2, k]))`` (the
+tag 2 keeps input streams apart from the weight streams of
+:mod:`biosim.weights`, which use tag 1 with the same seed), so a
 trial's spikes and initial state depend only on ``(s, k)`` and its image, not
 on which other trials share the batch. Within a trial the draw order is fixed:
 
@@ -32,6 +34,7 @@ from biosim.params import MembraneParams, NetworkParams, ParameterError
 __all__ = ["TrialSet", "make_trials"]
 
 MAX_INTENSITY = 255
+INPUT_STREAM = 2  # see the module docstring
 
 
 @dataclass(frozen=True, eq=False)  # array fields: compare contents explicitly
@@ -91,9 +94,7 @@ class TrialSet:
         for name, (dtype, length) in expected.items():
             array = getattr(self, name)
             if not isinstance(array, np.ndarray) or array.dtype != dtype or array.ndim != 1:
-                raise ValueError(
-                    f"TrialSet.{name} must be a 1-D {np.dtype(dtype)} array, got {_describe(array)}"
-                )
+                raise ValueError(f"TrialSet.{name} must be a 1-D {np.dtype(dtype)} array, got {_describe(array)}")
             if length is not None and len(array) != length:
                 raise ValueError(f"TrialSet.{name} must have length {length}, got {len(array)}")
         for name in ("v_init_e_mv", "v_init_i_mv"):
@@ -101,9 +102,7 @@ class TrialSet:
             if not isinstance(array, np.ndarray) or array.dtype != np.float64 or array.ndim != 2:
                 raise ValueError(f"TrialSet.{name} must be a 2-D float64 array, got {_describe(array)}")
             if len(array) != n_trials:
-                raise ValueError(
-                    f"TrialSet.{name} must have {n_trials} rows (one per trial), got {len(array)}"
-                )
+                raise ValueError(f"TrialSet.{name} must have {n_trials} rows (one per trial), got {len(array)}")
         for name, upper in (
             ("input_trial", n_trials),
             ("input_step", self.n_steps),
@@ -111,13 +110,9 @@ class TrialSet:
         ):
             array = getattr(self, name)
             if array.size and (array.min() < 0 or array.max() >= upper):
-                raise ValueError(
-                    f"TrialSet.{name} must lie in 0..{upper - 1}, found {array.min()}..{array.max()}"
-                )
+                raise ValueError(f"TrialSet.{name} must lie in 0..{upper - 1}, found {array.min()}..{array.max()}")
         # One strictly increasing key proves the sort order and at most one spike per input per step.
-        keys = (
-            self.input_trial.astype(np.int64) * self.n_steps + self.input_step
-        ) * self.n_input + self.input_neuron
+        keys = (self.input_trial.astype(np.int64) * self.n_steps + self.input_step) * self.n_input + self.input_neuron
         disordered = np.flatnonzero(np.diff(keys) <= 0)
         if disordered.size:
             raise ValueError(
@@ -231,9 +226,7 @@ def make_trials(
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.ndim != 2 or images.shape[1] != n_input or images.dtype.kind not in "uif":
-        raise ValueError(
-            f"images must be a real-valued array of shape (n_trials, {n_input}), got {_describe(images)}"
-        )
+        raise ValueError(f"images must be a real-valued array of shape (n_trials, {n_input}), got {_describe(images)}")
     n_trials = len(images)
     if images.size and not (images.min() >= 0 and images.max() <= MAX_INTENSITY):  # also rejects NaN
         raise ValueError(f"images must lie in 0..{MAX_INTENSITY}, found {images.min()}..{images.max()}")
@@ -241,9 +234,7 @@ def make_trials(
         raise ValueError(f"labels must be an integer array of shape ({n_trials},), got {_describe(labels)}")
     trial_ids = np.arange(n_trials) if trial_ids is None else np.asarray(trial_ids)
     if trial_ids.shape != (n_trials,) or not np.issubdtype(trial_ids.dtype, np.integer):
-        raise ValueError(
-            f"trial_ids must be an integer array of shape ({n_trials},), got {_describe(trial_ids)}"
-        )
+        raise ValueError(f"trial_ids must be an integer array of shape ({n_trials},), got {_describe(trial_ids)}")
     if trial_ids.size and trial_ids.min() < 0:
         raise ValueError(f"trial_ids must be >= 0, found {trial_ids.min()}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -262,7 +253,7 @@ def make_trials(
     v_init_e = np.empty((n_trials, n_e))
     v_init_i = np.empty((n_trials, n_i))
     for position, trial_id in enumerate(trial_ids):
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(trial_id)]))
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), INPUT_STREAM, int(trial_id)]))
         v_init_e[position] = _uniform_potentials(rng, params.membrane_e, n_e)
         v_init_i[position] = _uniform_potentials(rng, params.membrane_i, n_i)
         active = np.flatnonzero(probabilities[position])

@@ -112,9 +112,7 @@ def build_network(
     readout.run_regularly(eq.READOUT_TRIAL_RESET, dt=trial_duration, when="start", order=1, name="readout_reset")
 
     steps = trials.input_trial.astype(np.int64) * sim.n_steps + trials.input_step
-    source = b2.SpikeGeneratorGroup(
-        c.n_input, trials.input_neuron, steps * sim.dt_ms * b2.ms, name="input"
-    )
+    source = b2.SpikeGeneratorGroup(c.n_input, trials.input_neuron, steps * sim.dt_ms * b2.ms, name="input")
 
     def connect(pre, post, matrix, model, on_pre, name, unit):
         synapses = b2.Synapses(pre, post, model=model, on_pre=on_pre, method=eq.METHOD, name=name)
@@ -127,8 +125,12 @@ def build_network(
     w_in = np.where(weights.input_mask, weights.w_in, 0.0)
     synapses = [
         connect(source, neurons_e, w_in, eq.SYNAPSE_MODEL_CONDUCTANCE, eq.ON_PRE_EXCITATORY, "syn_in_e", b2.uS),
-        connect(neurons_e, neurons_i, weights.w_ei, eq.SYNAPSE_MODEL_CONDUCTANCE, eq.ON_PRE_EXCITATORY, "syn_e_i", b2.uS),
-        connect(neurons_i, neurons_e, weights.w_ie, eq.SYNAPSE_MODEL_CONDUCTANCE, eq.ON_PRE_INHIBITORY, "syn_i_e", b2.uS),
+        connect(
+            neurons_e, neurons_i, weights.w_ei, eq.SYNAPSE_MODEL_CONDUCTANCE, eq.ON_PRE_EXCITATORY, "syn_e_i", b2.uS
+        ),
+        connect(
+            neurons_i, neurons_e, weights.w_ie, eq.SYNAPSE_MODEL_CONDUCTANCE, eq.ON_PRE_INHIBITORY, "syn_i_e", b2.uS
+        ),
         connect(neurons_e, readout, weights.w_out, eq.SYNAPSE_MODEL_READOUT, eq.ON_PRE_READOUT, "syn_e_out", 1),
     ]
 

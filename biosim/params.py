@@ -284,9 +284,7 @@ class NetworkParams:
             known = {g.name for g in dataclasses.fields(section_type)}
             unknown = sorted(set(section) - known)
             if unknown:
-                raise ParameterError(
-                    f"unknown field(s) {unknown} in section {f.name!r}; valid fields: {sorted(known)}"
-                )
+                raise ParameterError(f"unknown field(s) {unknown} in section {f.name!r}; valid fields: {sorted(known)}")
             kwargs[f.name] = section_type(**section)
         unknown_sections = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown_sections:

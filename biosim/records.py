@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -64,11 +64,13 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def write_run_record(out_dir: str | Path, *, command: str, config: dict[str, Any], seed: int, metrics: dict[str, Any]) -> Path:
+def write_run_record(
+    out_dir: str | Path, *, command: str, config: dict[str, Any], seed: int, metrics: dict[str, Any]
+) -> Path:
     """Write ``run.json``: command, resolved config, seed, library versions, metrics."""
     record = {
         "command": command,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "seed": seed,
         "config": config,
         "versions": library_versions(),

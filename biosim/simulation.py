@@ -54,7 +54,9 @@ def summarize(result: SimulationResult, params: NetworkParams, labels: np.ndarra
     )
 
 
-def load_test_trials(params: NetworkParams, n_trials: int, *, seed: int, tier: str = "medium", idx_directory=None) -> TrialSet:
+def load_test_trials(
+    params: NetworkParams, n_trials: int, *, seed: int, tier: str = "medium", idx_directory=None
+) -> TrialSet:
     """The first ``n_trials`` test digits of ``tier`` as spike input."""
     test = load_split(tier, idx_directory=idx_directory).test
     if n_trials > len(test):

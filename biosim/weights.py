@@ -19,7 +19,6 @@ Brian2 only ever receives effective (clamped) weights.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Union
 
 import numpy as np
 
@@ -36,10 +35,21 @@ __all__ = [
 ]
 
 CONDUCTANCE_MATRICES = ("w_in", "w_ei", "w_ie")
+
+# Random streams are SeedSequence([seed, WEIGHT_STREAM, k]) with k >= 1: the
+# tag keeps them apart from the input streams of biosim.inputs (same seed).
+WEIGHT_STREAM = 1
+_MASK, _W_IN, _W_EI, _W_IE, _W_OUT, _P_EI, _P_IE = range(1, 8)
+
+
+def _rng(seed: int, k: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, WEIGHT_STREAM, k]))
+
+
 MATRICES = (*CONDUCTANCE_MATRICES, "w_out")
 
 # An initialisation is "canonical", "zero", or a multiple of canonical.
-InitSpec = Union[str, float]
+InitSpec = str | float
 
 
 class WeightShapeError(ValueError):
@@ -107,8 +117,7 @@ class NetworkWeights:
 def input_mask(params: NetworkParams, seed: int) -> np.ndarray:
     """Fixed random input -> E connectivity with probability ``p_input``."""
     c = params.connectivity
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
-    return rng.random((c.n_input, c.n_e)) < c.p_input
+    return _rng(seed, _MASK).random((c.n_input, c.n_e)) < c.p_input
 
 
 def _scale(spec: InitSpec, name: str) -> float:
@@ -131,7 +140,7 @@ def init_weights(
 ) -> NetworkWeights:
     """Draw the canonical, fan-in normalised weights of SPEC section 1.
 
-    Each matrix has its own random stream (``SeedSequence([seed, k])``), so
+    Each matrix has its own random stream (``SeedSequence([seed, 1, k])``), so
     changing one matrix's initialisation leaves the others unchanged.
 
     Parameters
@@ -148,19 +157,16 @@ def init_weights(
     """
     c, init = params.connectivity, params.init
 
-    def rng(k: int) -> np.random.Generator:
-        return np.random.default_rng(np.random.SeedSequence([seed, k]))
-
     mask = input_mask(params, seed)
-    w_in_draw = rng(1).normal(init.w_in_mean, init.w_in_std, (c.n_input, c.n_e)) * init.input_scale_us
-    w_ei_draw = rng(2).normal(init.w_ei_mean_us, init.w_ei_std_us, (c.n_e, c.n_i)) / c.n_e
-    w_ie_draw = rng(3).normal(init.w_ie_mean_us, init.w_ie_std_us, (c.n_i, c.n_e)) / c.n_i
-    w_out = rng(4).normal(0.0, init.w_out_std, (c.n_e, c.n_classes))
+    w_in_draw = _rng(seed, _W_IN).normal(init.w_in_mean, init.w_in_std, (c.n_input, c.n_e)) * init.input_scale_us
+    w_ei_draw = _rng(seed, _W_EI).normal(init.w_ei_mean_us, init.w_ei_std_us, (c.n_e, c.n_i)) / c.n_e
+    w_ie_draw = _rng(seed, _W_IE).normal(init.w_ie_mean_us, init.w_ie_std_us, (c.n_i, c.n_e)) / c.n_i
+    w_out = _rng(seed, _W_OUT).normal(0.0, init.w_out_std, (c.n_e, c.n_classes))
     # Sparse E<->I blocks (p < 1) are fixed masks folded in as zeros.
     if c.p_ei < 1.0:
-        w_ei_draw = w_ei_draw * (rng(5).random(w_ei_draw.shape) < c.p_ei)
+        w_ei_draw = w_ei_draw * (_rng(seed, _P_EI).random(w_ei_draw.shape) < c.p_ei)
     if c.p_ie < 1.0:
-        w_ie_draw = w_ie_draw * (rng(6).random(w_ie_draw.shape) < c.p_ie)
+        w_ie_draw = w_ie_draw * (_rng(seed, _P_IE).random(w_ie_draw.shape) < c.p_ie)
     return NetworkWeights(
         w_in=np.where(mask, w_in_draw * _scale(w_in, "w_in"), 0.0),
         w_ei=w_ei_draw * _scale(w_ei, "w_ei"),

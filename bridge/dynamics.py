@@ -17,16 +17,25 @@ never a copy of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, NamedTuple
-
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from biosim.params import MembraneParams, NetworkParams
 
-__all__ = ["NetworkState", "PopulationConstants", "Constants", "Weights", "make_constants", "initial_state", "step"]
+__all__ = [
+    "NetworkState",
+    "PopulationConstants",
+    "Constants",
+    "Weights",
+    "make_constants",
+    "initial_state",
+    "step",
+    "advance",
+]
 
 SpikeFunction = Callable[[torch.Tensor], torch.Tensor]
 
@@ -109,9 +118,7 @@ def make_constants(params: NetworkParams) -> Constants:
     )
 
 
-def initial_state(
-    v_init_e: torch.Tensor, v_init_i: torch.Tensor, n_classes: int
-) -> NetworkState:
+def initial_state(v_init_e: torch.Tensor, v_init_i: torch.Tensor, n_classes: int) -> NetworkState:
     """State at a trial's start: given potentials (mV), no conductance, not refractory."""
     batch = v_init_e.shape[0]
     zeros_e, zeros_i = torch.zeros_like(v_init_e), torch.zeros_like(v_init_i)
@@ -180,6 +187,22 @@ def step(
     -------
     spikes_e, spikes_i, state
     """
+    return advance(input_spikes @ weights.w_in, state, constants, weights, spike_fn)
+
+
+def advance(
+    input_drive: torch.Tensor,
+    state: NetworkState,
+    constants: Constants,
+    weights: Weights,
+    spike_fn: SpikeFunction = heaviside,
+) -> tuple[torch.Tensor, torch.Tensor, NetworkState]:
+    """:func:`step` with the input already projected: ``input_drive = input_spikes @ w_in``.
+
+    Input spikes are sparse, so callers that gather the rows of ``w_in`` for
+    the active inputs (see :func:`bridge.simulate.input_drive`) skip a dense
+    matrix product per step; the dynamics are the same.
+    """
     k_e, k_i, dt = constants.e, constants.i, constants.dt
     # 1. state update: membranes with the conductances at the step's start
     v_e, refractory_e, integrating_e = _membrane_update(state.v_e, state.ge_e, state.gi_e, state.refractory_e, k_e, dt)
@@ -191,7 +214,7 @@ def step(
     spikes_e = _fire(v_e, integrating_e, k_e, spike_fn)
     spikes_i = _fire(v_i, integrating_i, k_i, spike_fn)
     # 3. synaptic propagation
-    ge_e = ge_e + input_spikes @ weights.w_in
+    ge_e = ge_e + input_drive
     gi_e = gi_e + spikes_i @ weights.w_ie
     ge_i = ge_i + spikes_e @ weights.w_ei
     u = u + spikes_e @ weights.w_out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -12,15 +13,37 @@ from biosim.params import NetworkParams
 from biosim.results import SimulationResult, SpikeTrains
 from biosim.weights import NetworkWeights
 
-from .dynamics import Weights, initial_state, make_constants, step
+from .dynamics import Weights, advance, initial_state, make_constants
 
-__all__ = ["torch_weights", "run_mirror"]
+__all__ = ["torch_weights", "input_drive", "run_mirror"]
 
 
 def torch_weights(weights: NetworkWeights, *, dtype: torch.dtype, device: torch.device | str = "cpu") -> Weights:
     """Effective weights as tensors (clamped under Dale's law, input masked)."""
     effective = weights.effective()
     return Weights(*(torch.as_tensor(getattr(effective, n), dtype=dtype, device=device) for n in Weights._fields))
+
+
+def input_drive(
+    trials: TrialSet, index: np.ndarray, w_in: torch.Tensor, chunk_steps: int = 200
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Input conductance increments ``x_t @ w_in`` of trials ``index``, in chunks of time.
+
+    Yields ``(first_step, drive)`` with ``drive`` of shape (batch, steps, n_e).
+    Only the rows of ``w_in`` of inputs that spiked are gathered, so the cost
+    scales with the number of input spikes, not with ``n_input``.
+    """
+    sub = trials.subset(index)
+    n_steps, batch = sub.n_steps, len(index)
+    for first in range(0, n_steps, chunk_steps):
+        last = min(first + chunk_steps, n_steps)
+        keep = (sub.input_step >= first) & (sub.input_step < last)
+        rows = torch.as_tensor(
+            sub.input_trial[keep] * (last - first) + (sub.input_step[keep] - first), device=w_in.device
+        )
+        drive = w_in.new_zeros(batch * (last - first), w_in.shape[1])
+        drive.index_add_(0, rows.long(), w_in[torch.as_tensor(sub.input_neuron[keep], device=w_in.device).long()])
+        yield first, drive.view(batch, last - first, -1)
 
 
 @torch.no_grad()
@@ -34,46 +57,53 @@ def run_mirror(
     batch_size: int = 64,
     record_v: dict[str, np.ndarray] | None = None,
 ) -> SimulationResult:
-    """Simulate ``trials`` with the mirror; same outputs as :func:`biosim.backends.run_trials`."""
+    """Simulate ``trials`` with the mirror; same outputs as :func:`biosim.backends.run_trials`.
+
+    ``record_v`` (``{"e": indices, "i": indices}``) records the membrane
+    potential after the state update and before the reset, as Brian2's
+    ``StateMonitor(when="after_groups")`` does.
+    """
     weights.check_shapes(params)
     c, n_steps = params.connectivity, params.simulation.n_steps
     constants = make_constants(params)
     w = torch_weights(weights, dtype=dtype, device=device)
-    spikes = {"e": [], "i": []}
-    scores, traces = [], {f"v_{k}": [] for k in (record_v or {})}
+    record_v = {k: torch.as_tensor(np.asarray(v), device=device).long() for k, v in (record_v or {}).items()}
+    spikes: dict[str, list] = {"e": [], "i": []}
+    scores, traces = [], {f"v_{k}": [] for k in record_v}
     t0 = time.perf_counter()
     for start in range(0, trials.n_trials, batch_size):
         index = np.arange(start, min(start + batch_size, trials.n_trials))
-        x = torch.as_tensor(trials.dense(index), device=device).to(dtype)
         state = initial_state(
             torch.as_tensor(trials.v_init_e_mv[index], dtype=dtype, device=device),
             torch.as_tensor(trials.v_init_i_mv[index], dtype=dtype, device=device),
             c.n_classes,
         )
-        batch_spikes = {"e": [], "i": []}
-        batch_traces = {key: [] for key in traces}
-        for t in range(n_steps):
-            s_e, s_i, state = step(x[:, t], state, constants, w)
-            batch_spikes["e"].append(s_e.to(torch.bool))
-            batch_spikes["i"].append(s_i.to(torch.bool))
-            for population, indices in (record_v or {}).items():
-                # v after the state update, before reset (as Brian2 records it)
-                v = state.v_e if population == "e" else state.v_i
-                fired = (s_e if population == "e" else s_i)[:, indices] > 0
-                threshold = constants.e.v_threshold if population == "e" else constants.i.v_threshold
-                batch_traces[f"v_{population}"].append(v[:, indices])  # reset values replaced below
-                del fired, threshold
+        batch_spikes: dict[str, list] = {"e": [], "i": []}
+        batch_traces: dict[str, list] = {key: [] for key in traces}
+        for _, drive in input_drive(trials, index, w.w_in):
+            for t in range(drive.shape[1]):
+                s_e, s_i, state = advance(drive[:, t], state, constants, w)
+                batch_spikes["e"].append(s_e.to(torch.bool))
+                batch_spikes["i"].append(s_i.to(torch.bool))
+                for population, indices in record_v.items():
+                    v = state.v_e if population == "e" else state.v_i
+                    batch_traces[f"v_{population}"].append(v[:, indices].clone())
         for population in ("e", "i"):
             raster = torch.stack(batch_spikes[population], dim=1).cpu().numpy()  # (batch, step, neuron)
             trial, step_index, neuron = np.nonzero(raster)
             spikes[population].append((trial + start, step_index, neuron))
+        for key, values in batch_traces.items():
+            traces[key].append(torch.stack(values, dim=1).cpu().numpy())
         scores.append((state.score_sum / n_steps).cpu().numpy())
     elapsed = time.perf_counter() - t0
 
     def trains(population: str, n: int) -> SpikeTrains:
         parts = spikes[population]
         return SpikeTrains.from_arrays(
-            *(np.concatenate([p[k] for p in parts]) for k in range(3)), n_neurons=n, n_trials=trials.n_trials, n_steps=n_steps
+            *(np.concatenate([p[k] for p in parts]) for k in range(3)),
+            n_neurons=n,
+            n_trials=trials.n_trials,
+            n_steps=n_steps,
         )
 
     return SimulationResult(
@@ -83,4 +113,5 @@ def run_mirror(
         dt_ms=params.simulation.dt_ms,
         simulator=f"mirror:{torch.device(device).type}:{str(dtype).replace('torch.', '')}",
         timings_s={"simulate": elapsed},
+        traces={key: np.concatenate(values) for key, values in traces.items()},
     )

@@ -102,9 +102,7 @@ def test_rate_matches_max_rate_times_mean_intensity(trials, digits):
     assert abs(len(trials.input_trial) - expected) < N_SIGMA * sigma
     # The same statement as a rate (Hz): max_rate * mean intensity / 255.
     rate_hz = len(trials.input_trial) / (images.size * trials.n_steps * dt_s)
-    assert rate_hz == pytest.approx(
-        PARAMS.input.max_rate_hz * images.mean() / 255, rel=N_SIGMA * sigma / expected
-    )
+    assert rate_hz == pytest.approx(PARAMS.input.max_rate_hz * images.mean() / 255, rel=N_SIGMA * sigma / expected)
 
 
 def test_rate_is_proportional_to_intensity():

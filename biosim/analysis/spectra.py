@@ -88,7 +88,9 @@ class GammaPeak:
     """Spacing of the frequency grid the peak was read from."""
 
 
-def gamma_peak(frequencies_hz: np.ndarray, power: np.ndarray, band_hz: tuple[float, float] = GAMMA_BAND_HZ) -> GammaPeak:
+def gamma_peak(
+    frequencies_hz: np.ndarray, power: np.ndarray, band_hz: tuple[float, float] = GAMMA_BAND_HZ
+) -> GammaPeak:
     """Largest spectral peak inside ``band_hz`` (default 20-100 Hz)."""
     inside = (frequencies_hz >= band_hz[0]) & (frequencies_hz <= band_hz[1])
     band_power = power[inside]

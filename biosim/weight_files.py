@@ -1,0 +1,487 @@
+"""The weight-transfer file: trained networks as one versioned, self-describing ``.npz``.
+
+A weight file carries everything needed to rebuild a trained network in either
+simulator, and is readable with plain ``numpy`` and ``json`` (no torch, no
+pickles). It holds the stored (unconstrained) weights the trainer optimises,
+the effective weights the network uses (``max(w, 0)`` for conductances,
+masked for ``w_in``), the input mask, and a JSON metadata entry with units,
+shapes, layout, the full :class:`~biosim.params.NetworkParams` and the
+caller's provenance. The format is specified in ``docs/weight_format.md``.
+
+Both directions validate with the same function, so :func:`save_weights`
+never writes a file that :func:`load_weights` would reject. Nothing is ever
+converted on load: a file in other units, another layout or another format
+version is an error that names the entry, what was expected and what was found.
+
+Example::
+
+    params = NetworkParams().replace(connectivity__n_e=32, connectivity__n_i=8, connectivity__n_input=50)
+    save_weights("net.npz", init_weights(params, seed=1), params, provenance={"seed": 1, "epoch": 0})
+    loaded = load_weights("net.npz", params=params)   # stored, effective, params, metadata
+    build_network(params, export_for_brian2(loaded), trials)  # Brian2 gets the effective weights
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .params import NetworkParams, ParameterError
+from .weights import CONDUCTANCE_MATRICES, MATRICES, NetworkWeights, expected_shapes
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "LAYOUT",
+    "UNITS",
+    "LoadedWeights",
+    "WeightFileError",
+    "entry_names",
+    "export_for_brian2",
+    "load_weights",
+    "save_weights",
+]
+
+FORMAT = "biosim-weights"
+"""Value of ``metadata["format"]``: identifies a biosim weight file."""
+FORMAT_VERSION = 1
+"""The only ``metadata["format_version"]`` this reader understands."""
+LAYOUT = "pre,post"
+"""Axis order of every matrix: row = presynaptic, column = postsynaptic neuron."""
+UNITS = {"w_in": "uS", "w_ei": "uS", "w_ie": "uS", "w_out": "1"}
+"""Unit of each matrix: conductances in microsiemens, the readout dimensionless."""
+
+_KINDS = ("stored", "effective")
+_MASK = "input_mask"
+_METADATA = "metadata"
+
+
+class WeightFileError(ValueError):
+    """A weight file (or the weights about to be written) is missing, unreadable or inconsistent.
+
+    The message starts with the file and names the entry at fault, what was
+    expected and what was found.
+    """
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """Contents of a validated weight file."""
+
+    stored: NetworkWeights
+    """Unconstrained values as trained (float64, uS / dimensionless); seed the trainer with these."""
+    effective: NetworkWeights
+    """What the network uses, ``max(stored, 0)`` (masked for ``w_in``); what Brian2 receives."""
+    params: NetworkParams
+    """The network the weights were trained for (``metadata["network_params"]``)."""
+    metadata: dict[str, Any]
+    """The decoded metadata entry, including the caller's ``provenance``."""
+
+
+def entry_names() -> list[str]:
+    """Names of the array entries of a version-1 file (``metadata`` excluded)."""
+    return [f"{kind}/{name}" for kind in _KINDS for name in MATRICES] + [_MASK]
+
+
+# --- writing ----------------------------------------------------------------
+
+
+def save_weights(
+    path: str | Path,
+    weights: NetworkWeights,
+    params: NetworkParams,
+    *,
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``weights`` and their effective values to a weight file, atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination, used as given (no suffix is added; ``.npz`` is the
+        convention). Parent directories are created. An existing file is
+        replaced only once the new one is complete.
+    weights : NetworkWeights
+        *Stored* (unconstrained) weights: conductances ``w_in``, ``w_ei``,
+        ``w_ie`` in uS, readout ``w_out`` dimensionless, boolean
+        ``input_mask``, layout ``(pre, post)``. Real floating arrays are
+        written as float64 (a float32 tensor's values are kept exactly).
+        The effective weights are computed here with
+        :meth:`NetworkWeights.effective`.
+    params : NetworkParams
+        The network the weights belong to; its shapes are checked and the
+        whole object is recorded.
+    provenance : mapping, optional
+        Free-form, JSON-serialisable record of where the weights come from
+        (run id, condition, seed, epoch, ...). Numpy scalars and arrays and
+        paths are converted; tuples come back as lists.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    WeightFileError
+        Before anything is written, if the weights would make an invalid file
+        (wrong shape, non-finite value, non-boolean mask, ``w_in`` nonzero
+        outside the mask) or ``provenance`` is not JSON-serialisable.
+    """
+    path = Path(path)
+    source = f"{path} (while saving)"
+    stored = {name: _as_float64(source, f"stored/{name}", getattr(weights, name)) for name in MATRICES}
+    mask = np.asarray(weights.input_mask)
+    shapes = expected_shapes(params)
+    # Check shapes before effective(), which would fail on mismatched ones with a bare numpy error.
+    _check_mask(source, mask, shapes["w_in"])
+    for name in MATRICES:
+        _check_array(source, f"stored/{name}", stored[name], shapes[name])
+    effective = NetworkWeights(**stored, input_mask=mask).effective()
+
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "matrices": {
+            name: {"units": UNITS[name], "shape": list(stored[name].shape), "layout": LAYOUT} for name in MATRICES
+        },
+        "connectivity": params.to_dict()["connectivity"],
+        "network_params": params.to_dict(),
+        "provenance": dict(provenance or {}),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "biosim_version": _biosim_version(),
+    }
+    try:
+        # allow_nan=False: NaN/Infinity are not JSON, and other readers would reject the file.
+        text = json.dumps(meta, sort_keys=True, allow_nan=False, default=_jsonable)
+    except (TypeError, ValueError) as error:
+        raise WeightFileError(f"{source}: provenance: expected JSON-serialisable values, found {error}") from error
+
+    arrays = {f"stored/{name}": stored[name] for name in MATRICES}
+    arrays |= {f"effective/{name}": getattr(effective, name) for name in MATRICES}
+    arrays[_MASK] = mask
+    arrays[_METADATA] = np.array(text)
+    # The same checks as on load, so a file that is written can always be read back.
+    _validate(source, arrays, params=params)
+    _atomic_savez(path, arrays)
+    return path
+
+
+def _as_float64(source: str, entry: str, value: Any) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.kind != "f" or not np.can_cast(array.dtype, np.float64, "safe"):
+        raise WeightFileError(
+            f"{source}: {entry}: expected a floating-point array (float64), found dtype {array.dtype}"
+        )
+    return np.ascontiguousarray(array, dtype=np.float64)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON serialisable")
+
+
+def _biosim_version() -> str:
+    try:
+        return importlib_metadata.version("biosim")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez_compressed`` into a temporary file beside ``path``, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+# --- reading ----------------------------------------------------------------
+
+
+def load_weights(path: str | Path, *, params: NetworkParams | None = None) -> LoadedWeights:
+    """Read and validate a weight file.
+
+    Parameters
+    ----------
+    path : str or Path
+    params : NetworkParams, optional
+        The network the weights are meant for. If given, the file's
+        ``network_params`` must equal it field by field and the matrices must
+        have its shapes. To reuse weights under other non-structural
+        parameters (say another ``tau_gaba_ms``), load without ``params`` and
+        check ``loaded.effective.check_shapes(other_params)``.
+
+    Returns
+    -------
+    LoadedWeights
+        Stored and effective weights as float64 (conductances in uS), the
+        boolean input mask in both, the file's parameters and metadata.
+        ``effective`` is exactly ``stored.effective()``.
+
+    Raises
+    ------
+    WeightFileError
+        The file is missing or not an ``.npz`` archive; holds a pickled entry;
+        has another ``format`` or an unsupported ``format_version``; lacks an
+        entry; has a matrix of the wrong shape, units or layout, a non-finite
+        value, a negative effective conductance (Dale's law), effective
+        weights other than ``max(stored, 0)`` (masked for ``w_in``), a
+        non-boolean ``input_mask`` or ``w_in`` nonzero outside it; or its
+        parameters differ from ``params`` (the message lists the fields).
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise WeightFileError(f"{source}: no such weight file")
+    if not path.is_file():
+        raise WeightFileError(f"{source}: expected a weight file, found a directory or special file")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise WeightFileError(f"{source}: expected an .npz archive, found an unreadable file ({error})") from error
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise WeightFileError(f"{source}: expected an .npz archive, found a single .npy array")
+    with archive:
+        arrays = {name: _read_entry(source, archive, name) for name in archive.files}
+    return _validate(source, arrays, params=params)
+
+
+def _read_entry(source: str, archive: Any, name: str) -> np.ndarray:
+    try:
+        return archive[name]
+    except ValueError as error:
+        if "pickle" not in str(error):
+            raise WeightFileError(f"{source}: {name}: expected a readable .npy entry, found: {error}") from error
+        # allow_pickle=False refuses object arrays: a weight file never needs pickle.
+        raise WeightFileError(
+            f"{source}: {name}: expected a plain numeric/boolean/string array, found a pickled object array ({error})"
+        ) from error
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        # A damaged member (CRC mismatch, corrupt deflate stream) only shows when it is read.
+        raise WeightFileError(
+            f"{source}: {name}: expected a readable .npy entry, found a damaged one ({error})"
+        ) from error
+
+
+def export_for_brian2(
+    path_or_loaded: str | Path | LoadedWeights, *, params: NetworkParams | None = None
+) -> NetworkWeights:
+    """Effective weights of a weight file, ready for :func:`biosim.network.build_network`.
+
+    Parameters
+    ----------
+    path_or_loaded : str, Path or LoadedWeights
+        A weight file (read and validated with :func:`load_weights`) or the
+        result of an earlier :func:`load_weights`.
+    params : NetworkParams, optional
+        Passed to :func:`load_weights`; also checked against an already loaded
+        file's shapes.
+
+    Returns
+    -------
+    NetworkWeights
+        Conductances in uS, all >= 0, ``w_in`` zero outside ``input_mask``;
+        passes :meth:`NetworkWeights.check_shapes` and
+        :meth:`NetworkWeights.check_dale`.
+    """
+    if isinstance(path_or_loaded, LoadedWeights):
+        loaded = path_or_loaded
+        if params is not None:
+            _check_params("loaded weight file", loaded.params, params)
+    else:
+        loaded = load_weights(path_or_loaded, params=params)
+    return loaded.effective
+
+
+# --- validation: one function for both directions ----------------------------
+
+
+def _validate(source: str, arrays: Mapping[str, np.ndarray], *, params: NetworkParams | None) -> LoadedWeights:
+    meta = _read_metadata(source, arrays)
+    file_params = _read_params(source, meta)
+    if params is not None:
+        _check_params(source, file_params, params)
+    shapes = expected_shapes(file_params)
+    matrices = meta.get("matrices")
+    if not isinstance(matrices, dict):
+        raise WeightFileError(
+            f"{source}: metadata.matrices: expected a mapping of matrix descriptions, found {matrices!r}"
+        )
+
+    mask = _require(source, arrays, _MASK)
+    _check_mask(source, mask, shapes["w_in"])
+    loaded: dict[str, dict[str, np.ndarray]] = {kind: {} for kind in _KINDS}
+    for name in MATRICES:
+        _check_description(source, name, matrices.get(name), shapes[name])
+        for kind in _KINDS:
+            entry = f"{kind}/{name}"
+            array = _require(source, arrays, entry)
+            _check_array(source, entry, array, shapes[name])
+            # Lossless for float16/32 (checked in _check_array); the trainer and Brian2 expect float64.
+            loaded[kind][name] = np.asarray(array, dtype=np.float64)
+
+    outside = ~mask
+    for kind in _KINDS:
+        n_outside = int(np.count_nonzero(loaded[kind]["w_in"][outside]))
+        if n_outside:
+            raise WeightFileError(
+                f"{source}: {kind}/w_in: expected 0 outside input_mask (edges that do not exist), "
+                f"found {n_outside} nonzero entries there"
+            )
+    for name in CONDUCTANCE_MATRICES:
+        effective = loaded["effective"][name]
+        n_negative = int(np.count_nonzero(effective < 0))
+        if n_negative:
+            raise WeightFileError(
+                f"{source}: effective/{name}: expected conductances >= 0 uS (Dale's law), "
+                f"found {n_negative} negative entries (min {float(effective.min()):.6g} uS)"
+            )
+
+    stored = NetworkWeights(**loaded["stored"], input_mask=mask)
+    effective = NetworkWeights(**loaded["effective"], input_mask=mask)
+    recomputed = stored.effective()
+    for name in MATRICES:
+        expected, found = getattr(recomputed, name), getattr(effective, name)
+        if not np.array_equal(expected, found):
+            rule = "stored/w_out (unclamped)" if name == "w_out" else f"max(stored/{name}, 0)"
+            rule += " masked by input_mask" if name == "w_in" else ""
+            differs = np.argwhere(expected != found)
+            index = tuple(int(i) for i in differs[0])
+            raise WeightFileError(
+                f"{source}: effective/{name}: expected {rule}, found {len(differs)} entries that differ "
+                f"(first at {index}: expected {float(expected[index])!r}, found {float(found[index])!r}); "
+                "inconsistent file"
+            )
+    return LoadedWeights(stored=stored, effective=effective, params=file_params, metadata=meta)
+
+
+def _require(source: str, arrays: Mapping[str, np.ndarray], entry: str) -> np.ndarray:
+    if entry not in arrays:
+        raise WeightFileError(
+            f"{source}: {entry}: expected an entry of that name, found it missing (entries: {sorted(arrays)})"
+        )
+    return arrays[entry]
+
+
+def _read_metadata(source: str, arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    raw = _require(source, arrays, _METADATA)
+    if raw.ndim != 0 or raw.dtype.kind != "U":
+        raise WeightFileError(
+            f"{source}: {_METADATA}: expected a 0-d unicode array holding JSON, "
+            f"found dtype {raw.dtype}, shape {raw.shape}"
+        )
+    try:
+        meta = json.loads(str(raw))
+    except json.JSONDecodeError as error:
+        raise WeightFileError(f"{source}: {_METADATA}: expected JSON, found invalid text ({error})") from error
+    if not isinstance(meta, dict):
+        raise WeightFileError(f"{source}: {_METADATA}: expected a JSON object, found {type(meta).__name__}")
+    if meta.get("format") != FORMAT:
+        raise WeightFileError(f"{source}: metadata.format: expected {FORMAT!r}, found {meta.get('format')!r}")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise WeightFileError(
+            f"{source}: metadata.format_version: expected {FORMAT_VERSION} (the only version this reader "
+            f"supports), found {version!r}"
+        )
+    return meta
+
+
+def _read_params(source: str, meta: dict[str, Any]) -> NetworkParams:
+    if "network_params" not in meta:
+        raise WeightFileError(f"{source}: metadata.network_params: expected NetworkParams.to_dict(), found it missing")
+    try:
+        file_params = NetworkParams.from_dict(meta["network_params"])
+    except (ParameterError, TypeError) as error:
+        raise WeightFileError(
+            f"{source}: metadata.network_params: expected valid NetworkParams, found: {error}"
+        ) from error
+    expected = file_params.to_dict()["connectivity"]
+    if meta.get("connectivity") != expected:
+        raise WeightFileError(
+            f"{source}: metadata.connectivity: expected network_params.connectivity {expected}, "
+            f"found {meta.get('connectivity')!r}"
+        )
+    return file_params
+
+
+def _check_params(source: str, found: NetworkParams, expected: NetworkParams) -> None:
+    found_fields, expected_fields = _flatten(found.to_dict()), _flatten(expected.to_dict())
+    differing = [name for name in expected_fields if found_fields.get(name) != expected_fields[name]]
+    if differing:
+        details = "; ".join(
+            f"{name}: expected {expected_fields[name]!r}, found {found_fields.get(name)!r}" for name in differing
+        )
+        raise WeightFileError(
+            f"{source}: metadata.network_params differ from the given params in {differing} "
+            f"(expected = given, found = file): {details}"
+        )
+
+
+def _flatten(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {f"{section}.{name}": value for section, values in sections.items() for name, value in values.items()}
+
+
+def _check_description(source: str, name: str, description: Any, shape: tuple[int, int]) -> None:
+    prefix = f"{source}: metadata.matrices.{name}"
+    if not isinstance(description, dict):
+        raise WeightFileError(f"{prefix}: expected a description with units, shape and layout, found {description!r}")
+    if description.get("units") != UNITS[name]:
+        # Never rescale: a file in other units was written by something that does not follow this format.
+        raise WeightFileError(
+            f"{prefix}.units: {name} expected units {UNITS[name]!r}, found {description.get('units')!r} "
+            "(weight files are not converted on load)"
+        )
+    if description.get("layout") != LAYOUT:
+        raise WeightFileError(f"{prefix}.layout: {name} expected {LAYOUT!r}, found {description.get('layout')!r}")
+    if description.get("shape") != list(shape):
+        raise WeightFileError(
+            f"{prefix}.shape: {name} expected {list(shape)} from network_params, found {description.get('shape')!r}"
+        )
+
+
+def _check_array(source: str, entry: str, array: np.ndarray, shape: tuple[int, int]) -> None:
+    if array.dtype.kind != "f" or not np.can_cast(array.dtype, np.float64, "safe"):
+        raise WeightFileError(
+            f"{source}: {entry}: expected a floating-point array (float64), found dtype {array.dtype}"
+        )
+    if array.shape != shape:
+        raise WeightFileError(f"{source}: {entry}: expected shape {shape} (pre, post), found {array.shape}")
+    finite = np.isfinite(array)
+    if not finite.all():
+        index = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise WeightFileError(
+            f"{source}: {entry}: expected finite values, found {int(np.count_nonzero(~finite))} non-finite "
+            f"(first {float(array[index])!r} at {index})"
+        )
+
+
+def _check_mask(source: str, mask: np.ndarray, shape: tuple[int, int]) -> None:
+    if mask.dtype != np.bool_:
+        raise WeightFileError(f"{source}: {_MASK}: expected dtype bool, found {mask.dtype}")
+    if mask.shape != shape:
+        raise WeightFileError(f"{source}: {_MASK}: expected shape {shape} (pre, post), found {mask.shape}")

@@ -1,0 +1,76 @@
+"""One network, every CPU backend: identical spike trains for identical input."""
+
+import numpy as np
+import pytest
+import torch
+
+from biosim.backends import BACKENDS, BackendError, run_trials
+from biosim.data import load_split
+from biosim.inputs import make_trials
+from biosim.weights import DaleLawError, WeightShapeError, init_weights
+from bridge.simulate import run_mirror
+
+
+def _assert_same_spikes(a, b):
+    for population in ("spikes_e", "spikes_i"):
+        x, y = getattr(a, population), getattr(b, population)
+        assert len(x) > 0, f"{population}: no spikes, the comparison would be empty"
+        for field in ("trial", "step", "neuron"):
+            np.testing.assert_array_equal(getattr(x, field), getattr(y, field), err_msg=f"{population}.{field}")
+
+
+@pytest.fixture
+def small_run(small_params):
+    test = load_split("smoke").test
+    trials = make_trials(test.images[:3], test.labels[:3], small_params, seed=5)
+    weights = init_weights(small_params, seed=5).effective()
+    return small_params, weights, trials
+
+
+@pytest.mark.standalone
+def test_runtime_and_cpp_standalone_give_identical_spikes(small_run, tmp_path):
+    params, weights, trials = small_run
+    numpy_result = run_trials(params, weights, trials, backend="numpy", progress=False)
+    cpp_result = run_trials(params, weights, trials, backend="cpp_standalone", build_dir=tmp_path, progress=False)
+    _assert_same_spikes(numpy_result, cpp_result)
+    np.testing.assert_allclose(numpy_result.scores, cpp_result.scores, rtol=1e-9, atol=1e-12)
+    # and the float64 mirror reproduces Brian2 spike for spike
+    mirror = run_mirror(params, weights, trials, dtype=torch.float64)
+    _assert_same_spikes(numpy_result, mirror)
+    np.testing.assert_allclose(mirror.scores, numpy_result.scores, rtol=1e-9, atol=1e-12)
+
+
+def test_trials_are_independent(small_run):
+    """Trial k gives the same spikes alone as inside a run of several trials (state is reset)."""
+    params, weights, trials = small_run
+    together = run_trials(params, weights, trials, backend="numpy", progress=False)
+    alone = run_trials(params, weights, trials.subset(np.array([2])), backend="numpy", progress=False)
+    step_together, neuron_together = together.spikes_e.of_trial(2)
+    step_alone, neuron_alone = alone.spikes_e.of_trial(0)
+    assert len(step_alone) > 0
+    np.testing.assert_array_equal(step_together, step_alone)
+    np.testing.assert_array_equal(neuron_together, neuron_alone)
+
+
+def test_unknown_backend_lists_valid_ones(small_run):
+    params, weights, trials = small_run
+    with pytest.raises(BackendError) as error:
+        run_trials(params, weights, trials, backend="genn")
+    for name in BACKENDS:
+        assert name in str(error.value)
+
+
+def test_negative_weight_is_refused(small_run):
+    params, weights, trials = small_run
+    stored = init_weights(params, seed=1, w_ei=-1.0)  # all E->I weights negative
+    with pytest.raises(DaleLawError, match="w_ei"):
+        run_trials(params, stored, trials, backend="numpy")
+
+
+def test_wrong_shape_is_refused(small_run):
+    params, weights, trials = small_run
+    from dataclasses import replace
+
+    bad = replace(weights, w_ie=weights.w_ie.T)
+    with pytest.raises(WeightShapeError, match=r"w_ie: expected shape \(32, 128\).*found \(128, 32\)"):
+        run_trials(params, bad, trials, backend="numpy")

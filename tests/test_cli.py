@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+from biosim.cli import main
+
+
+def test_simulate_json(tmp_path, capsys):
+    code = main(["simulate", "--backend", "numpy", "--n-trials", "2", "--json", "--quiet", "--out", str(tmp_path)])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("rate_e_hz", "rate_i_hz", "gamma_peak_hz", "backend", "n_trials"):
+        assert key in report
+    assert report["backend"] == "numpy" and report["n_trials"] == 2
+    assert report["rate_e_hz"] > 0 and report["rate_i_hz"] > 0
+    assert (tmp_path / "simulate_numpy.png").stat().st_size > 10_000
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["seed"] == 0 and record["versions"]["brian2"]
+    assert record["config"]["network"]["synapse"]["tau_gaba_ms"] > 0
+    assert record["metrics"]["rate_e_hz"] == report["rate_e_hz"]
+
+
+def test_unknown_backend_lists_choices(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", "--backend", "genn"])
+    assert exit_info.value.code == 2
+    assert "cpp_standalone" in capsys.readouterr().err
+
+
+def test_missing_idx_directory_is_named(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    code = main(["simulate", "--backend", "numpy", "--tier", "full", "--idx-dir", str(missing), "--n-trials", "1"])
+    assert code == 2
+    assert str(missing / "t10k-images-idx3-ubyte") in capsys.readouterr().err
+
+
+def test_too_many_trials_is_a_clear_error(tmp_path, capsys):
+    code = main(["simulate", "--backend", "numpy", "--tier", "smoke", "--n-trials", "1000", "--out", str(tmp_path)])
+    assert code == 2
+    assert "n_trials=1000" in capsys.readouterr().err
