@@ -33,14 +33,17 @@ THRESHOLD = "v > v_threshold"
 RESET = "v = v_reset"
 REFRACTORY = "refractory"
 
-# Trial boundary: restore the initial state of trial k (a row of a 2-D
-# TimedArray indexed by trial) and forget the previous trial's spikes.
+# Trial boundary: forget the previous trial's spikes, then restore the
+# initial state of trial k (a row of a 2-D TimedArray indexed by trial).
+# Refractoriness is cleared first: Brian2 only writes a variable marked
+# "unless refractory" where not_refractory is true, so otherwise a neuron that
+# spiked in the last 2 ms of the previous trial would keep its old v.
 NEURON_TRIAL_RESET = """
+lastspike = -1e4 * second
+not_refractory = True
 v = v_init(t, i)
 ge = 0 * siemens
 gi = 0 * siemens
-lastspike = -1e4 * second
-not_refractory = True
 """
 
 READOUT_EQUATIONS = """

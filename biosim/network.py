@@ -144,7 +144,7 @@ def build_network(
     }
     for name, indices in (record_v or {}).items():
         monitors[f"v_{name}"] = b2.StateMonitor(
-            populations[name], "v", record=np.asarray(indices), when="after_groups", name=f"v_{name}"
+            populations[name], "v", record=np.asarray(indices), when="end", name=f"v_{name}"
         )
 
     network = b2.Network(populations["e"], populations["i"], readout, source, *synapses, *monitors.values())

@@ -38,3 +38,16 @@ def test_too_many_trials_is_a_clear_error(tmp_path, capsys):
     code = main(["simulate", "--backend", "numpy", "--tier", "smoke", "--n-trials", "1000", "--out", str(tmp_path)])
     assert code == 2
     assert "n_trials=1000" in capsys.readouterr().err
+
+
+def test_crosscheck_json_reports_identical_spikes(tmp_path, capsys):
+    """Brian2 (numpy runtime) and the float64 mirror agree spike for spike on full-size trials."""
+    code = main(["crosscheck", "--backend", "numpy", "--n-trials", "2", "--json", "--quiet", "--out", str(tmp_path)])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    for population in ("e", "i"):
+        counts = report["spikes"][population]
+        assert counts["reference_spikes"] > 100
+        assert counts["missing"] == 0 and counts["extra"] == 0
+        assert counts["first_divergence_step"] is None
+    assert report["max_relative_v_difference"] < 1e-9
