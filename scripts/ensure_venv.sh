@@ -15,7 +15,7 @@ fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "installing biosim and its pinned dependencies into $venv (about a minute)" >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        -c "$root/requirements/constraints.txt" -e "$root[cuda,cuda_compile,distributed,dev]"
+        -c "$root/requirements/constraints.txt" -e "$root[cuda,curand,distributed,dev]"
     echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"
