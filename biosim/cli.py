@@ -111,7 +111,9 @@ def _crosscheck(args: argparse.Namespace) -> int:
                     f"first divergence: {where}"
                 )
             print(f"  max relative membrane difference before divergence: {report['max_relative_v_difference']:.2e}")
-    write_run_record(args.out, command="crosscheck", config=_options(args), seed=args.seed, metrics={"reports": reports})
+    write_run_record(
+        args.out, command="crosscheck", config=_options(args), seed=args.seed, metrics={"reports": reports}
+    )
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports))
     return 0 if all(r["identical"] for r in reports) else 1
@@ -128,7 +130,132 @@ def _add_crosscheck(subparsers) -> None:
     p.set_defaults(handler=_crosscheck)
 
 
-COMMANDS: list[Callable] = [_add_simulate, _add_crosscheck]
+def _train(args: argparse.Namespace) -> int:
+    from bridge.training import TrainConfig, train
+
+    overrides = {
+        key: getattr(args, key)
+        for key in ("n_train", "n_test", "epochs", "batch_size", "engine", "dtype", "device")
+        if getattr(args, key) is not None
+    }
+    config = TrainConfig(
+        tier=args.tier,
+        seed=args.seed,
+        init_w_ei=_init_spec(args.init_w_ei),
+        init_w_ie=_init_spec(args.init_w_ie),
+        train_w_ei=args.train_loop,
+        train_w_ie=args.train_loop,
+        idx_directory=args.idx_dir,
+        **overrides,
+    )
+    result = train(config, args.run_dir, progress=not args.quiet)
+    final = result.final_metrics
+    summary = {
+        "status": result.status,
+        "run_dir": str(args.run_dir),
+        **{k: final.get(k) for k in ("epoch", "test_accuracy", "rate_e_hz", "rate_i_hz", "gamma_peak_hz")},
+    }
+    print(json.dumps(summary) if args.json else "  ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0 if result.status == "completed" else 1
+
+
+def _init_spec(text: str) -> str | float:
+    return text if text in ("canonical", "zero") else float(text)
+
+
+def _add_train(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train the mirror with surrogate gradients (resumes if RUN_DIR has a checkpoint)"
+    )
+    p.add_argument("run_dir", type=Path, help="output directory of the run")
+    p.add_argument("--tier", default="cpu", help="training tier: smoke, cpu, medium, full (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--init-w-ei", default="canonical", help="canonical, zero or a multiple of canonical")
+    p.add_argument("--init-w-ie", default="canonical", help="canonical, zero or a multiple of canonical")
+    p.add_argument("--train-loop", action="store_true", help="let W_EI and W_IE train (default: frozen loop)")
+    p.add_argument("--n-train", type=int)
+    p.add_argument("--n-test", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--engine", help="time-loop engine (eager, fused)")
+    p.add_argument("--dtype", choices=("float32", "float64"))
+    p.add_argument("--device", choices=("cpu", "cuda"))
+    p.add_argument("--surrogate", help="fast_sigmoid (default), sigmoid, atan, triangle")
+    p.add_argument("--surrogate-slope", type=float, help="slope of the surrogate (1/unit, default 1)")
+    p.add_argument(
+        "--surrogate-unit-mv", type=float, help="unit of v - v_threshold for the surrogate, in mV (default 1000)"
+    )
+    p.add_argument("--idx-dir", default=None, help="directory with the MNIST IDX files (default: embedded digits)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_train)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from bridge.validation import format_report, validate
+
+    report = validate(args.run_dir, backend=args.backend, progress=not args.quiet)
+    print(json.dumps(report, default=str) if args.json else format_report(report))
+    return 0 if report["verdict"] == "pass" else 1
+
+
+def _add_validate(subparsers) -> None:
+    p = subparsers.add_parser("validate", help="run a trained network in Brian2 and in the mirror and compare")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--backend", default="cpp_standalone", choices=BACKENDS)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_validate)
+
+
+def _protocol_run(args: argparse.Namespace) -> int:
+    from protocols.definitions import get_protocol
+    from protocols.report import write_report
+    from protocols.runner import run_protocol, summarize_statuses
+
+    protocol = get_protocol(args.name, tier=args.tier, seeds=tuple(args.seeds) if args.seeds else None)
+    out = Path(args.out or f"results/{args.name}_{args.tier}")
+    statuses = run_protocol(
+        protocol, out, processes=args.processes, workers=args.workers, scheduler=args.scheduler, progress=not args.quiet
+    )
+    table, figures = write_report(out, formats=tuple(args.formats))
+    counts = summarize_statuses(statuses)
+    print(table.read_text())
+    print(f"runs: {counts}\ntable: {table} (and table.csv)\nfigures: {figures}")
+    return 0 if counts.get("failed", 0) == 0 else 1
+
+
+def _protocol_report(args: argparse.Namespace) -> int:
+    from protocols.report import write_report
+
+    table, figures = write_report(Path(args.out), formats=tuple(args.formats))
+    print(table.read_text())
+    print(f"table: {table}\nfigures: {figures}")
+    return 0
+
+
+def _add_protocol(subparsers) -> None:
+    p = subparsers.add_parser("protocol", help="run an experiment protocol and draw its figures and table")
+    actions = p.add_subparsers(dest="action", required=True)
+    run = actions.add_parser("run", help="train, validate in Brian2, draw and tabulate every run")
+    run.add_argument("name", help="protocol: dale_pruning, frozen_baseline")
+    run.add_argument("--tier", default="cpu", help="cpu, medium, full (default: %(default)s)")
+    run.add_argument("--seeds", type=int, nargs="+", help="default: 42 43 44")
+    executor = run.add_mutually_exclusive_group()
+    executor.add_argument("--processes", type=int, help="local process pool size (default: 1)")
+    executor.add_argument("--workers", type=int, help="start a Dask LocalCluster with N workers")
+    executor.add_argument("--scheduler", help="join a running Dask cluster at this address")
+    run.add_argument("--out", help="output directory (default: results/NAME_TIER)")
+    run.add_argument("--formats", nargs="+", default=["png"], help="figure formats (png, pdf, svg)")
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(handler=_protocol_run)
+    report = actions.add_parser("report", help="redraw figures and table of an existing protocol directory")
+    report.add_argument("out")
+    report.add_argument("--formats", nargs="+", default=["png"])
+    report.set_defaults(handler=_protocol_report)
+
+
+COMMANDS: list[Callable] = [_add_simulate, _add_crosscheck, _add_train, _add_validate, _add_protocol]
 
 
 def build_parser() -> argparse.ArgumentParser:

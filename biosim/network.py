@@ -115,11 +115,12 @@ def build_network(
     source = b2.SpikeGeneratorGroup(c.n_input, trials.input_neuron, steps * sim.dt_ms * b2.ms, name="input")
 
     def connect(pre, post, matrix, model, on_pre, name, unit):
-        synapses = b2.Synapses(pre, post, model=model, on_pre=on_pre, method=eq.METHOD, name=name)
         i, j, w = _dense_edges(matrix)
+        if len(w) == 0:
+            return None  # a fully pruned (or zero-initialised) block has no synapse to simulate
+        synapses = b2.Synapses(pre, post, model=model, on_pre=on_pre, method=eq.METHOD, name=name)
         synapses.connect(i=i, j=j)
-        if len(w):
-            synapses.w = w * unit
+        synapses.w = w * unit
         return synapses
 
     w_in = np.where(weights.input_mask, weights.w_in, 0.0)
@@ -147,6 +148,7 @@ def build_network(
             populations[name], "v", record=np.asarray(indices), when="end", name=f"v_{name}"
         )
 
+    synapses = [block for block in synapses if block is not None]
     network = b2.Network(populations["e"], populations["i"], readout, source, *synapses, *monitors.values())
     duration = trials.n_trials * trial_duration + b2.defaultclock.dt
     return BrianNetwork(network=network, duration=duration, monitors=monitors)

@@ -40,7 +40,7 @@ def plot_spectrum(ax, frequencies_hz: np.ndarray, power: np.ndarray, peak: Gamma
     if np.isfinite(peak.frequency_hz):
         ax.axvline(peak.frequency_hz, color="k", linestyle="--", linewidth=0.8)
         ax.annotate(
-            f"gamma peak {peak.frequency_hz:.0f} Hz",
+            f"gamma peak {peak.frequency_hz:.0f} Hz (x{peak.relative_power:.1f} band median)",
             (peak.frequency_hz, peak.power),
             xytext=(6, 0),
             textcoords="offset points",

@@ -125,8 +125,13 @@ def crosscheck(
     weights = (weights if weights is not None else init_weights(params, seed=seed)).effective()
     trials = load_test_trials(params, n_trials, seed=seed)
     c = params.connectivity
-    record = {"e": np.linspace(0, c.n_e - 1, n_recorded).astype(int), "i": np.linspace(0, c.n_i - 1, n_recorded).astype(int)}
-    brian = run_trials(params, weights, trials, backend=backend, build_dir=build_dir, record_v=record, progress=progress)
+    record = {
+        "e": np.linspace(0, c.n_e - 1, n_recorded).astype(int),
+        "i": np.linspace(0, c.n_i - 1, n_recorded).astype(int),
+    }
+    brian = run_trials(
+        params, weights, trials, backend=backend, build_dir=build_dir, record_v=record, progress=progress
+    )
     mirror = run_mirror(params, weights, trials, dtype=torch.float64, record_v=record)
     comparisons = [
         compare_spikes(brian.spikes_e, mirror.spikes_e, "e"),
@@ -136,7 +141,9 @@ def crosscheck(
         "backend": backend,
         "n_trials": n_trials,
         "seed": seed,
-        "spikes": {cmp.population: {**asdict(cmp), "identical_fraction": cmp.identical_fraction} for cmp in comparisons},
+        "spikes": {
+            cmp.population: {**asdict(cmp), "identical_fraction": cmp.identical_fraction} for cmp in comparisons
+        },
         "identical": all(cmp.missing == 0 and cmp.extra == 0 for cmp in comparisons),
         "max_relative_v_difference": trace_agreement(brian, mirror),
         "max_score_difference": float(np.max(np.abs(brian.scores - mirror.scores))),

@@ -1,0 +1,1 @@
+"""Experiments: protocols (conditions x seeds x tier), their runner, figures and tables."""

@@ -67,6 +67,17 @@ def test_trials_are_independent(small_params):
     assert boundary_refractory > 0, "no neuron was refractory at a trial boundary: the test exercised nothing"
 
 
+def test_zero_loop_weights_run_and_match_the_mirror(small_run):
+    """A zero-initialised (or fully pruned) E-I loop has no synapses in Brian2 and still runs."""
+    params, _, trials = small_run
+    weights = init_weights(params, seed=5, w_ei="zero", w_ie="zero").effective()
+    brian = run_trials(params, weights, trials, backend="numpy", progress=False)
+    mirror = run_mirror(params, weights, trials, dtype=torch.float64)
+    assert len(brian.spikes_i) == 0  # nothing drives the interneurons
+    for field in ("trial", "step", "neuron"):
+        np.testing.assert_array_equal(getattr(brian.spikes_e, field), getattr(mirror.spikes_e, field))
+
+
 def test_unknown_backend_lists_valid_ones(small_run):
     params, weights, trials = small_run
     with pytest.raises(BackendError) as error:

@@ -1,0 +1,263 @@
+"""Trainable PING network: a thin ``nn.Module`` around :func:`bridge.dynamics.step`.
+
+The time loop lives in one function per *engine*, looked up by name in
+:data:`ENGINES`. ``"eager"`` (:func:`run_network`) calls the pure step function
+once per time step; a faster engine can be registered later under another
+name without touching the model or the trainer, as long as it has the same
+signature and returns the same :class:`NetworkOutput`.
+
+Dale's law: the model stores unconstrained conductances and the forward pass
+uses ``max(w, 0)``. The clamp is :func:`torch.clamp` with ``min=0``, whose
+derivative is 1 at ``w >= 0`` and 0 at ``w < 0``: a stored zero (the
+``"zero"`` initialisation) still receives a gradient and can grow, while a
+negative (pruned) entry receives none. ``torch.relu`` would make an
+all-zero matrix a dead fixed point, which would decide the
+``trainable_zero_init`` protocol by a choice of subgradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from biosim.params import NetworkParams
+from biosim.weights import NetworkWeights
+
+from .dynamics import Constants, NetworkState, SpikeFunction, Weights, heaviside, initial_state, make_constants, step
+
+__all__ = [
+    "ENGINES",
+    "MATRICES",
+    "NetworkOutput",
+    "PINGModel",
+    "get_engine",
+    "run_network",
+]
+
+MATRICES = ("w_in", "w_ei", "w_ie", "w_out")
+"""Stored weight matrices of the model, in :class:`~bridge.dynamics.Weights` order."""
+
+
+class NetworkOutput(NamedTuple):
+    """What one engine run over a batch of trials returns.
+
+    Attributes
+    ----------
+    scores : Tensor (batch, n_classes)
+        "mem-mean" readout: the readout potentials averaged over all steps.
+    spike_counts_e : Tensor (batch, n_e)
+        Spikes of each E neuron over the trial (differentiable through the surrogate).
+    spike_counts_i : Tensor (batch, n_i)
+        Spikes of each I neuron over the trial.
+    final_state : NetworkState
+        State after the last step; non-finite potentials here reveal a
+        diverged simulation even when the scores are finite (a NaN membrane
+        never crosses threshold, so it cannot reach the readout).
+    population_e : Tensor (batch, n_steps) or None
+        E spikes per step (detached), when requested; for rates and spectra.
+    population_i : Tensor (batch, n_steps) or None
+        I spikes per step (detached), when requested.
+    """
+
+    scores: torch.Tensor
+    spike_counts_e: torch.Tensor
+    spike_counts_i: torch.Tensor
+    final_state: NetworkState
+    population_e: torch.Tensor | None = None
+    population_i: torch.Tensor | None = None
+
+
+Engine = Callable[..., NetworkOutput]
+
+
+def run_network(
+    x: torch.Tensor,
+    v_init_e: torch.Tensor,
+    v_init_i: torch.Tensor,
+    weights: Weights,
+    constants: Constants,
+    spike_fn: SpikeFunction = heaviside,
+    *,
+    record_population: bool = False,
+) -> NetworkOutput:
+    """Run whole trials by calling :func:`bridge.dynamics.step` once per time step ("eager" engine).
+
+    Parameters
+    ----------
+    x : Tensor (batch, n_steps, n_input) of bool
+        Input spike raster (``TrialSet.dense``); converted to the weights'
+        dtype one step at a time, so the raster stays one byte per entry.
+    v_init_e : Tensor (batch, n_e)
+        Initial E membrane potentials (mV), in the dtype of the simulation.
+    v_init_i : Tensor (batch, n_i)
+        Initial I membrane potentials (mV).
+    weights : Weights
+        Effective weights (uS; readout dimensionless).
+    constants : Constants
+        From :func:`bridge.dynamics.make_constants`.
+    spike_fn : callable
+        Heaviside forward; a :class:`bridge.surrogates.Surrogate` to train.
+    record_population : bool
+        Also return the E and I spike counts per step (detached).
+
+    Returns
+    -------
+    NetworkOutput
+        Scores are ``score_sum / n_steps``, as in :func:`bridge.simulate.run_mirror`.
+    """
+    n_steps = x.shape[1]
+    dtype = v_init_e.dtype
+    state = initial_state(v_init_e, v_init_i, weights.w_out.shape[1])
+    counts_e = torch.zeros_like(v_init_e)
+    counts_i = torch.zeros_like(v_init_i)
+    population_e: list[torch.Tensor] = []
+    population_i: list[torch.Tensor] = []
+    for t in range(n_steps):
+        spikes_e, spikes_i, state = step(x[:, t].to(dtype), state, constants, weights, spike_fn)
+        counts_e = counts_e + spikes_e
+        counts_i = counts_i + spikes_i
+        if record_population:
+            population_e.append(spikes_e.detach().sum(dim=1))
+            population_i.append(spikes_i.detach().sum(dim=1))
+    return NetworkOutput(
+        scores=state.score_sum / n_steps,
+        spike_counts_e=counts_e,
+        spike_counts_i=counts_i,
+        final_state=state,
+        population_e=torch.stack(population_e, dim=1) if record_population else None,
+        population_i=torch.stack(population_i, dim=1) if record_population else None,
+    )
+
+
+ENGINES: dict[str, Engine] = {"eager": run_network}
+"""Time-loop engines by name; each has the signature of :func:`run_network`."""
+
+
+def get_engine(name: str) -> Engine:
+    """The engine registered as ``name``; raises ``ValueError`` listing the valid names."""
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; valid engines: {', '.join(ENGINES)}")
+    return ENGINES[name]
+
+
+class PINGModel(nn.Module):
+    """The PING network with stored, unconstrained weights and per-matrix trainable flags.
+
+    Parameters
+    ----------
+    params : NetworkParams
+        Network and trial definition (sizes, constants, time grid).
+    weights : NetworkWeights
+        Initial *stored* weights (e.g. :func:`biosim.weights.init_weights`);
+        negative conductances are kept and act as pruned edges.
+    trainable : dict of str to bool, optional
+        Trainable flag per matrix (``w_in``, ``w_ei``, ``w_ie``, ``w_out``);
+        missing ones default to True.
+    spike_fn : callable
+        Spike function for the forward pass (default exact Heaviside, no gradient).
+    engine : str
+        Key of :data:`ENGINES`.
+    dtype : torch.dtype
+        Parameter and state dtype.
+
+    Attributes
+    ----------
+    w_in, w_ei, w_ie, w_out : nn.Parameter
+        Stored weights, shapes ``(pre, post)`` as in :mod:`biosim.weights`.
+    input_mask : Tensor (n_input, n_e) of bool
+        Buffer: which input -> E edges exist. ``w_in`` is multiplied by it in
+        the forward pass, so entries outside the mask get zero gradient.
+    """
+
+    def __init__(
+        self,
+        params: NetworkParams,
+        weights: NetworkWeights,
+        *,
+        trainable: dict[str, bool] | None = None,
+        spike_fn: SpikeFunction = heaviside,
+        engine: str = "eager",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        weights.check_shapes(params)
+        trainable = dict(trainable or {})
+        unknown = sorted(set(trainable) - set(MATRICES))
+        if unknown:
+            raise ValueError(f"trainable: unknown matrix name(s) {unknown}; valid names: {', '.join(MATRICES)}")
+        self.params = params
+        self.constants = make_constants(params)
+        self.spike_fn = spike_fn
+        self.engine = engine
+        get_engine(engine)  # fail at construction, not at the first forward
+        for name in MATRICES:
+            value = torch.as_tensor(np.asarray(getattr(weights, name), dtype=np.float64), dtype=dtype)
+            self.register_parameter(name, nn.Parameter(value.clone(), requires_grad=trainable.get(name, True)))
+        self.register_buffer("input_mask", torch.as_tensor(np.asarray(weights.input_mask, dtype=bool)).clone())
+
+    @classmethod
+    def from_network_weights(
+        cls,
+        params: NetworkParams,
+        weights: NetworkWeights,
+        *,
+        trainable: dict[str, bool] | None = None,
+        spike_fn: SpikeFunction = heaviside,
+        engine: str = "eager",
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> PINGModel:
+        """Build a model from stored numpy weights and move it to ``device``."""
+        return cls(params, weights, trainable=trainable, spike_fn=spike_fn, engine=engine, dtype=dtype).to(device)
+
+    @property
+    def trainable(self) -> dict[str, bool]:
+        """Trainable flag of each matrix."""
+        return {name: getattr(self, name).requires_grad for name in MATRICES}
+
+    def effective_weights(self) -> Weights:
+        """Weights the dynamics see: conductances clamped at 0 (Dale's law), ``w_in`` masked."""
+        w_in = torch.clamp(self.w_in, min=0.0) * self.input_mask.to(self.w_in.dtype)
+        return Weights(w_in, torch.clamp(self.w_ei, min=0.0), torch.clamp(self.w_ie, min=0.0), self.w_out)
+
+    def to_network_weights(self, stored: bool = True) -> NetworkWeights:
+        """The weights as float64 numpy arrays.
+
+        Parameters
+        ----------
+        stored : bool
+            True: the stored, unconstrained values (what training changes).
+            False: the effective values (what Brian2 receives).
+        """
+        arrays = {name: getattr(self, name).detach().cpu().to(torch.float64).numpy().copy() for name in MATRICES}
+        weights = NetworkWeights(**arrays, input_mask=self.input_mask.detach().cpu().numpy().copy())
+        return weights if stored else weights.effective()
+
+    def forward(
+        self, x: torch.Tensor, v_init_e: torch.Tensor, v_init_i: torch.Tensor, *, record_population: bool = False
+    ) -> NetworkOutput:
+        """Simulate a batch of trials.
+
+        Parameters
+        ----------
+        x : Tensor (batch, n_steps, n_input) of bool
+            Input spike raster.
+        v_init_e, v_init_i : Tensor (batch, n_e), (batch, n_i)
+            Initial membrane potentials (mV); cast to the model's dtype.
+        record_population : bool
+            Also return per-step population spike counts.
+        """
+        dtype = self.w_out.dtype
+        return get_engine(self.engine)(
+            x,
+            v_init_e.to(dtype),
+            v_init_i.to(dtype),
+            self.effective_weights(),
+            self.constants,
+            self.spike_fn,
+            record_population=record_population,
+        )

@@ -1,0 +1,211 @@
+"""Validate a trained network in Brian2 against the PyTorch mirror.
+
+The trained weights (``RUN_DIR/weights.npz``, :mod:`biosim.weight_files`) go
+into the Brian2 network and run on the run's test digits (same input spikes
+and initial states as the trainer's test evaluation). The mirror runs the same
+trials twice: in float64, where it should reproduce Brian2 spike for spike,
+and in the run's training dtype, the simulator the weights were trained in.
+
+Pass criteria (Brian2 against the float64 mirror; printed with the verdict):
+
+- accuracy within 1 percentage point;
+- E and I rates within 5 % (relative to the mirror);
+- gamma peak within 2 Hz, or one frequency bin if the grid is coarser;
+- float64 spike identity fraction at least 0.99 (E and I spikes together).
+
+The same numbers against the training-dtype mirror are reported too, for
+information: float32 rounding makes individual spike trains diverge over a
+trial (the network is chaotic), so only the statistics are expected to agree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from biosim.analysis import gamma_peak, population_spectrum
+from biosim.backends import run_trials
+from biosim.records import write_json
+from biosim.results import SimulationResult
+from biosim.simulation import summarize
+from biosim.weight_files import load_weights
+
+from .crosscheck import compare_spikes
+from .simulate import run_mirror
+from .training import TrainConfig, test_trial_set
+
+__all__ = ["Criteria", "validate", "format_report"]
+
+
+@dataclass(frozen=True)
+class Criteria:
+    accuracy_pp: float = 1.0
+    rate_relative: float = 0.05
+    gamma_hz: float = 2.0
+    spike_identity: float = 0.99
+
+
+def _relative(reference: float, candidate: float) -> float:
+    if reference == candidate:  # includes both zero (a silent population in both simulators)
+        return 0.0
+    return abs(reference - candidate) / abs(candidate) if candidate else math.inf
+
+
+def _absolute(reference: float, candidate: float) -> float:
+    if math.isnan(reference) and math.isnan(candidate):  # no spectral peak in either
+        return 0.0
+    return abs(reference - candidate)
+
+
+def _agreement(
+    reference: dict[str, float], candidate: dict[str, float], resolution_hz: float, criteria: Criteria
+) -> dict:
+    """Differences of ``reference`` (Brian2) from ``candidate`` (mirror) and whether each passes."""
+    checks = {
+        "accuracy_pp": (100 * abs(reference["accuracy"] - candidate["accuracy"]), criteria.accuracy_pp),
+        "rate_e_relative": (_relative(reference["rate_e_hz"], candidate["rate_e_hz"]), criteria.rate_relative),
+        "rate_i_relative": (_relative(reference["rate_i_hz"], candidate["rate_i_hz"]), criteria.rate_relative),
+        "gamma_hz": (
+            _absolute(reference["gamma_peak_hz"], candidate["gamma_peak_hz"]),
+            max(criteria.gamma_hz, resolution_hz),
+        ),
+    }
+    return {
+        name: {"difference": value, "tolerance": tolerance, "pass": bool(value <= tolerance)}
+        for name, (value, tolerance) in checks.items()
+    }
+
+
+def validate(
+    run_dir: str | Path,
+    *,
+    backend: str = "cpp_standalone",
+    build_dir: str | Path | None = None,
+    criteria: Criteria = Criteria(),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the trained network of ``run_dir`` in Brian2 and in the mirror and compare.
+
+    Returns a JSON-ready report (also written to ``RUN_DIR/validation_<backend>.json``)
+    with per-simulator accuracy, E and I rates and gamma peak, the agreement
+    checks and the verdict.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``run_dir`` has no ``config.json`` or ``weights.npz``.
+    biosim.weight_files.WeightFileError
+        The weight file is malformed (the message names the matrix).
+    """
+    run_dir = Path(run_dir)
+    config_path, weights_path = run_dir / "config.json", run_dir / "weights.npz"
+    for path in (config_path, weights_path):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: is {run_dir} a finished training run (biosim train)?")
+    config = TrainConfig.from_dict(json.loads(config_path.read_text())["config"])
+    loaded = load_weights(weights_path)
+    params = loaded.params
+    trials = test_trial_set(config)
+
+    brian = run_trials(params, loaded.effective, trials, backend=backend, build_dir=build_dir, progress=progress)
+    mirrors: dict[str, SimulationResult] = {"float64": run_mirror(params, loaded.stored, trials, dtype=torch.float64)}
+    if config.dtype != "float64":
+        mirrors[config.dtype] = run_mirror(params, loaded.stored, trials, dtype=getattr(torch, config.dtype))
+
+    def summary(result: SimulationResult) -> dict[str, Any]:
+        return summarize(result, params, trials.labels).as_dict()
+
+    sim = params.simulation
+    frequencies, power = population_spectrum(brian.spikes_e, sim.dt_ms, sim.transient_ms)
+    resolution_hz = gamma_peak(frequencies, power).resolution_hz  # spacing of the grid peaks are read from
+    simulators = {f"brian2:{backend}": summary(brian), **{f"mirror:{k}": summary(v) for k, v in mirrors.items()}}
+    reference = simulators[f"brian2:{backend}"]
+    identity = [
+        compare_spikes(brian.spikes_e, mirrors["float64"].spikes_e, "e"),
+        compare_spikes(brian.spikes_i, mirrors["float64"].spikes_i, "i"),
+    ]
+    identical = sum(c.identical for c in identity)
+    total = sum(c.identical + c.missing + c.extra for c in identity)
+    identity_fraction = identical / total if total else 1.0
+    agreement = {
+        name: _agreement(reference, simulators[name], resolution_hz, criteria)
+        for name in simulators
+        if name.startswith("mirror:")
+    }
+    checks = agreement["mirror:float64"]
+    verdict = all(check["pass"] for check in checks.values()) and identity_fraction >= criteria.spike_identity
+    report = {
+        "run_dir": str(run_dir),
+        "backend": backend,
+        "n_trials": trials.n_trials,
+        "simulators": simulators,
+        "agreement": agreement,
+        "spike_identity_float64": {
+            "fraction": identity_fraction,
+            "identical": identical,
+            "missing": sum(c.missing for c in identity),
+            "extra": sum(c.extra for c in identity),
+            "tolerance": criteria.spike_identity,
+            "pass": identity_fraction >= criteria.spike_identity,
+        },
+        "criteria": criteria.__dict__,
+        "verdict": "pass" if verdict else "fail",
+        "timings_s": {"brian2": brian.timings_s, **{f"mirror:{k}": v.timings_s for k, v in mirrors.items()}},
+    }
+    write_json(run_dir / f"validation_{backend}.json", report)
+    _save_brian2_views(run_dir, backend, brian, params)
+    return report
+
+
+def _save_brian2_views(run_dir: Path, backend: str, result: SimulationResult, params) -> None:
+    """What the figures draw from Brian2: the raster of test trial 0 and the trial-averaged E spectrum."""
+    sim = params.simulation
+    frequencies, power = population_spectrum(result.spikes_e, sim.dt_ms, sim.transient_ms)
+    write_json(run_dir / f"spectrum_{backend}.json", {"frequency_hz": frequencies, "power": power})
+    e_step, e_neuron = result.spikes_e.of_trial(0)
+    i_step, i_neuron = result.spikes_i.of_trial(0)
+    path = run_dir / f"raster_{backend}.npz"
+    temporary = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(
+        temporary,
+        e_step=e_step,
+        e_neuron=e_neuron,
+        i_step=i_step,
+        i_neuron=i_neuron,
+        dt_ms=sim.dt_ms,
+        n_e=result.spikes_e.n_neurons,
+        n_i=result.spikes_i.n_neurons,
+        n_steps=result.spikes_e.n_steps,
+    )
+    os.replace(temporary, path)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a small table with the verdict."""
+    lines = [f"validation of {report['run_dir']} on {report['n_trials']} test digits"]
+    lines.append(f"{'simulator':<24} {'accuracy':>9} {'E (Hz)':>8} {'I (Hz)':>8} {'gamma (Hz)':>11}")
+    for name, s in report["simulators"].items():
+        accuracy = f"{100 * s['accuracy']:>8.1f}%"
+        lines.append(f"{name:<24} {accuracy} {s['rate_e_hz']:>8.2f} {s['rate_i_hz']:>8.2f} {s['gamma_peak_hz']:>11.1f}")
+    for name, checks in report["agreement"].items():
+        role = "criteria" if name == "mirror:float64" else "information"
+        parts = [
+            f"{key} {c['difference']:.3g} (<= {c['tolerance']:.3g}: {'ok' if c['pass'] else 'FAIL'})"
+            for key, c in checks.items()
+        ]
+        lines.append(f"Brian2 vs {name} [{role}]: " + ", ".join(parts))
+    identity = report["spike_identity_float64"]
+    lines.append(
+        f"float64 spike identity: {identity['fraction']:.4f} ({identity['identical']} identical, "
+        f"{identity['missing']} missing, {identity['extra']} extra; "
+        f">= {identity['tolerance']}: {'ok' if identity['pass'] else 'FAIL'})"
+    )
+    lines.append(f"verdict: {report['verdict'].upper()}")
+    return "\n".join(lines)

@@ -1,0 +1,31 @@
+"""Figures and table of a protocol directory (re-runnable at any time)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .figures import draw_all
+from .results import load_runs
+from .table import write_tables
+
+__all__ = ["write_report"]
+
+
+def write_report(out_dir: Path, *, formats: tuple[str, ...] = ("png",)) -> tuple[Path, Path]:
+    """Draw every card into ``out_dir/figures`` and write ``table.md`` / ``table.csv``.
+
+    Returns the Markdown table's path and the figure directory.
+    """
+    records = load_runs(out_dir)
+    if not records:
+        raise FileNotFoundError(f"no runs under {out_dir} (expected CONDITION/seed_N/run_spec.json)")
+    protocol_path = out_dir / "protocol.json"
+    title = "protocol"
+    if protocol_path.exists():
+        protocol = json.loads(protocol_path.read_text())["protocol"]
+        title = f"{protocol['name']}, tier {protocol['tier']}, seeds {', '.join(map(str, protocol['seeds']))}"
+    figure_dir = out_dir / "figures"
+    draw_all(records, figure_dir, formats)
+    table, _ = write_tables(records, out_dir, title=title)
+    return table, figure_dir

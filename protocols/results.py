@@ -1,0 +1,73 @@
+"""Read a protocol's output directory back: runs, their metrics and weights."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from biosim.weight_files import load_weights
+from biosim.weights import init_weights
+
+from .definitions import RunSpec
+
+__all__ = ["RunRecord", "load_runs", "initial_effective", "trained_effective"]
+
+
+@dataclass
+class RunRecord:
+    run_dir: Path
+    spec: RunSpec
+    status: dict[str, Any]
+
+    @property
+    def condition(self) -> str:
+        return self.spec.condition
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
+
+    @property
+    def ok(self) -> bool:
+        return self.status.get("status") == "completed"
+
+    def metrics(self) -> list[dict[str, Any]]:
+        path = self.run_dir / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    @property
+    def validation_backend(self) -> str:
+        """The Brian2 backend this run was validated on (its files carry the name)."""
+        return (self.status.get("validation") or {}).get("backend", self.spec.validation_backend)
+
+
+def load_runs(out_dir: str | Path) -> list[RunRecord]:
+    """Every run under ``out_dir`` that has a spec and a status, sorted by condition and seed."""
+    records = []
+    for spec_path in sorted(Path(out_dir).glob("*/seed_*/run_spec.json")):
+        run_dir = spec_path.parent
+        status_path = run_dir / "status.json"
+        status = json.loads(status_path.read_text()) if status_path.exists() else {"status": "incomplete"}
+        records.append(RunRecord(run_dir, RunSpec.from_dict(json.loads(spec_path.read_text())), status))
+    return records
+
+
+def initial_effective(record: RunRecord) -> dict[str, np.ndarray]:
+    """Effective W_EI, W_IE at initialisation (redrawn from the run's config and seed)."""
+    config = record.spec.config
+    params = config.network_params()
+    stored = init_weights(params, seed=config.seed, w_in=config.init_w_in, w_ei=config.init_w_ei, w_ie=config.init_w_ie)
+    return {"w_ei": np.maximum(stored.w_ei, 0.0), "w_ie": np.maximum(stored.w_ie, 0.0)}
+
+
+def trained_effective(record: RunRecord) -> dict[str, np.ndarray] | None:
+    """Effective W_EI, W_IE after training, from the run's weight file (None if absent)."""
+    path = record.run_dir / "weights.npz"
+    if not path.exists():
+        return None
+    loaded = load_weights(path)
+    return {"w_ei": loaded.effective.w_ei, "w_ie": loaded.effective.w_ie}

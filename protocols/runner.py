@@ -1,0 +1,241 @@
+"""Run every (condition, seed) of a protocol: train, validate in Brian2, record.
+
+Executors:
+
+- default: a local process pool (``concurrent.futures``);
+- ``workers=N``: a Dask ``LocalCluster`` with N single-threaded worker processes;
+- ``scheduler=ADDRESS``: an existing Dask cluster (e.g. one started on SLURM
+  with dask-jobqueue, see the README).
+
+Runs are idempotent. A run directory holds ``status.json`` once it has
+finished (completed, diverged or failed); a re-run skips completed and
+diverged runs and retries failed ones. Training resumes from its last
+checkpoint, so a run interrupted by a crash or a killed worker loses at most
+one epoch. A failure in one run is recorded in its ``status.json`` and never
+stops the others. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from biosim.records import library_versions, write_json
+
+from .definitions import Protocol, RunSpec
+
+__all__ = ["run_protocol", "execute_run", "run_status", "FINISHED_STATUSES"]
+
+FINISHED_STATUSES = ("completed", "diverged")
+
+# Fault injection for the runner's own tests: when set to a path that does not
+# exist yet, the first run to start creates it and kills its worker process.
+KILL_ONCE_ENV = "BIOSIM_FAULT_KILL_WORKER_ONCE"
+
+
+def _maybe_kill_worker() -> None:
+    marker = os.environ.get(KILL_ONCE_ENV)
+    if marker:
+        try:
+            with open(marker, "x") as handle:  # exclusive create: exactly one run gets here
+                handle.write(str(os.getpid()))
+        except FileExistsError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_status(run_dir: Path) -> dict[str, Any] | None:
+    import json
+
+    path = run_dir / "status.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _worker_build_dir(out_dir: Path) -> Path:
+    """One Brian2 project per worker process, reused across its runs (recompiles only what changed)."""
+    return out_dir / "build" / f"{socket.gethostname()}-{os.getpid()}"
+
+
+def execute_run(spec_data: dict[str, Any], out_dir: str, threads: int = 1, progress: bool = False) -> dict[str, Any]:
+    """Train, validate and record one run; the unit of work sent to a pool or Dask worker.
+
+    Never raises for a failure of the run itself: the error is written to the
+    run's ``status.json`` and returned.
+    """
+    import torch
+
+    from bridge.training import train
+    from bridge.validation import validate
+
+    torch.set_num_threads(threads)
+    spec = RunSpec.from_dict(spec_data)
+    _maybe_kill_worker()
+    out = Path(out_dir)
+    run_dir = out / spec.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "run_spec.json", spec.to_dict())
+    started = time.time()
+    status: dict[str, Any] = {
+        "run_id": spec.run_id,
+        "condition": spec.condition,
+        "seed": spec.seed,
+        "host": socket.gethostname(),
+    }
+    try:
+        result = train(spec.config, run_dir, progress=progress)
+        status["status"] = result.status
+        status["final"] = result.final_metrics
+        if result.status == "diverged":
+            status["diverged"] = result.diverged
+        else:
+            backend = spec.validation_backend
+            report = validate(run_dir, backend=backend, build_dir=_worker_build_dir(out), progress=False)
+            status["validation"] = {
+                "backend": backend,
+                "verdict": report["verdict"],
+                "simulators": report["simulators"],
+            }
+    except Exception as error:  # a failed run is recorded, never fatal for the protocol
+        status["status"] = "failed"
+        status["error"] = f"{type(error).__name__}: {error}"
+        status["traceback"] = traceback.format_exc()
+    status["elapsed_s"] = time.time() - started
+    write_json(run_dir / "status.json", status)
+    return status
+
+
+def _pending(protocol: Protocol, out: Path) -> tuple[list[RunSpec], list[dict[str, Any]]]:
+    pending, done = [], []
+    for spec in protocol.runs():
+        status = run_status(out / spec.run_id)
+        if status and status.get("status") in FINISHED_STATUSES:
+            done.append(status)
+        else:
+            pending.append(spec)
+    return pending, done
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="runs", unit="run", file=sys.stderr, disable=not enabled)
+
+
+def _run_local(specs: list[RunSpec], out: Path, processes: int, on_done: Callable[[dict], None]) -> None:
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    # spawn, not fork: forking a process whose torch/OpenMP thread pools are
+    # running can deadlock the child.
+    with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(execute_run, spec.to_dict(), str(out), threads): spec for spec in specs}
+        for future in as_completed(futures):
+            spec = futures[future]
+            try:
+                on_done(future.result())
+            except Exception as error:  # the worker process itself died
+                status = {"run_id": spec.run_id, "status": "failed", "error": f"worker lost: {error!r}"}
+                write_json(out / spec.run_id / "status.json", status)
+                on_done(status)
+
+
+def _run_dask(specs: list[RunSpec], out: Path, client, on_done: Callable[[dict], None]) -> None:
+    from distributed import as_completed as dask_as_completed
+
+    # pure=False: a re-submitted run must execute again, not reuse a cached result.
+    futures = {
+        client.submit(
+            execute_run,
+            spec.to_dict(),
+            str(out),
+            1,
+            pure=False,
+            key=f"run-{spec.condition}-{spec.seed}-{time.time_ns()}",
+        ): spec
+        for spec in specs
+    }
+    for future in dask_as_completed(list(futures)):
+        spec = futures[future]
+        try:
+            on_done(future.result())
+        except Exception as error:  # worker lost more often than the scheduler allows
+            status = {"run_id": spec.run_id, "status": "failed", "error": f"dask: {error!r}"}
+            write_json(out / spec.run_id / "status.json", status)
+            on_done(status)
+
+
+def run_protocol(
+    protocol: Protocol,
+    out_dir: str | Path,
+    *,
+    processes: int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run all pending runs of ``protocol`` under ``out_dir``; returns every run's status.
+
+    Parameters
+    ----------
+    processes : int, optional
+        Local process pool size (default: 1 process using all cores; the
+        trainer's tensor operations already use the cores).
+    workers : int, optional
+        Start a Dask ``LocalCluster`` with this many single-threaded workers.
+    scheduler : str, optional
+        Address of a running Dask scheduler (``tcp://host:8786``).
+    """
+    if workers is not None and scheduler is not None:
+        raise ValueError("give either workers (a local Dask cluster) or scheduler (an existing one), not both")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "protocol.json", {"protocol": protocol.to_dict(), "versions": library_versions()})
+    pending, statuses = _pending(protocol, out)
+    bar = _progress_bar(len(pending) + len(statuses), len(statuses), progress)
+
+    def on_done(status: dict[str, Any]) -> None:
+        statuses.append(status)
+        bar.update(1)
+        bar.set_postfix_str(f"{status.get('run_id')}: {status.get('status')}")
+
+    try:
+        if not pending:
+            pass
+        elif scheduler is not None or workers is not None:
+            from distributed import Client, LocalCluster
+
+            if scheduler is not None:
+                with Client(scheduler) as client:
+                    _run_dask(pending, out, client, on_done)
+            else:
+                with (
+                    LocalCluster(
+                        n_workers=workers,
+                        threads_per_worker=1,
+                        processes=True,
+                        host="127.0.0.1",
+                        dashboard_address=None,
+                    ) as cluster,
+                    Client(cluster) as client,
+                ):
+                    _run_dask(pending, out, client, on_done)
+        else:
+            _run_local(pending, out, processes or 1, on_done)
+    finally:
+        bar.close()
+    order = {spec.run_id: k for k, spec in enumerate(protocol.runs())}
+    return sorted(statuses, key=lambda s: order.get(s.get("run_id"), len(order)))
+
+
+def summarize_statuses(statuses: Iterable[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status.get("status", "unknown")] = counts.get(status.get("status", "unknown"), 0) + 1
+    return counts

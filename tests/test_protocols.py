@@ -1,0 +1,104 @@
+"""The protocol runner end to end on a tiny tier: local pool and a real Dask LocalCluster."""
+
+import json
+import os
+
+import pytest
+
+from biosim.params import NetworkParams
+from protocols.definitions import CONDITIONS, PROTOCOLS, Protocol, get_protocol
+from protocols.report import write_report
+from protocols.runner import KILL_ONCE_ENV, run_protocol, run_status
+
+SMALL_NETWORK = (
+    NetworkParams()
+    .replace(connectivity__n_e=64, connectivity__n_i=16, simulation__trial_ms=40.0, simulation__transient_ms=10.0)
+    .to_dict()
+)
+
+
+def _tiny(conditions=("frozen_ping", "trainable_zero_init"), seeds=(42, 43)) -> Protocol:
+    return Protocol(
+        name="dale_pruning",
+        conditions=conditions,
+        tier="smoke",
+        seeds=seeds,
+        overrides={"network": SMALL_NETWORK, "engine": "eager"},
+        validation_backend="numpy",
+    )
+
+
+def test_conditions_match_the_spec():
+    assert PROTOCOLS["dale_pruning"] == (
+        "frozen_ping",
+        "trainable_ping_init",
+        "trainable_zero_init",
+        "trainable_small_init",
+    )
+    runs = get_protocol("dale_pruning", tier="cpu").runs()
+    assert len(runs) == 12 and {r.seed for r in runs} == {42, 43, 44}
+    by_condition = {r.condition: r.config for r in runs}
+    assert not by_condition["frozen_ping"].train_w_ei and not by_condition["frozen_ping"].train_w_ie
+    assert by_condition["trainable_zero_init"].init_w_ei == "zero" and by_condition["trainable_zero_init"].train_w_ie
+    assert by_condition["trainable_small_init"].init_w_ie == 0.1
+    assert all(c.train_w_in and c.train_w_out for c in by_condition.values())
+
+
+def test_protocol_round_trips_and_rejects_unknown_names():
+    protocol = _tiny()
+    assert Protocol.from_dict(protocol.to_dict()) == protocol
+    with pytest.raises(ValueError, match="valid conditions"):
+        Protocol(name="x", conditions=("no_such",), tier="cpu")
+    with pytest.raises(ValueError, match="valid tiers"):
+        get_protocol("dale_pruning", tier="huge")
+    assert set(CONDITIONS) == set(PROTOCOLS["dale_pruning"])
+
+
+def test_local_pool_runs_records_and_skips_finished(tmp_path):
+    protocol = _tiny(conditions=("frozen_ping",), seeds=(42,))
+    statuses = run_protocol(protocol, tmp_path, progress=False)
+    assert [s["status"] for s in statuses] == ["completed"]
+    run_dir = tmp_path / "frozen_ping" / "seed_42"
+    status = run_status(run_dir)
+    assert status["validation"]["verdict"] == "pass"
+    assert (run_dir / "weights.npz").exists() and (run_dir / "config.json").exists()
+    first_mtime = (run_dir / "status.json").stat().st_mtime_ns
+    again = run_protocol(protocol, tmp_path, progress=False)
+    assert [s["status"] for s in again] == ["completed"]
+    assert (run_dir / "status.json").stat().st_mtime_ns == first_mtime, "a finished run was run again"
+
+
+def test_dask_local_cluster_survives_a_killed_worker(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv(KILL_ONCE_ENV, str(marker))  # inherited by the worker processes
+    protocol = _tiny()
+    statuses = run_protocol(protocol, tmp_path / "out", workers=2, progress=False)
+    assert marker.exists(), "no worker was killed: the test exercised nothing"
+    assert sorted(s["run_id"] for s in statuses) == sorted(r.run_id for r in protocol.runs())
+    assert all(s["status"] == "completed" for s in statuses), statuses
+    assert all(s["validation"]["verdict"] == "pass" for s in statuses)
+    table, figures = write_report(tmp_path / "out")
+    text = table.read_text()
+    assert "frozen_ping" in text and "trainable_zero_init" in text and "2/2 pass" in text
+    assert sorted(p.name for p in figures.glob("*.png")) == sorted(
+        f"{c}_{kind}.png" for c in ("frozen_ping", "trainable_zero_init") for kind in ("diagnostic", "weights")
+    )
+    assert os.path.getsize(tmp_path / "out" / "table.csv") > 0
+    protocol_record = json.loads((tmp_path / "out" / "protocol.json").read_text())
+    assert Protocol.from_dict(protocol_record["protocol"]) == protocol
+
+
+def test_a_failed_run_is_recorded_and_does_not_stop_the_others(tmp_path):
+    broken = dict(SMALL_NETWORK)
+    protocol = Protocol(
+        name="dale_pruning",
+        conditions=("frozen_ping",),
+        tier="smoke",
+        seeds=(42, 43),
+        overrides={"network": broken, "engine": "eager", "idx_directory": str(tmp_path / "no_mnist_here")},
+        validation_backend="numpy",
+    )
+    statuses = run_protocol(protocol, tmp_path / "out", progress=False)
+    assert [s["status"] for s in statuses] == ["failed", "failed"]
+    assert "no_mnist_here" in statuses[0]["error"]
