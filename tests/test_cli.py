@@ -51,3 +51,43 @@ def test_crosscheck_json_reports_identical_spikes(tmp_path, capsys):
         assert counts["missing"] == 0 and counts["extra"] == 0
         assert counts["first_divergence_step"] is None
     assert report["max_relative_v_difference"] < 1e-9
+
+
+def _small_trained_run(run_dir):
+    from biosim.params import NetworkParams
+    from bridge.training import TrainConfig, train
+
+    network = NetworkParams().replace(
+        connectivity__n_e=64, connectivity__n_i=16, simulation__trial_ms=40.0, simulation__transient_ms=10.0
+    )
+    config = TrainConfig(tier="smoke", n_train=8, n_test=8, epochs=1, batch_size=8, network=network.to_dict())
+    return train(config, run_dir, progress=False)
+
+
+def test_validate_json_passes_for_a_trained_run(tmp_path, capsys):
+    _small_trained_run(tmp_path / "run")
+    code = main(["validate", str(tmp_path / "run"), "--backend", "numpy", "--json", "--quiet"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["verdict"] == "pass"
+    assert report["spike_identity_float64"]["fraction"] == 1.0
+    assert set(report["simulators"]) == {"brian2:numpy", "mirror:float64", "mirror:float32"}
+
+
+def test_validate_names_the_bad_matrix(tmp_path, capsys):
+    import numpy as np
+
+    _small_trained_run(tmp_path / "run")
+    path = tmp_path / "run" / "weights.npz"
+    entries = dict(np.load(path, allow_pickle=False))
+    entries["effective/w_ie"] = entries["effective/w_ie"][:, :-1]  # wrong shape
+    np.savez_compressed(path, **entries)
+    code = main(["validate", str(tmp_path / "run"), "--backend", "numpy", "--quiet"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "w_ie" in error and "expected" in error
+
+
+def test_validate_missing_run_directory(tmp_path, capsys):
+    code = main(["validate", str(tmp_path / "nothing"), "--backend", "numpy"])
+    assert code == 2
+    assert "config.json not found" in capsys.readouterr().err
