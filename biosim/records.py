@@ -11,36 +11,50 @@ import os
 import platform
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_write_text", "write_json", "library_versions", "write_run_record"]
+__all__ = ["atomic_output", "atomic_write_text", "jsonable", "write_json", "library_versions", "write_run_record"]
 
 _LIBRARIES = ("biosim", "numpy", "scipy", "brian2", "brian2cuda", "torch", "matplotlib", "mlxtend", "dask")
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same directory."""
+@contextmanager
+def atomic_output(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success it replaces ``path`` in one rename.
+
+    A crash or an exception leaves ``path`` as it was (old content or absent)
+    and removes the temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, mode) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return path
 
 
-def _jsonable(value: Any) -> Any:
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def jsonable(value: Any) -> Any:
+    """``json.dumps`` default for numpy values and paths."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -51,7 +65,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=jsonable) + "\n")
 
 
 def library_versions() -> dict[str, str]:

@@ -24,8 +24,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -38,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .params import NetworkParams, ParameterError
+from .records import atomic_output, jsonable
 from .weights import CONDUCTANCE_MATRICES, MATRICES, NetworkWeights, expected_shapes
 
 __all__ = [
@@ -164,7 +163,7 @@ def save_weights(
     }
     try:
         # allow_nan=False: NaN/Infinity are not JSON, and other readers would reject the file.
-        text = json.dumps(meta, sort_keys=True, allow_nan=False, default=_jsonable)
+        text = json.dumps(meta, sort_keys=True, allow_nan=False, default=jsonable)
     except (TypeError, ValueError) as error:
         raise WeightFileError(f"{source}: provenance: expected JSON-serialisable values, found {error}") from error
 
@@ -187,16 +186,6 @@ def _as_float64(source: str, entry: str, value: Any) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float64)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} {value!r} is not JSON serialisable")
-
-
 def _biosim_version() -> str:
     try:
         return importlib_metadata.version("biosim")
@@ -206,17 +195,8 @@ def _biosim_version() -> str:
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez_compressed`` into a temporary file beside ``path``, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
 
 
 # --- reading ----------------------------------------------------------------

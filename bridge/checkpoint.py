@@ -12,14 +12,14 @@ RNG state's key array is stored as a tensor for that reason.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from biosim.records import atomic_output
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -51,19 +51,9 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     Path
         ``path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_output(path, "wb") as handle:
+        torch.save(payload, handle)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
