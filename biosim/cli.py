@@ -255,7 +255,45 @@ def _add_protocol(subparsers) -> None:
     report.set_defaults(handler=_protocol_report)
 
 
-COMMANDS: list[Callable] = [_add_simulate, _add_crosscheck, _add_train, _add_validate, _add_protocol]
+def _bench(args: argparse.Namespace) -> int:
+    from bridge.bench import run_benchmark
+
+    from .records import write_json
+
+    result = run_benchmark(
+        device=args.device,
+        batch_size=args.batch_size,
+        n_steps=args.n_steps,
+        include_brian2=not args.no_brian2,
+        n_brian2_trials=args.n_brian2_trials,
+        progress=not args.quiet,
+    )
+    if args.out:
+        write_json(Path(args.out) / "bench.json", result)
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        for key in ("speedup", "memory_ratio", "grad_max_rel_diff", "brian2_trials_per_s"):
+            print(f"{key}: {result.get(key)}")
+    return 0
+
+
+def _add_bench(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="fused vs eager BPTT throughput and memory, gradient agreement, Brian2 trials/s"
+    )
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--batch-size", type=int, help="default 32 on CPU, 256 on CUDA")
+    p.add_argument("--n-steps", type=int, default=2000)
+    p.add_argument("--n-brian2-trials", type=int, default=400)
+    p.add_argument("--no-brian2", action="store_true", help="skip the Brian2 evaluation")
+    p.add_argument("--out", help="also write bench.json here")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_bench)
+
+
+COMMANDS: list[Callable] = [_add_simulate, _add_crosscheck, _add_train, _add_validate, _add_protocol, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

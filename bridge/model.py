@@ -133,7 +133,14 @@ def run_network(
     )
 
 
-ENGINES: dict[str, Engine] = {"eager": run_network}
+def run_network_fused(*args, **kwargs) -> NetworkOutput:
+    """The fused engine of :mod:`bridge.fast_engine` (same signature and results, ~10x faster)."""
+    from .fast_engine import run_network_fused as fused
+
+    return fused(*args, **kwargs)
+
+
+ENGINES: dict[str, Engine] = {"eager": run_network, "fused": run_network_fused}
 """Time-loop engines by name; each has the signature of :func:`run_network`."""
 
 

@@ -59,7 +59,7 @@ class ProtocolTier:
     batch_size: int
     data_tier: str
     """The :data:`biosim.data.TIERS` entry the digits come from."""
-    engine: str = "eager"
+    engine: str = "fused"
 
 
 PROTOCOL_TIERS: dict[str, ProtocolTier] = {

@@ -1,0 +1,1756 @@
+"""The "fused" engine: the whole time loop as one autograd function with a hand-derived adjoint.
+
+:func:`run_network_fused` has the signature and the semantics of
+:func:`bridge.model.run_network` (the "eager" engine, which calls
+:func:`bridge.dynamics.step` once per step and lets autograd record every
+operation). It returns the same :class:`~bridge.model.NetworkOutput`, with
+the same spikes in float64, but runs the time loop inside one
+:class:`torch.autograd.Function` whose backward pass is the reverse-time
+recursion (the adjoint) of :func:`bridge.dynamics.advance`, written out by
+hand. Register it with ``ENGINES["fused"] = run_network_fused``.
+
+What is saved, what is recomputed
+---------------------------------
+The forward pass keeps only the spike rasters (one byte per neuron and step)
+and the network state every ``chunk_steps`` steps (checkpoints). The backward
+pass walks the chunks from the last to the first: it recomputes the chunk's
+states from its checkpoint and the saved spikes (bit-identical to the forward
+pass), turns them into the coefficients of the adjoint step in one pass, and
+runs the adjoint recursion through the chunk. Autograd records nothing per
+step.
+
+Spikes propagate event-driven: the rows of ``w_in``, ``w_ei``, ``w_ie`` and
+``w_out`` of the neurons that spiked are summed instead of multiplying dense
+0/1 matrices, forward and in the weight gradients (``dW_ei = sum_t s_e(t)^T
+l_ge_i(t+1)`` over the spiking rows only).
+
+The adjoint
+-----------
+Per population, with the state ``(v, ge, gi)`` at the start of a step, the
+integrating mask ``m`` (not refractory), and ``C`` the capacitance,
+
+* ``A = -g_L/C - (ge/C + gi/C)``, ``B = (g_L E_L/C + (E_exc/C ge + E_inh/C gi)) / A``,
+  ``E = exp(dt A)``, ``v_new = -B + (B + v) E``,
+* ``v1 = m ? v_new : v``, ``s = H(v1 - v_th) m``, ``v' = s ? v_reset : v1``,
+* ``ge' = decay_ampa ge + (input)``, ``gi' = decay_gaba gi + (input)``,
+
+the adjoints ``l_x = dL/dx`` of the state after the step give those before it:
+
+* ``l_v1 = (1 - s) l_v' + m sigma'(v1 - v_th) l_s`` (the reset's condition
+  carries no gradient; its selected branch does, so a spike cuts ``l_v'``),
+* ``l_v = (m ? E : 1) l_v1``,
+* ``l_ge = decay_ampa l_ge' + m (E_exc/C (E - 1)/A - Q/C) l_v1``,
+* ``l_gi = decay_gaba l_gi' + m (E_inh/C (E - 1)/A - Q/C) l_v1``,
+
+with ``Q = dv_new/dA = (B + v) E dt - (E - 1) B / A`` and ``sigma'`` the
+surrogate's own :meth:`~bridge.surrogates.Surrogate.derivative`. The spike
+adjoints come from where spikes go, ``l_s_e = l_ge_i' w_ei^T + l_u' w_out^T +
+dL/dcount_e`` and ``l_s_i = l_gi_e' w_ie^T + dL/dcount_i``; the readout's is
+``l_u = dL/dscore_sum + decay_readout l_u'``. The weight gradients are
+``dW_in = sum_t x(t)^T l_ge_e(t+1)``, ``dW_ie = sum_t s_i(t)^T l_gi_e(t+1)``,
+``dW_ei = sum_t s_e(t)^T l_ge_i(t+1)``, ``dW_out = sum_t s_e(t)^T l_u(t+1)``.
+``gi_i`` has no input, so its adjoint reaches no weight and is not computed;
+``l_ge_e`` only feeds ``dW_in`` and is computed only when ``w_in`` needs a
+gradient. This is the graph autograd records for the eager engine.
+
+Two implementations
+-------------------
+* CPU kernels (float32 and float64 CPU tensors on Linux, PyTorch built with
+  MKL): a small C++ library embedded below, compiled on first use with the
+  system C++ compiler (about 2 s) and cached in ``~/.cache/biosim/kernels``
+  (or ``$BIOSIM_KERNEL_CACHE``); ``BIOSIM_FUSED_KERNELS=0`` disables it.
+  Trials are independent, so each thread takes a block of trials through the
+  whole time loop: the forward pass, the recomputation, and the adjoint
+  recursion (whose two products with the recurrent weights per step are
+  MKL GEMMs on the thread's block of trials), without a barrier per step. It
+  does the same floating-point operations in the same order as the eager
+  engine (no fused multiply-adds; ``exp`` is MKL VML in the mode
+  ``torch.exp`` uses on CPU), so the forward pass is bit-identical. The
+  surrogate derivative is evaluated by the surrogate's own ``derivative``
+  (torch) on blocks of recomputed membrane potentials.
+* Torch operations (any device and dtype; the fallback): the same algorithm
+  with vectorised torch operations. On CUDA (``propagation="auto"``) spikes
+  propagate by dense products of the 0/1 spike matrices, which need no host
+  synchronisation per step, and the weight gradients are one product per
+  chunk. CUDA graphs are not used (see ``docs/performance.md``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .dynamics import Constants, NetworkState, PopulationConstants, SpikeFunction, Weights, heaviside
+from .surrogates import Surrogate
+
+if TYPE_CHECKING:  # bridge.model imports this module to register the engine
+    from .model import NetworkOutput
+
+__all__ = ["FusedEngine", "kernels_available", "run_network_fused"]
+
+Derivative = Callable[[torch.Tensor], torch.Tensor]
+
+
+# --- CPU kernel library ---------------------------------------------------------
+
+_KERNEL_SOURCE = r"""
+// Per-sample time loops of the fused PING engine (see bridge/fast_engine.py).
+//
+// Every arithmetic operation mirrors, in order and precision, what the eager
+// engine's torch operations do, so the forward pass rounds identically:
+// scalars are cast to the tensor dtype first, products and sums are separate
+// roundings (compiled with -ffp-contract=off), and exp is MKL VML in the
+// mode ATen's vml.h uses for torch.exp.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define BIOSIM_HAVE_MXCSR 1
+#endif
+#include <omp.h>
+
+extern "C" {
+void vmsExp(int64_t n, const float* a, float* r, int64_t mode);
+void vmdExp(int64_t n, const double* a, double* r, int64_t mode);
+// Fortran BLAS from the MKL inside libtorch_cpu. Integers are passed as int64: an LP64 MKL reads
+// their low halves (little-endian), an ILP64 one all of them; both see the right values.
+void sgemm_(const char* transa, const char* transb, const int64_t* m, const int64_t* n, const int64_t* k,
+            const float* alpha, const float* a, const int64_t* lda, const float* b, const int64_t* ldb,
+            const float* beta, float* c, const int64_t* ldc);
+void dgemm_(const char* transa, const char* transb, const int64_t* m, const int64_t* n, const int64_t* k,
+            const double* alpha, const double* a, const int64_t* lda, const double* b, const int64_t* ldb,
+            const double* beta, double* c, const int64_t* ldc);
+// MKL's packed-matrix GEMM (float32): the recurrent weights are packed once per backward pass instead of
+// once per product. Enumerations and integers passed by value as int64 read correctly for LP64 and ILP64.
+size_t cblas_sgemm_pack_get_size(int64_t identifier, int64_t m, int64_t n, int64_t k);
+void cblas_sgemm_pack(int64_t layout, int64_t identifier, int64_t trans, int64_t m, int64_t n, int64_t k,
+                      float alpha, const float* src, int64_t ld, float* dest);
+void cblas_sgemm_compute(int64_t layout, int64_t transa, int64_t transb, int64_t m, int64_t n, int64_t k,
+                         const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                         int64_t ldc);
+}
+
+namespace {
+
+// VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE, as in ATen/cpu/vml.h.
+constexpr int64_t kVmlMode = 0x00000002 | 0x00140000 | 0x00000100;
+// CBLAS enumerations (mkl_cblas.h).
+constexpr int64_t kColumnMajor = 102, kNoTrans = 111, kTrans = 112, kPacked = 151, kAMatrix = 161;
+
+inline void vector_exp(int64_t n, const float* in, float* out) { vmsExp(n, in, out, kVmlMode); }
+inline void vector_exp(int64_t n, const double* in, double* out) { vmdExp(n, in, out, kVmlMode); }
+
+struct Population {
+  double e_exc_over_c, e_inh_over_c, leak_drive_over_c, minus_g_leak_over_c, one_over_c, v_threshold, v_reset;
+  int64_t refractory_steps;
+};
+
+struct Network {
+  int64_t batch, n_steps, n_e, n_i, n_classes, chunk, n_threads;
+  int64_t mxcsr;                 // floating-point control word of the caller (flush-to-zero), x86; -1: leave
+  double dt, decay_ampa, decay_gaba, decay_readout;
+  Population e, i;
+  int64_t n_input;
+  const uint8_t* x;              // (batch, n_steps, n_input) input raster (bool)
+  const void* w_in;              // (n_input, n_e)
+  const void* w_ie;              // (n_i, n_e)
+  const void* w_e_out;           // (n_e, n_i + n_classes): [w_ei, w_out]
+};
+
+struct State {  // (batch, n) rows; ready = first step at which a neuron integrates again
+  void *v_e, *ge_e, *gi_e;
+  int32_t* ready_e;
+  void *v_i, *ge_i, *gi_i;
+  int32_t* ready_i;
+};
+
+struct ForwardBuffers {
+  State state;                       // in: initial state; out: final state
+  void *u, *score_sum;               // (batch, n_classes), in/out
+  uint8_t *raster_e, *raster_i;      // (n_steps, batch, n), out
+  void *counts_e, *counts_i;         // (batch, n): spikes per neuron, zero on entry
+  void *population_e, *population_i; // (batch, n_steps): spikes per step, out
+  State checkpoints;                 // (n_chunks, batch, n) each; null pointers: not saved
+};
+
+struct ChunkBuffers {
+  int64_t first, last;               // steps [first, last)
+  State start;                       // state at `first`, (batch, n) rows (read only)
+  const uint8_t *raster_e, *raster_i;
+  // outputs, (last - first, batch, n): v1 - v_threshold, integrating mask, dv/dv, dv/dge, dv/dgi
+  void *x_e, *cv_e, *cge_e, *cgi_e;  // cge_e may be null
+  uint8_t* integrating_e;
+  void *x_i, *cv_i, *cge_i;
+  uint8_t* integrating_i;
+};
+
+struct AdjointBuffers {
+  int64_t first;                     // the chunk's first step
+  int64_t s_first;                   // s_e/s_i hold the steps from first + s_first on
+  const void *s_e, *cv_e, *cge_e, *cgi_e, *s_i, *cv_i, *cge_i;  // (n, batch, n_pop); s_* null: no surrogate
+  const uint8_t *integrating_e, *integrating_i;  // (n, batch, n_pop)
+  const uint8_t *raster_e, *raster_i;
+  void *ls_e, *ls_i;                 // (batch, n) spike adjoints of the current step (scratch)
+  void *lv_e, *lv_i;                 // (batch, n) membrane adjoints, in/out
+  void *lgi_e, *lge_e;               // (n + 1, batch, n_e) slots; lge_e may be null
+  void* leo;                         // (n + 1, batch, n_i + n_classes): [l_ge_i, l_u]
+  const void* g_sum;                 // (batch, n_classes): dL/dscore_sum
+};
+
+struct ChunkExtras {
+  const void *g_counts_e, *g_counts_i;  // (batch, n): dL/dcount, or null
+  void *grad_in, *grad_ie, *grad_e_out; // weight gradients to accumulate into, or null
+  const void *packed_e, *packed_i;      // float32: [w_ei, w_out] and w_ie packed for cblas_sgemm_compute, or null
+};
+
+// Sets the caller's floating-point control word (flush-to-zero of torch.set_flush_denormal) in this thread
+// for the guard's lifetime: worker threads do not inherit it.
+struct ControlWord {
+#ifdef BIOSIM_HAVE_MXCSR
+  unsigned int saved;
+  explicit ControlWord(const Network& net) : saved(_mm_getcsr()) {
+    if (net.mxcsr >= 0) _mm_setcsr(static_cast<unsigned int>(net.mxcsr));
+  }
+  ~ControlWord() { _mm_setcsr(saved); }
+#else
+  explicit ControlWord(const Network&) {}
+#endif
+};
+
+// Runs body(b) for every trial of the batch on the OpenMP team. Trials are handed out one at a time, so a
+// thread that another process slows down simply takes fewer of them.
+template <typename Body>
+void for_each_trial(const Network& net, Body body) {
+#pragma omp parallel num_threads(static_cast<int>(net.n_threads))
+  {
+    const ControlWord control(net);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < net.batch; ++b) body(b);
+  }
+}
+
+template <typename T>
+struct Coefficients {
+  T e_exc, e_inh, leak_drive, minus_g_leak, one_over_c, v_threshold, v_reset;
+  int32_t refractory_steps;
+  explicit Coefficients(const Population& p)
+      : e_exc(static_cast<T>(p.e_exc_over_c)),
+        e_inh(static_cast<T>(p.e_inh_over_c)),
+        leak_drive(static_cast<T>(p.leak_drive_over_c)),
+        minus_g_leak(static_cast<T>(p.minus_g_leak_over_c)),
+        one_over_c(static_cast<T>(p.one_over_c)),
+        v_threshold(static_cast<T>(p.v_threshold)),
+        v_reset(static_cast<T>(p.v_reset)),
+        refractory_steps(static_cast<int32_t>(p.refractory_steps)) {}
+};
+
+// total = -gL/C - (ge/C + gi/C); growth = exp(dt * total)
+template <typename T>
+void membrane_growth(const Coefficients<T>& k, T dt, int64_t n, const T* __restrict ge, const T* __restrict gi,
+                     T* __restrict total, T* __restrict growth) {
+  const T minus_g_leak = k.minus_g_leak, one_over_c = k.one_over_c;
+  for (int64_t j = 0; j < n; ++j) {
+    total[j] = minus_g_leak - (one_over_c * ge[j] + one_over_c * gi[j]);
+    growth[j] = dt * total[j];
+  }
+  vector_exp(n, growth, growth);
+}
+
+// Indices of the inputs that spiked in row (b, t) of the raster, in increasing order; returns their number.
+// Input spikes are rare (about one per trial and step), so whole 8-byte words of zeros are skipped.
+inline int64_t input_spikes(const Network& net, int64_t b, int64_t t, int64_t* out) {
+  const uint8_t* row = net.x + (b * net.n_steps + t) * net.n_input;
+  int64_t count = 0, k = 0;
+  for (; k + 8 <= net.n_input; k += 8) {
+    uint64_t word;
+    std::memcpy(&word, row + k, sizeof(word));
+    if (word == 0) continue;
+    for (int64_t m = k; m < k + 8; ++m)
+      if (row[m]) out[count++] = m;
+  }
+  for (; k < net.n_input; ++k)
+    if (row[k]) out[count++] = k;
+  return count;
+}
+
+// out[j] = sum over events of weight[neuron, j], in event order, starting from 0.
+template <typename T>
+void gather_rows(const T* __restrict weight, int64_t n_post, int64_t stride, const int64_t* __restrict neuron,
+                 int64_t count, T* __restrict out) {
+  std::memset(out, 0, sizeof(T) * n_post);
+  for (int64_t e = 0; e < count; ++e) {
+    const T* __restrict row = weight + neuron[e] * stride;
+    for (int64_t j = 0; j < n_post; ++j) out[j] += row[j];
+  }
+}
+
+template <typename T>
+struct Trial {  // one trial's state, as pointers into (batch, n) rows or private copies
+  T *v_e, *ge_e, *gi_e;
+  int32_t* ready_e;
+  T *v_i, *ge_i, *gi_i;
+  int32_t* ready_i;
+};
+
+template <typename T>
+Trial<T> trial_rows(const State& s, int64_t b, int64_t n_e, int64_t n_i) {
+  return Trial<T>{static_cast<T*>(s.v_e) + b * n_e,  static_cast<T*>(s.ge_e) + b * n_e,
+                  static_cast<T*>(s.gi_e) + b * n_e, s.ready_e + b * n_e,
+                  static_cast<T*>(s.v_i) + b * n_i,  static_cast<T*>(s.ge_i) + b * n_i,
+                  static_cast<T*>(s.gi_i) + b * n_i, s.ready_i + b * n_i};
+}
+
+template <typename T>
+void copy_trial(const Trial<T>& from, const Trial<T>& to, int64_t n_e, int64_t n_i) {
+  std::memcpy(to.v_e, from.v_e, sizeof(T) * n_e);
+  std::memcpy(to.ge_e, from.ge_e, sizeof(T) * n_e);
+  std::memcpy(to.gi_e, from.gi_e, sizeof(T) * n_e);
+  std::memcpy(to.ready_e, from.ready_e, sizeof(int32_t) * n_e);
+  std::memcpy(to.v_i, from.v_i, sizeof(T) * n_i);
+  std::memcpy(to.ge_i, from.ge_i, sizeof(T) * n_i);
+  std::memcpy(to.gi_i, from.gi_i, sizeof(T) * n_i);
+  std::memcpy(to.ready_i, from.ready_i, sizeof(int32_t) * n_i);
+}
+
+// Synaptic propagation of one step (Brian2 order: threshold, propagate, then reset): conductances decay
+// and take the summed weight rows of this step's presynaptic spikes.
+template <typename T>
+struct Propagation {
+  std::vector<T> from_input, from_i, from_e;
+  std::vector<int64_t> spiking_e, spiking_i, spiking_input;
+  explicit Propagation(const Network& net)
+      : from_input(net.n_e),
+        from_i(net.n_e),
+        from_e(net.n_i + net.n_classes),
+        spiking_e(net.n_e),
+        spiking_i(net.n_i),
+        spiking_input(net.n_input) {}
+
+  // ge_e = ge_e * decay + input drive, gi_e = gi_e * decay + I spikes, ge_i = ge_i * decay + E spikes,
+  // gi_i = gi_i * decay, u = u * decay + E spikes (u may be null).
+  void apply(const Network& net, const Trial<T>& s, int64_t b, int64_t t, int64_t count_e, int64_t count_i, T* u) {
+    const int64_t n_e = net.n_e, n_i = net.n_i, n_classes = net.n_classes, n_eo = n_i + n_classes;
+    const T decay_ampa = static_cast<T>(net.decay_ampa), decay_gaba = static_cast<T>(net.decay_gaba);
+    const int64_t n_input = input_spikes(net, b, t, spiking_input.data());
+    if (n_input > 0) {
+      gather_rows(static_cast<const T*>(net.w_in), n_e, n_e, spiking_input.data(), n_input, from_input.data());
+      for (int64_t j = 0; j < n_e; ++j) s.ge_e[j] = s.ge_e[j] * decay_ampa + from_input[j];
+    } else {
+      for (int64_t j = 0; j < n_e; ++j) s.ge_e[j] = s.ge_e[j] * decay_ampa;
+    }
+    if (count_i > 0) {
+      gather_rows(static_cast<const T*>(net.w_ie), n_e, n_e, spiking_i.data(), count_i, from_i.data());
+      for (int64_t j = 0; j < n_e; ++j) s.gi_e[j] = s.gi_e[j] * decay_gaba + from_i[j];
+    } else {
+      for (int64_t j = 0; j < n_e; ++j) s.gi_e[j] = s.gi_e[j] * decay_gaba;
+    }
+    const T decay_readout = static_cast<T>(net.decay_readout);
+    if (count_e > 0) {
+      gather_rows(static_cast<const T*>(net.w_e_out), n_eo, n_eo, spiking_e.data(), count_e, from_e.data());
+      for (int64_t j = 0; j < n_i; ++j) s.ge_i[j] = s.ge_i[j] * decay_ampa + from_e[j];
+      if (u != nullptr)
+        for (int64_t c = 0; c < n_classes; ++c) u[c] = u[c] * decay_readout + from_e[n_i + c];
+    } else {
+      for (int64_t j = 0; j < n_i; ++j) s.ge_i[j] = s.ge_i[j] * decay_ampa;
+      if (u != nullptr)
+        for (int64_t c = 0; c < n_classes; ++c) u[c] = u[c] * decay_readout;
+    }
+    for (int64_t j = 0; j < n_i; ++j) s.gi_i[j] = s.gi_i[j] * decay_gaba;
+  }
+};
+
+template <typename T>
+void reset(const Coefficients<T>& k, int64_t t, const int64_t* spiking, int64_t count, T* v, int32_t* ready) {
+  for (int64_t e = 0; e < count; ++e) {
+    v[spiking[e]] = k.v_reset;
+    ready[spiking[e]] = static_cast<int32_t>(t + k.refractory_steps);
+  }
+}
+
+// State update and threshold of one population: v <- v1 (before the reset), raster row, spiking list.
+// Branch-free over the neurons so that the compiler vectorises it; v_new of a refractory neuron is
+// computed and discarded, as torch.where does.
+template <typename T>
+int64_t update_and_fire(const Coefficients<T>& k, T dt, int64_t n, int32_t t, T* __restrict v,
+                        const T* __restrict ge, const T* __restrict gi, const int32_t* __restrict ready,
+                        T* __restrict total, T* __restrict growth, uint8_t* __restrict raster,
+                        int64_t* __restrict spiking) {
+  membrane_growth(k, dt, n, ge, gi, total, growth);
+  const T leak_drive = k.leak_drive, e_exc = k.e_exc, e_inh = k.e_inh, v_threshold = k.v_threshold;
+  for (int64_t j = 0; j < n; ++j) {
+    // ba = (gL EL/C + (E_exc/C ge + E_inh/C gi)) / total; v_new = -ba + (ba + v) growth
+    const T ba = (leak_drive + (e_exc * ge[j] + e_inh * gi[j])) / total[j];
+    const T v_new = -ba + (ba + v[j]) * growth[j];
+    const bool integrating = ready[j] <= t;
+    const T v1 = integrating ? v_new : v[j];
+    v[j] = v1;
+    raster[j] = integrating & ((v1 - v_threshold) > T(0));
+  }
+  int64_t count = 0;
+  for (int64_t j = 0; j < n; ++j)
+    if (raster[j]) spiking[count++] = j;
+  return count;
+}
+
+template <typename T>
+void forward(const Network& net, const ForwardBuffers& buf) {
+  const int64_t n_e = net.n_e, n_i = net.n_i, n_classes = net.n_classes, batch = net.batch;
+  const Coefficients<T> k_e(net.e), k_i(net.i);
+  const T dt = static_cast<T>(net.dt);
+  const bool save = buf.checkpoints.v_e != nullptr;
+  for_each_trial(net, [&](int64_t b) {
+    const Trial<T> s = trial_rows<T>(buf.state, b, n_e, n_i);
+    T* u = static_cast<T*>(buf.u) + b * n_classes;
+    T* score_sum = static_cast<T*>(buf.score_sum) + b * n_classes;
+    T* counts_e = static_cast<T*>(buf.counts_e) + b * n_e;
+    T* counts_i = static_cast<T*>(buf.counts_i) + b * n_i;
+    T* population_e = static_cast<T*>(buf.population_e) + b * net.n_steps;
+    T* population_i = static_cast<T*>(buf.population_i) + b * net.n_steps;
+    std::vector<T> total(n_e), growth(n_e);
+    Propagation<T> propagation(net);
+    for (int64_t t = 0; t < net.n_steps; ++t) {
+      if (save && t % net.chunk == 0) {
+        const int64_t offset = (t / net.chunk) * batch;
+        copy_trial(s, trial_rows<T>(buf.checkpoints, offset + b, n_e, n_i), n_e, n_i);
+      }
+      uint8_t* raster_e = buf.raster_e + (t * batch + b) * n_e;
+      uint8_t* raster_i = buf.raster_i + (t * batch + b) * n_i;
+      const int32_t step = static_cast<int32_t>(t);
+      const int64_t count_e = update_and_fire(k_e, dt, n_e, step, s.v_e, s.ge_e, s.gi_e, s.ready_e, total.data(),
+                                              growth.data(), raster_e, propagation.spiking_e.data());
+      const int64_t count_i = update_and_fire(k_i, dt, n_i, step, s.v_i, s.ge_i, s.gi_i, s.ready_i, total.data(),
+                                              growth.data(), raster_i, propagation.spiking_i.data());
+      population_e[t] = static_cast<T>(count_e);
+      population_i[t] = static_cast<T>(count_i);
+      for (int64_t e = 0; e < count_e; ++e) counts_e[propagation.spiking_e[e]] += T(1);
+      for (int64_t e = 0; e < count_i; ++e) counts_i[propagation.spiking_i[e]] += T(1);
+      propagation.apply(net, s, b, t, count_e, count_i, u);
+      reset(k_e, t, propagation.spiking_e.data(), count_e, s.v_e, s.ready_e);
+      reset(k_i, t, propagation.spiking_i.data(), count_i, s.v_i, s.ready_i);
+      for (int64_t c = 0; c < n_classes; ++c) score_sum[c] = score_sum[c] + u[c];
+    }
+  });
+}
+
+// Adjoint coefficients of one population at one step (see the Python module docstring);
+// also advances v to v1 (the state update before the reset) exactly as the forward pass does.
+template <typename T>
+void coefficients(const Coefficients<T>& k, T dt, int64_t n, int32_t t, T* __restrict v, const T* __restrict ge,
+                  const T* __restrict gi, const int32_t* __restrict ready, T* __restrict total,
+                  T* __restrict growth, T* __restrict x, T* __restrict cv, T* __restrict cge, T* __restrict cgi,
+                  uint8_t* __restrict integrating_out) {
+  membrane_growth(k, dt, n, ge, gi, total, growth);
+  const T leak_drive = k.leak_drive, e_exc = k.e_exc, e_inh = k.e_inh, v_threshold = k.v_threshold;
+  const T one_over_c = k.one_over_c;
+  for (int64_t j = 0; j < n; ++j) {
+    const bool integrating = ready[j] <= t;
+    const T ba = (leak_drive + (e_exc * ge[j] + e_inh * gi[j])) / total[j];
+    const T v_new = -ba + (ba + v[j]) * growth[j];
+    const T growth_minus_one_over_total = (growth[j] - T(1)) / total[j];
+    const T d_total = (ba + v[j]) * growth[j] * dt - growth_minus_one_over_total * ba;  // dv_new/dA
+    const T v1 = integrating ? v_new : v[j];
+    integrating_out[j] = integrating;
+    cv[j] = integrating ? growth[j] : T(1);
+    cge[j] = integrating ? e_exc * growth_minus_one_over_total - one_over_c * d_total : T(0);
+    cgi[j] = integrating ? e_inh * growth_minus_one_over_total - one_over_c * d_total : T(0);
+    x[j] = v1 - v_threshold;
+    v[j] = v1;
+  }
+}
+
+template <typename T>
+void recompute(const Network& net, const ChunkBuffers& buf, int64_t b0, int64_t b1) {
+  const int64_t n_e = net.n_e, n_i = net.n_i, batch = net.batch;
+  const Coefficients<T> k_e(net.e), k_i(net.i);
+  const T dt = static_cast<T>(net.dt);
+  const ControlWord control(net);
+  for (int64_t b = b0; b < b1; ++b) {
+    std::vector<T> values(3 * n_e + 3 * n_i);
+    std::vector<int32_t> ready(n_e + n_i);
+    T* p = values.data();
+    const Trial<T> s{p, p + n_e, p + 2 * n_e, ready.data(), p + 3 * n_e, p + 3 * n_e + n_i, p + 3 * n_e + 2 * n_i,
+                     ready.data() + n_e};
+    copy_trial(trial_rows<T>(buf.start, b, n_e, n_i), s, n_e, n_i);
+    std::vector<T> total(n_e), growth(n_e), unused(n_e);  // unused: coefficients nobody reads
+    Propagation<T> propagation(net);
+    for (int64_t t = buf.first; t < buf.last; ++t) {
+      const int64_t e_row = ((t - buf.first) * batch + b) * n_e, i_row = ((t - buf.first) * batch + b) * n_i;
+      const int32_t step = static_cast<int32_t>(t);
+      T* cge_e = buf.cge_e != nullptr ? static_cast<T*>(buf.cge_e) + e_row : unused.data();
+      coefficients(k_e, dt, n_e, step, s.v_e, s.ge_e, s.gi_e, s.ready_e, total.data(), growth.data(),
+                   static_cast<T*>(buf.x_e) + e_row, static_cast<T*>(buf.cv_e) + e_row, cge_e,
+                   static_cast<T*>(buf.cgi_e) + e_row, buf.integrating_e + e_row);
+      coefficients(k_i, dt, n_i, step, s.v_i, s.ge_i, s.gi_i, s.ready_i, total.data(), growth.data(),
+                   static_cast<T*>(buf.x_i) + i_row, static_cast<T*>(buf.cv_i) + i_row,
+                   static_cast<T*>(buf.cge_i) + i_row, unused.data(), buf.integrating_i + i_row);
+      // Advance with the saved spikes.
+      const uint8_t* raster_e = buf.raster_e + (t * batch + b) * n_e;
+      const uint8_t* raster_i = buf.raster_i + (t * batch + b) * n_i;
+      int64_t count_e = 0, count_i = 0;
+      for (int64_t j = 0; j < n_e; ++j)
+        if (raster_e[j]) propagation.spiking_e[count_e++] = j;
+      for (int64_t j = 0; j < n_i; ++j)
+        if (raster_i[j]) propagation.spiking_i[count_i++] = j;
+      propagation.apply(net, s, b, t, count_e, count_i, nullptr);
+      reset(k_e, t, propagation.spiking_e.data(), count_e, s.v_e, s.ready_e);
+      reset(k_i, t, propagation.spiking_i.data(), count_i, s.v_i, s.ready_i);
+    }
+  }
+}
+
+// l_v1 = (fired ? 0 : l_v') + m sigma' l_s, stored in place of l_v'.
+template <typename T>
+void membrane_adjoint(int64_t n, const uint8_t* __restrict fired, const uint8_t* __restrict integrating,
+                      const T* __restrict ls, const T* __restrict s, T* __restrict lv) {
+  if (s != nullptr) {
+    for (int64_t k = 0; k < n; ++k) lv[k] = (fired[k] ? T(0) : lv[k]) + (integrating[k] ? ls[k] * s[k] : T(0));
+  } else {
+    for (int64_t k = 0; k < n; ++k) lv[k] = fired[k] ? T(0) : lv[k];
+  }
+}
+
+// l_g = decay l_g' + l_v1 C_g
+template <typename T>
+void conductance_adjoint(int64_t n, T decay, const T* __restrict next, const T* __restrict lv1,
+                         const T* __restrict coefficient, T* __restrict out) {
+  for (int64_t k = 0; k < n; ++k) out[k] = next[k] * decay + lv1[k] * coefficient[k];
+}
+
+template <typename T>
+void scale(int64_t n, T* __restrict values, const T* __restrict factor) {
+  for (int64_t k = 0; k < n; ++k) values[k] = values[k] * factor[k];
+}
+
+// One step of the adjoint recursion for trial b, slot j + 1 (after step first + j) -> slot j,
+// given the spike adjoints ls_e, ls_i of the step.
+template <typename T>
+void adjoint_trial(const Network& net, const AdjointBuffers& buf, int64_t j, int64_t b) {
+  const int64_t n_e = net.n_e, n_i = net.n_i, n_classes = net.n_classes, n_eo = n_i + n_classes, batch = net.batch;
+  const T decay_ampa = static_cast<T>(net.decay_ampa), decay_gaba = static_cast<T>(net.decay_gaba);
+  const T decay_readout = static_cast<T>(net.decay_readout);
+  const int64_t t = buf.first + j;
+  auto at = [](const void* base, int64_t offset) { return static_cast<const T*>(base) + offset; };
+  auto at_mutable = [](void* base, int64_t offset) { return static_cast<T*>(base) + offset; };
+  // E: through the reset and the spike, then gi_e (and ge_e), then the membrane update.
+  const int64_t e_row = (j * batch + b) * n_e, e_next = ((j + 1) * batch + b) * n_e;
+  T* lv_e = at_mutable(buf.lv_e, b * n_e);
+  const int64_t s_offset = -buf.s_first * batch;  // s_* start at slot s_first
+  membrane_adjoint(n_e, buf.raster_e + (t * batch + b) * n_e, buf.integrating_e + e_row, at(buf.ls_e, b * n_e),
+                   buf.s_e != nullptr ? at(buf.s_e, e_row + s_offset * n_e) : nullptr, lv_e);
+  conductance_adjoint(n_e, decay_gaba, at(buf.lgi_e, e_next), lv_e, at(buf.cgi_e, e_row),
+                      at_mutable(buf.lgi_e, e_row));
+  if (buf.lge_e != nullptr)
+    conductance_adjoint(n_e, decay_ampa, at(buf.lge_e, e_next), lv_e, at(buf.cge_e, e_row),
+                        at_mutable(buf.lge_e, e_row));
+  scale(n_e, lv_e, at(buf.cv_e, e_row));
+  // I: ge_i lives in the first n_i columns of [l_ge_i, l_u].
+  const int64_t i_row = (j * batch + b) * n_i;
+  const int64_t eo_row = (j * batch + b) * n_eo, eo_next = ((j + 1) * batch + b) * n_eo;
+  T* lv_i = at_mutable(buf.lv_i, b * n_i);
+  membrane_adjoint(n_i, buf.raster_i + (t * batch + b) * n_i, buf.integrating_i + i_row, at(buf.ls_i, b * n_i),
+                   buf.s_i != nullptr ? at(buf.s_i, i_row + s_offset * n_i) : nullptr, lv_i);
+  conductance_adjoint(n_i, decay_ampa, at(buf.leo, eo_next), lv_i, at(buf.cge_i, i_row), at_mutable(buf.leo, eo_row));
+  scale(n_i, lv_i, at(buf.cv_i, i_row));
+  // readout: l_u = decay l_u' + dL/dscore_sum
+  const T* g_sum = at(buf.g_sum, b * n_classes);
+  const T* lu_next = at(buf.leo, eo_next + n_i);
+  T* lu = at_mutable(buf.leo, eo_row + n_i);
+  for (int64_t c = 0; c < n_classes; ++c) lu[c] = lu_next[c] * decay_readout + g_sum[c];
+}
+
+inline void gemm(const char* ta, const char* tb, const int64_t* m, const int64_t* n, const int64_t* k,
+                 const float* alpha, const float* a, const int64_t* lda, const float* b, const int64_t* ldb,
+                 const float* beta, float* c, const int64_t* ldc) {
+  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+inline void gemm(const char* ta, const char* tb, const int64_t* m, const int64_t* n, const int64_t* k,
+                 const double* alpha, const double* a, const int64_t* lda, const double* b, const int64_t* ldb,
+                 const double* beta, double* c, const int64_t* ldc) {
+  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// Spike adjoints of step first + j for trials [b0, b1):
+//   ls_e = [l_ge_i, l_u](slot j + 1) [w_ei, w_out]^T (+ dL/dcount_e),
+//   ls_i = l_gi_e(slot j + 1) w_ie^T (+ dL/dcount_i).
+// Row-major (trials, n) blocks are column-major (n, trials): ls^T = W lambda^T, with W stored
+// row-major (post, pre), which is column-major (pre, post), hence "T".
+template <typename T>
+void spike_adjoints(const Network& net, const AdjointBuffers& buf, const ChunkExtras& extra, int64_t j, int64_t b0,
+                    int64_t b1) {
+  const int64_t batch = net.batch, rows = b1 - b0, n_e = net.n_e, n_i = net.n_i, n_eo = net.n_i + net.n_classes;
+  const T one = T(1);
+  T* ls_e = static_cast<T*>(buf.ls_e) + b0 * n_e;
+  T* ls_i = static_cast<T*>(buf.ls_i) + b0 * n_i;
+  const T beta_e = extra.g_counts_e != nullptr ? T(1) : T(0);
+  const T beta_i = extra.g_counts_i != nullptr ? T(1) : T(0);
+  if (extra.g_counts_e != nullptr)
+    std::memcpy(ls_e, static_cast<const T*>(extra.g_counts_e) + b0 * n_e, sizeof(T) * rows * n_e);
+  if (extra.g_counts_i != nullptr)
+    std::memcpy(ls_i, static_cast<const T*>(extra.g_counts_i) + b0 * n_i, sizeof(T) * rows * n_i);
+  const T* leo = static_cast<const T*>(buf.leo) + ((j + 1) * batch + b0) * n_eo;
+  const T* lgi = static_cast<const T*>(buf.lgi_e) + ((j + 1) * batch + b0) * n_e;
+  if constexpr (std::is_same_v<T, float>) {
+    if (extra.packed_e != nullptr && extra.packed_i != nullptr) {
+      cblas_sgemm_compute(kColumnMajor, kPacked, kNoTrans, n_e, rows, n_eo, static_cast<const float*>(extra.packed_e),
+                          n_eo, leo, n_eo, beta_e, ls_e, n_e);
+      cblas_sgemm_compute(kColumnMajor, kPacked, kNoTrans, n_i, rows, n_e, static_cast<const float*>(extra.packed_i),
+                          n_e, lgi, n_e, beta_i, ls_i, n_i);
+      return;
+    }
+  }
+  gemm("T", "N", &n_e, &rows, &n_eo, &one, static_cast<const T*>(net.w_e_out), &n_eo, leo, &n_eo, &beta_e, ls_e, &n_e);
+  gemm("T", "N", &n_i, &rows, &n_e, &one, static_cast<const T*>(net.w_ie), &n_e, lgi, &n_e, &beta_i, ls_i, &n_i);
+}
+
+// Bytes of the packed [w_ei, w_out] and w_ie (float32), for products with up to `rows` trials.
+void packed_sizes(const Network& net, int64_t rows, int64_t* sizes) {
+  const int64_t n_eo = net.n_i + net.n_classes;
+  sizes[0] = static_cast<int64_t>(cblas_sgemm_pack_get_size(kAMatrix, net.n_e, rows, n_eo));
+  sizes[1] = static_cast<int64_t>(cblas_sgemm_pack_get_size(kAMatrix, net.n_i, rows, net.n_e));
+}
+
+void pack_weights(const Network& net, int64_t rows, void* packed_e, void* packed_i) {
+  const int64_t n_eo = net.n_i + net.n_classes;
+  cblas_sgemm_pack(kColumnMajor, kAMatrix, kTrans, net.n_e, rows, n_eo, 1.0f, static_cast<const float*>(net.w_e_out),
+                   n_eo, static_cast<float*>(packed_e));
+  cblas_sgemm_pack(kColumnMajor, kAMatrix, kTrans, net.n_i, rows, net.n_e, 1.0f, static_cast<const float*>(net.w_ie),
+                   net.n_e, static_cast<float*>(packed_i));
+}
+
+// The adjoint recursion for trials [b0, b1) through steps first + j1 - 1 down to first + j0 (slot j1 ->
+// slot j0). Trials are independent: the caller runs blocks of trials in parallel threads, each through a
+// whole chunk, with no synchronisation per step. Single-threaded; MKL is told so by the caller
+// (torch.set_num_threads(1) also sets MKL's threads).
+template <typename T>
+void adjoint_steps(const Network& net, const AdjointBuffers& buf, const ChunkExtras& extra, int64_t j0, int64_t j1,
+                   int64_t b0, int64_t b1) {
+  const ControlWord control(net);
+  for (int64_t j = j1 - 1; j >= j0 && b1 > b0; --j) {
+    spike_adjoints<T>(net, buf, extra, j, b0, b1);
+    for (int64_t b = b0; b < b1; ++b) adjoint_trial<T>(net, buf, j, b);
+  }
+}
+
+// grad[pre, c0:c1] += lambda(slot j + 1)[b, c0:c1] for every presynaptic event (step first + j, trial b, pre).
+template <typename T>
+inline void add_row(T* __restrict grad, const T* __restrict lambda, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) grad[c] += lambda[c];
+}
+
+// Weight gradients of a chunk, dW = sum_t s(t)^T l(t + 1), over the spikes only; threads split the columns.
+template <typename T>
+void accumulate_gradients(const Network& net, const AdjointBuffers& buf, const ChunkExtras& extra, int64_t n) {
+  const int64_t batch = net.batch, n_e = net.n_e, n_i = net.n_i, n_eo = n_i + net.n_classes;
+#pragma omp parallel num_threads(static_cast<int>(net.n_threads))
+  {
+    const ControlWord control(net);
+    const int64_t team = omp_get_num_threads(), rank = omp_get_thread_num();
+    std::vector<int64_t> inputs(net.n_input);
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t t = buf.first + j;
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t after = (j + 1) * batch + b;
+        if (extra.grad_e_out != nullptr) {
+          const uint8_t* fired = buf.raster_e + (t * batch + b) * n_e;
+          const T* lambda = static_cast<const T*>(buf.leo) + after * n_eo;
+          const int64_t c0 = n_eo * rank / team, c1 = n_eo * (rank + 1) / team;
+          for (int64_t k = 0; k < n_e; ++k)
+            if (fired[k]) add_row(static_cast<T*>(extra.grad_e_out) + k * n_eo, lambda, c0, c1);
+        }
+        const int64_t c0 = n_e * rank / team, c1 = n_e * (rank + 1) / team;
+        if (extra.grad_ie != nullptr) {
+          const uint8_t* fired = buf.raster_i + (t * batch + b) * n_i;
+          const T* lambda = static_cast<const T*>(buf.lgi_e) + after * n_e;
+          for (int64_t k = 0; k < n_i; ++k)
+            if (fired[k]) add_row(static_cast<T*>(extra.grad_ie) + k * n_e, lambda, c0, c1);
+        }
+        if (extra.grad_in != nullptr) {
+          const T* lambda = static_cast<const T*>(buf.lge_e) + after * n_e;
+          const int64_t count = input_spikes(net, b, t, inputs.data());
+          for (int64_t e = 0; e < count; ++e) add_row(static_cast<T*>(extra.grad_in) + inputs[e] * n_e, lambda, c0, c1);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+void biosim_forward_f32(const Network* net, const ForwardBuffers* buf) { forward<float>(*net, *buf); }
+void biosim_forward_f64(const Network* net, const ForwardBuffers* buf) { forward<double>(*net, *buf); }
+void biosim_recompute_f32(const Network* net, const ChunkBuffers* buf, int64_t b0, int64_t b1) {
+  recompute<float>(*net, *buf, b0, b1);
+}
+void biosim_recompute_f64(const Network* net, const ChunkBuffers* buf, int64_t b0, int64_t b1) {
+  recompute<double>(*net, *buf, b0, b1);
+}
+int64_t biosim_control_word() {
+#ifdef BIOSIM_HAVE_MXCSR
+  return static_cast<int64_t>(_mm_getcsr());
+#else
+  return -1;
+#endif
+}
+void biosim_packed_sizes(const Network* net, int64_t rows, int64_t* sizes) { packed_sizes(*net, rows, sizes); }
+void biosim_pack_weights(const Network* net, int64_t rows, void* packed_e, void* packed_i) {
+  pack_weights(*net, rows, packed_e, packed_i);
+}
+void biosim_adjoint_steps_f32(const Network* net, const AdjointBuffers* buf, const ChunkExtras* extra, int64_t j0,
+                              int64_t j1, int64_t b0, int64_t b1) {
+  adjoint_steps<float>(*net, *buf, *extra, j0, j1, b0, b1);
+}
+void biosim_adjoint_steps_f64(const Network* net, const AdjointBuffers* buf, const ChunkExtras* extra, int64_t j0,
+                              int64_t j1, int64_t b0, int64_t b1) {
+  adjoint_steps<double>(*net, *buf, *extra, j0, j1, b0, b1);
+}
+void biosim_accumulate_gradients_f32(const Network* net, const AdjointBuffers* buf, const ChunkExtras* extra,
+                                     int64_t n) {
+  accumulate_gradients<float>(*net, *buf, *extra, n);
+}
+void biosim_accumulate_gradients_f64(const Network* net, const AdjointBuffers* buf, const ChunkExtras* extra,
+                                     int64_t n) {
+  accumulate_gradients<double>(*net, *buf, *extra, n);
+}
+}
+"""
+
+_COMPILER_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-fast-math")
+"""No fused multiply-adds and no reassociation: the kernels must round like separate torch operations."""
+
+
+class _Population(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_double)
+        for name in (
+            "e_exc_over_c",
+            "e_inh_over_c",
+            "leak_drive_over_c",
+            "minus_g_leak_over_c",
+            "one_over_c",
+            "v_threshold",
+            "v_reset",
+        )
+    ] + [("refractory_steps", ctypes.c_int64)]
+
+
+def _pointers(*names: str) -> list[tuple[str, Any]]:
+    return [(name, ctypes.c_void_p) for name in names]
+
+
+class _Network(ctypes.Structure):
+    _fields_ = (
+        [
+            (name, ctypes.c_int64)
+            for name in ("batch", "n_steps", "n_e", "n_i", "n_classes", "chunk", "n_threads", "mxcsr")
+        ]
+        + [(name, ctypes.c_double) for name in ("dt", "decay_ampa", "decay_gaba", "decay_readout")]
+        + [("e", _Population), ("i", _Population), ("n_input", ctypes.c_int64)]
+        + _pointers("x", "w_in", "w_ie", "w_e_out")
+    )
+
+
+_STATE_NAMES = ("v_e", "ge_e", "gi_e", "ready_e", "v_i", "ge_i", "gi_i", "ready_i")
+
+
+class _State(ctypes.Structure):
+    _fields_ = _pointers(*_STATE_NAMES)
+
+
+class _ForwardBuffers(ctypes.Structure):
+    _fields_ = (
+        [("state", _State)]
+        + _pointers("u", "score_sum", "raster_e", "raster_i", "counts_e", "counts_i", "population_e", "population_i")
+        + [("checkpoints", _State)]
+    )
+
+
+class _ChunkBuffers(ctypes.Structure):
+    _fields_ = (
+        [("first", ctypes.c_int64), ("last", ctypes.c_int64), ("start", _State)]
+        + _pointers("raster_e", "raster_i")
+        + _pointers("x_e", "cv_e", "cge_e", "cgi_e", "integrating_e", "x_i", "cv_i", "cge_i", "integrating_i")
+    )
+
+
+class _ChunkExtras(ctypes.Structure):
+    _fields_ = _pointers("g_counts_e", "g_counts_i", "grad_in", "grad_ie", "grad_e_out", "packed_e", "packed_i")
+
+
+class _AdjointBuffers(ctypes.Structure):
+    _fields_ = [("first", ctypes.c_int64), ("s_first", ctypes.c_int64)] + _pointers(
+        "s_e",
+        "cv_e",
+        "cge_e",
+        "cgi_e",
+        "s_i",
+        "cv_i",
+        "cge_i",
+        "integrating_e",
+        "integrating_i",
+        "raster_e",
+        "raster_i",
+        "ls_e",
+        "ls_i",
+        "lv_e",
+        "lv_i",
+        "lgi_e",
+        "lge_e",
+        "leo",
+        "g_sum",
+    )
+
+
+def _address(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _state_struct(tensors: dict[str, torch.Tensor] | None) -> _State:
+    if tensors is None:
+        return _State()
+    return _State(*(_address(tensors[name]) for name in _STATE_NAMES))
+
+
+@dataclass(frozen=True)
+class _KernelLibrary:
+    """The loaded CPU kernels, one function per dtype."""
+
+    forward: dict[torch.dtype, Any]
+    recompute: dict[torch.dtype, Any]
+    adjoint_steps: dict[torch.dtype, Any]
+    accumulate_gradients: dict[torch.dtype, Any]
+    packed_sizes: Any
+    pack_weights: Any
+    control_word: Any
+    """The calling thread's floating-point control word (flush-to-zero), -1 where there is none."""
+    path: str
+
+
+def _cpu_description() -> str:
+    """Model and feature flags of this CPU (part of the kernel cache key)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags", "Features"))}))
+
+
+def _torch_library_directory() -> Path:
+    return Path(torch.__file__).resolve().parent / "lib"
+
+
+@functools.cache
+def _kernel_library() -> _KernelLibrary | None:
+    """Build (once per machine and source version) and load the CPU kernels; ``None`` if unavailable.
+
+    Needs Linux, the system C++ compiler with OpenMP, and the MKL vector math
+    (``vmsExp``/``vmdExp``) exported by ``libtorch_cpu``, which is what
+    ``torch.exp`` calls on CPU. Set ``BIOSIM_FUSED_KERNELS=0`` to skip them.
+    """
+    if os.environ.get("BIOSIM_FUSED_KERNELS", "1") == "0" or not sys.platform.startswith("linux"):
+        return None
+    torch_cpu = _torch_library_directory() / "libtorch_cpu.so"
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    try:
+        exports = ctypes.CDLL(str(torch_cpu))
+        for symbol in ("vmsExp", "vmdExp", "sgemm_", "dgemm_", "cblas_sgemm_pack_get_size", "cblas_sgemm_pack"):
+            getattr(exports, symbol)  # AttributeError without MKL
+        exports.cblas_sgemm_compute  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    if compiler is None:
+        return None
+    flags = [*_COMPILER_FLAGS, "-march=native"]
+    link = [f"-L{torch_cpu.parent}", "-Wl,--no-as-needed", "-ltorch_cpu", f"-Wl,-rpath,{torch_cpu.parent}"]
+    # -march=native: the cached library belongs to this kind of CPU as well.
+    key = hashlib.sha256(
+        "\n".join([_KERNEL_SOURCE, compiler, *flags, *link, torch.__version__, _cpu_description()]).encode()
+    ).hexdigest()
+    cache = Path(os.environ.get("BIOSIM_KERNEL_CACHE") or Path.home() / ".cache" / "biosim" / "kernels")
+    target = cache / f"fused_engine_{key[:20]}.so"
+    try:
+        if not target.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache) as build:
+                source = Path(build) / "fused_engine.cpp"
+                source.write_text(_KERNEL_SOURCE)
+                output = Path(build) / target.name
+                subprocess.run(
+                    [compiler, *flags, str(source), "-o", str(output), *link],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                os.replace(output, target)  # atomic: concurrent builds cannot leave a partial file
+        library = ctypes.CDLL(str(target))
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", "") or str(error)
+        warnings.warn(f"fused engine: CPU kernels unavailable, using torch operations ({detail[-500:]})", stacklevel=3)
+        return None
+
+    def bind(name: str, *argtypes: Any) -> dict[torch.dtype, Any]:
+        functions = {}
+        for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
+            function = getattr(library, f"biosim_{name}_{suffix}")
+            function.argtypes, function.restype = list(argtypes), None
+            functions[dtype] = function
+        return functions
+
+    pointer = ctypes.POINTER
+    return _KernelLibrary(
+        forward=bind("forward", pointer(_Network), pointer(_ForwardBuffers)),
+        recompute=bind("recompute", pointer(_Network), pointer(_ChunkBuffers), ctypes.c_int64, ctypes.c_int64),
+        adjoint_steps=bind(
+            "adjoint_steps",
+            pointer(_Network),
+            pointer(_AdjointBuffers),
+            pointer(_ChunkExtras),
+            *(ctypes.c_int64,) * 4,
+        ),
+        accumulate_gradients=bind(
+            "accumulate_gradients", pointer(_Network), pointer(_AdjointBuffers), pointer(_ChunkExtras), ctypes.c_int64
+        ),
+        packed_sizes=_function(library.biosim_packed_sizes, pointer(_Network), ctypes.c_int64, ctypes.c_void_p),
+        control_word=_function(library.biosim_control_word, restype=ctypes.c_int64),
+        pack_weights=_function(
+            library.biosim_pack_weights, pointer(_Network), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p
+        ),
+        path=str(target),
+    )
+
+
+def _function(function: Any, *argtypes: Any, restype: Any = None) -> Any:
+    function.argtypes, function.restype = list(argtypes), restype
+    return function
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` intra-op torch threads, then restore the previous number."""
+    previous = torch.get_num_threads()
+    if count != previous:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if count != previous:
+            torch.set_num_threads(previous)
+
+
+def kernels_available() -> bool:
+    """Whether the compiled CPU kernels can be used here (building them on first call)."""
+    return _kernel_library() is not None
+
+
+def _population_struct(k: PopulationConstants) -> _Population:
+    return _Population(
+        k.e_exc_over_c,
+        k.e_inh_over_c,
+        k.leak_drive_over_c,
+        k.minus_g_leak_over_c,
+        k.one_over_c,
+        k.v_threshold,
+        k.v_reset,
+        k.refractory_steps,
+    )
+
+
+# --- torch-operation kernels (any device; the fallback) ---------------------------
+# Written with the operations of bridge.dynamics._membrane_update in the same
+# order, so that they round exactly like the eager engine.
+
+
+def _membrane(
+    v: torch.Tensor, ge: torch.Tensor, gi: torch.Tensor, k: PopulationConstants, dt: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exponential-Euler candidate ``v_new`` (mV) and its intermediates ``A`` (1/ms), ``B`` (mV), ``E = exp(dt A)``."""
+    total = k.minus_g_leak_over_c - (k.one_over_c * ge + k.one_over_c * gi)
+    ba = (k.leak_drive_over_c + (k.e_exc_over_c * ge + k.e_inh_over_c * gi)) / total
+    growth = torch.exp(dt * total)
+    v_new = -ba + (ba + v) * growth
+    return v_new, total, ba, growth
+
+
+def _update_and_fire(
+    v: torch.Tensor,
+    ge: torch.Tensor,
+    gi: torch.Tensor,
+    ready: torch.Tensor,
+    step: int,
+    k: PopulationConstants,
+    dt: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """State update and threshold of one population at ``step``: ``(v1, fired)``, before the reset.
+
+    ``ready`` holds the first step at which each neuron integrates again; it
+    replaces the eager engine's countdown (``max(r - 1, 0) == 0`` at step
+    ``t`` exactly when ``t >= ready``).
+    """
+    integrating = ready <= step
+    v1 = torch.where(integrating, _membrane(v, ge, gi, k, dt)[0], v)
+    return v1, ((v1 - k.v_threshold) > 0) & integrating  # H(v1 - v_th) * integrating > 0
+
+
+def _adjoint_coefficients(
+    v: torch.Tensor,
+    ge: torch.Tensor,
+    gi: torch.Tensor,
+    integrating: torch.Tensor,
+    k: PopulationConstants,
+    dt: float,
+    derivative: Derivative | None,
+    want_ge: bool,
+    want_gi: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Coefficients of the linear adjoint step for a block of states (elementwise, any shape).
+
+    Returns ``S = m sigma'(v1 - v_th)`` (1/mV; ``None`` without surrogate),
+    ``Cv = m ? E : 1``, ``Cge = m dv_new/dge`` and ``Cgi = m dv_new/dgi``
+    (mV/uS; ``None`` where not wanted).
+    """
+    v_new, total, ba, growth = _membrane(v, ge, gi, k, dt)
+    surrogate = None
+    if derivative is not None:
+        v1 = torch.where(integrating, v_new, v)
+        surrogate = torch.where(integrating, derivative(v1 - k.v_threshold), 0.0)
+    c_v = torch.where(integrating, growth, 1.0)
+    c_ge = c_gi = None
+    if want_ge or want_gi:
+        growth_minus_one_over_total = (growth - 1.0) / total
+        d_total = (ba + v) * growth * dt - growth_minus_one_over_total * ba  # dv_new/dA
+        if want_ge:
+            c_ge = torch.where(integrating, k.e_exc_over_c * growth_minus_one_over_total - k.one_over_c * d_total, 0.0)
+        if want_gi:
+            c_gi = torch.where(integrating, k.e_inh_over_c * growth_minus_one_over_total - k.one_over_c * d_total, 0.0)
+    return surrogate, c_v, c_ge, c_gi
+
+
+def _propagate(fired: torch.Tensor, weight: torch.Tensor, sparse: bool) -> torch.Tensor | None:
+    """``fired @ weight`` for a (batch, pre) bool spike matrix; ``None`` when nothing fired (sparse mode).
+
+    Sparse mode sums the rows of the presynaptic neurons that fired, per trial,
+    in increasing presynaptic order (the order of the dense product's sum).
+    """
+    if not sparse:
+        return fired.to(weight.dtype) @ weight
+    trial, neuron = fired.nonzero(as_tuple=True)
+    if trial.numel() == 0:
+        return None
+    return weight.new_zeros(fired.shape[0], weight.shape[1]).index_add_(0, trial, weight.index_select(0, neuron))
+
+
+def _scatter_rows(rows: torch.Tensor, neuron: torch.Tensor, weight: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """``out[r] = sum of weight[neuron[e]] over events e with rows[e] == r``: a (n_rows, n_post) matrix."""
+    out = weight.new_zeros(n_rows, weight.shape[1])
+    if rows.numel():
+        out.index_add_(0, rows, weight.index_select(0, neuron))
+    return out
+
+
+def _raster_events(raster: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spikes of a (steps, batch, neurons) raster as (step * batch + trial, neuron), sorted."""
+    step, trial, neuron = raster.nonzero(as_tuple=True)
+    return step * raster.shape[1] + trial, neuron
+
+
+@dataclass
+class _InputEvents:
+    """The input raster's spikes sorted by step (stable, so inputs stay in increasing order within a trial and
+    step), for chunks of steps (torch implementation; the CPU kernels read the raster directly)."""
+
+    step: torch.Tensor
+    trial: torch.Tensor
+    neuron: torch.Tensor
+
+    @classmethod
+    def from_raster(cls, x: torch.Tensor) -> _InputEvents:
+        trial, step, neuron = x.nonzero(as_tuple=True)
+        order = torch.argsort(step, stable=True)
+        return cls(step[order], trial[order], neuron[order])
+
+    def chunk(self, first: int, last: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input spikes of steps ``[first, last)`` as ``((t - first) * batch + trial, input)``."""
+        bounds = torch.searchsorted(self.step, torch.tensor([first, last], device=self.step.device)).tolist()
+        part = slice(bounds[0], bounds[1])
+        return (self.step[part] - first) * batch + self.trial[part], self.neuron[part]
+
+
+# --- the autograd function --------------------------------------------------------
+
+
+@dataclass
+class _Problem:
+    """Everything the autograd function needs besides the weights; no gradient flows through it."""
+
+    x: torch.Tensor
+    v_init_e: torch.Tensor
+    v_init_i: torch.Tensor
+    constants: Constants
+    derivative: Derivative | None
+    chunk_steps: int
+    sparse: bool
+    save: bool
+    library: _KernelLibrary | None
+    saved: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.x.shape[1] // self.chunk_steps)
+
+    def network_struct(self, w_in: torch.Tensor, w_ie: torch.Tensor, w_e_out: torch.Tensor) -> _Network:
+        c, (batch, n_steps, n_input) = self.constants, self.x.shape
+        return _Network(
+            batch,
+            n_steps,
+            w_in.shape[1],
+            w_ie.shape[0],
+            w_e_out.shape[1] - w_ie.shape[0],
+            self.chunk_steps,
+            torch.get_num_threads(),
+            self.library.control_word(),
+            c.dt,
+            c.decay_ampa,
+            c.decay_gaba,
+            c.decay_readout,
+            _population_struct(c.e),
+            _population_struct(c.i),
+            n_input,
+            _address(self.x),
+            _address(w_in),
+            _address(w_ie),
+            _address(w_e_out),
+        )
+
+
+def _initial_state(problem: _Problem) -> dict[str, torch.Tensor]:
+    v_e, v_i = problem.v_init_e, problem.v_init_i
+    return {
+        "v_e": v_e.clone(memory_format=torch.contiguous_format),
+        "ge_e": torch.zeros_like(v_e, memory_format=torch.contiguous_format),
+        "gi_e": torch.zeros_like(v_e, memory_format=torch.contiguous_format),
+        "ready_e": torch.zeros(v_e.shape, dtype=torch.int32, device=v_e.device),
+        "v_i": v_i.clone(memory_format=torch.contiguous_format),
+        "ge_i": torch.zeros_like(v_i, memory_format=torch.contiguous_format),
+        "gi_i": torch.zeros_like(v_i, memory_format=torch.contiguous_format),
+        "ready_i": torch.zeros(v_i.shape, dtype=torch.int32, device=v_i.device),
+    }
+
+
+def _forward_kernels(problem: _Problem, w_in, w_ie, w_e_out, u, score_sum, raster_e, raster_i, checkpoints):
+    """The whole time loop in the CPU kernels; returns the final state, spike counts and population counts."""
+    state = _initial_state(problem)
+    batch, n_steps, _ = problem.x.shape
+    counts = {name: torch.zeros_like(state[f"v_{name}"]) for name in ("e", "i")}
+    population = {name: u.new_empty(batch, n_steps) for name in ("e", "i")}
+    problem.saved["network"] = network = problem.network_struct(w_in, w_ie, w_e_out)
+    buffers = _ForwardBuffers(
+        _state_struct(state),
+        *(_address(t) for t in (u, score_sum, raster_e, raster_i, counts["e"], counts["i"])),
+        _address(population["e"]),
+        _address(population["i"]),
+        _state_struct(checkpoints),
+    )
+    problem.library.forward[u.dtype](ctypes.byref(network), ctypes.byref(buffers))
+    return state, counts["e"], counts["i"], population["e"], population["i"]
+
+
+def _forward_torch(problem: _Problem, w_in, w_ie, w_e_out, u, score_sum, raster_e, raster_i, checkpoints):
+    """The whole time loop in torch operations; returns what :func:`_forward_kernels` returns."""
+    x, constants, k_e, k_i = problem.x, problem.constants, problem.constants.e, problem.constants.i
+    dt, chunk, sparse = constants.dt, problem.chunk_steps, problem.sparse
+    batch, n_steps, _ = x.shape
+    n_i = w_ie.shape[0]
+    state = _initial_state(problem)
+    v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i = (state[name] for name in _STATE_NAMES)
+    events: _InputEvents = problem.saved["input_events"]
+    for index, first in enumerate(range(0, n_steps, chunk)):
+        last = min(first + chunk, n_steps)
+        if sparse:
+            rows, neuron = events.chunk(first, last, batch)
+            drive = _scatter_rows(rows, neuron, w_in, (last - first) * batch).view(last - first, batch, -1)
+        else:
+            drive = x[:, first:last].transpose(0, 1).to(w_in.dtype) @ w_in
+        if checkpoints is not None:
+            for name, value in zip(_STATE_NAMES, (v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i), strict=True):
+                checkpoints[name][index] = value
+        for t in range(first, last):
+            v1_e, fired_e = _update_and_fire(v_e, ge_e, gi_e, ready_e, t, k_e, dt)
+            v1_i, fired_i = _update_and_fire(v_i, ge_i, gi_i, ready_i, t, k_i, dt)
+            ge_e = ge_e * constants.decay_ampa + drive[t - first]
+            gi_e = gi_e * constants.decay_gaba
+            ge_i = ge_i * constants.decay_ampa
+            gi_i = gi_i * constants.decay_gaba
+            u.mul_(constants.decay_readout)
+            from_i = _propagate(fired_i, w_ie, sparse)
+            if from_i is not None:
+                gi_e = gi_e + from_i
+            from_e = _propagate(fired_e, w_e_out, sparse)
+            if from_e is not None:
+                ge_i = ge_i + from_e[:, :n_i]
+                u.add_(from_e[:, n_i:])
+            v_e = v1_e.masked_fill_(fired_e, k_e.v_reset)
+            v_i = v1_i.masked_fill_(fired_i, k_i.v_reset)
+            ready_e = ready_e.masked_fill(fired_e, t + k_e.refractory_steps)
+            ready_i = ready_i.masked_fill(fired_i, t + k_i.refractory_steps)
+            score_sum.add_(u)
+            raster_e[t] = fired_e
+            raster_i[t] = fired_i
+    state = dict(zip(_STATE_NAMES, (v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i), strict=True))
+    dtype = u.dtype
+    counts_e, counts_i = raster_e.sum(dim=0).to(dtype), raster_i.sum(dim=0).to(dtype)
+    population_e, population_i = raster_e.sum(dim=2).t().to(dtype), raster_i.sum(dim=2).t().to(dtype)
+    return state, counts_e, counts_i, population_e.contiguous(), population_i.contiguous()
+
+
+class _FusedNetwork(torch.autograd.Function):
+    """Forward: the time loop without autograd. Backward: the adjoint recursion (:class:`_Adjoint`)."""
+
+    @staticmethod
+    def forward(ctx, problem: _Problem, w_in, w_ei, w_ie, w_out):  # type: ignore[override]
+        batch, n_steps, _ = problem.x.shape
+        n_e, n_i = w_in.shape[1], w_ei.shape[1]
+        dtype, device = w_out.dtype, w_out.device
+        # E spikes feed ge_i and the readout: one gather serves both.
+        w_in, w_ie = w_in.contiguous(), w_ie.contiguous()
+        w_e_out = torch.cat([w_ei, w_out], dim=1)
+        if problem.library is None:  # the kernels read the raster directly
+            problem.saved["input_events"] = _InputEvents.from_raster(problem.x)
+        u = torch.zeros(batch, w_out.shape[1], dtype=dtype, device=device)
+        score_sum = torch.zeros_like(u)
+        raster_e = torch.empty(n_steps, batch, n_e, dtype=torch.bool, device=device)
+        raster_i = torch.empty(n_steps, batch, n_i, dtype=torch.bool, device=device)
+        checkpoints = None
+        if problem.save:
+            checkpoints = {
+                name: torch.empty((problem.n_chunks, *value.shape), dtype=value.dtype, device=device)
+                for name, value in _initial_state(problem).items()
+            }
+        run = _forward_kernels if problem.library is not None else _forward_torch
+        state, counts_e, counts_i, population_e, population_i = run(
+            problem, w_in, w_ie, w_e_out, u, score_sum, raster_e, raster_i, checkpoints
+        )
+        # Countdown after the last step, as the eager engine keeps it: max(ready - (T - 1), 0).
+        refractory_e = torch.clamp(state["ready_e"] - (n_steps - 1), min=0)
+        refractory_i = torch.clamp(state["ready_i"] - (n_steps - 1), min=0)
+        if problem.save:
+            problem.saved.update(raster_e=raster_e, raster_i=raster_i, checkpoints=checkpoints, w_e_out=w_e_out)
+            ctx.problem = problem
+            ctx.save_for_backward(w_in, w_ie, w_out)
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(refractory_e, refractory_i, population_e, population_i)
+        return (
+            score_sum / n_steps,
+            counts_e,
+            counts_i,
+            state["v_e"],
+            state["ge_e"],
+            state["gi_e"],
+            state["v_i"],
+            state["ge_i"],
+            state["gi_i"],
+            u,
+            score_sum,
+            refractory_e,
+            refractory_i,
+            population_e,
+            population_i,
+        )
+
+    @staticmethod
+    @once_differentiable  # first derivatives only: the adjoint itself is not differentiated
+    def backward(ctx, *grads):  # type: ignore[override]
+        w_in, w_ie, w_out = ctx.saved_tensors
+        adjoint = _Adjoint(ctx.problem, w_in, w_ie, w_out, grads[:11], ctx.needs_input_grad[1:5])
+        return (None, *adjoint.run())
+
+
+class _Adjoint:
+    """The backward pass: the adjoint recursion, chunk by chunk from the last step to the first.
+
+    Buffers of adjoints are indexed by *slot*: slot ``j`` of a chunk that
+    starts at step ``first`` holds the adjoint of the state at time ``first +
+    j`` (before step ``first + j``, after step ``first + j - 1``). Step ``t``
+    reads slot ``t - first + 1`` and writes slot ``t - first``; the weight
+    gradients of step ``t`` use slot ``t - first + 1``.
+    """
+
+    def __init__(self, problem: _Problem, w_in, w_ie, w_out, grads, needs) -> None:
+        g_scores, g_counts_e, g_counts_i, g_v_e, g_ge_e, g_gi_e, g_v_i, g_ge_i, _, g_u, g_score_sum = grads
+        self.problem = problem
+        self.need_in, self.need_ei, self.need_ie, self.need_out = needs
+        self.w_in, self.w_ie, self.w_out = w_in, w_ie, w_out
+        self.w_e_out = problem.saved["w_e_out"]
+        raster_e: torch.Tensor = problem.saved["raster_e"]
+        self.n_steps, self.batch, self.n_e = raster_e.shape
+        self.n_i, self.n_classes = w_ie.shape[0], w_out.shape[1]
+        self.dtype, self.device = w_out.dtype, w_out.device
+        batch, n_e, n_i, n_classes, chunk = self.batch, self.n_e, self.n_i, self.n_classes, problem.chunk_steps
+
+        # dL/dscore_sum at the end, through scores = score_sum / n_steps and directly.
+        self.g_sum = self._zeros_or(g_score_sum, (batch, n_classes))
+        if g_scores is not None:
+            self.g_sum += g_scores.to(self.dtype) / self.n_steps
+        # The membrane chain has a source only through a surrogate or a loss on the state or the counts.
+        self.full = problem.derivative is not None or any(
+            g is not None for g in (g_counts_e, g_counts_i, g_v_e, g_ge_e, g_gi_e, g_v_i, g_ge_i)
+        )
+        self.want_ge_e = self.need_in and self.full
+        self.g_counts_e = None if g_counts_e is None else g_counts_e.to(self.dtype).contiguous()
+        self.g_counts_i = None if g_counts_i is None else g_counts_i.to(self.dtype).contiguous()
+
+        # Adjoint buffers, with the adjoints of the final state in the last slot of the last chunk.
+        last_slot = self.n_steps - (problem.n_chunks - 1) * chunk
+        self.leo = self._empty(chunk + 1, batch, n_i + n_classes)  # [l_ge_i, l_u]
+        self.leo[last_slot, :, :n_i] = self._zeros_or(g_ge_i, (batch, n_i))
+        self.leo[last_slot, :, n_i:] = self._zeros_or(g_u, (batch, n_classes)) + self.g_sum
+        self.lgi_e = self.lge_e = None
+        if self.full:
+            self.lv_e = self._zeros_or(g_v_e, (batch, n_e))
+            self.lv_i = self._zeros_or(g_v_i, (batch, n_i))
+            self.lgi_e = self._empty(chunk + 1, batch, n_e)
+            self.lgi_e[last_slot] = self._zeros_or(g_gi_e, (batch, n_e))
+            if self.want_ge_e:
+                self.lge_e = self._empty(chunk + 1, batch, n_e)
+                self.lge_e[last_slot] = self._zeros_or(g_ge_e, (batch, n_e))
+        self.grad_in = torch.zeros_like(w_in) if self.need_in else None
+        self.grad_ie = torch.zeros_like(w_ie) if self.need_ie else None
+        self.grad_e_out = torch.zeros_like(self.w_e_out) if (self.need_ei or self.need_out) else None
+
+    def _empty(self, *shape: int) -> torch.Tensor:
+        return torch.empty(shape, dtype=self.dtype, device=self.device)
+
+    def _zeros_or(self, grad: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
+        if grad is None:
+            return torch.zeros(shape, dtype=self.dtype, device=self.device)
+        return grad.to(self.dtype).clone(memory_format=torch.contiguous_format)
+
+    def run(self) -> tuple[torch.Tensor | None, ...]:
+        problem = self.problem
+        if self.full:
+            chunk_adjoint = self._chunk_kernels if problem.library is not None else self._chunk_torch
+        else:
+            chunk_adjoint = self._chunk_readout
+        kernels = self.full and problem.library is not None
+        if kernels:
+            self._prepare_kernels()
+        raster_e, raster_i = problem.saved["raster_e"], problem.saved["raster_i"]
+        # With the kernels, blocks of trials run in parallel Python threads and torch runs one-threaded in
+        # each: a fork/join inside every small torch call (the surrogate derivative of each block of steps)
+        # stalls whenever another process holds a core.
+        try:
+            with _torch_threads(1 if kernels else torch.get_num_threads()):
+                self._chunks(chunk_adjoint, kernels, raster_e, raster_i)
+        finally:
+            if getattr(self, "pool", None) is not None:
+                self.pool.shutdown()
+        grad_ei = grad_out = None
+        if self.grad_e_out is not None:
+            grad_ei = self.grad_e_out[:, : self.n_i].contiguous() if self.need_ei else None
+            grad_out = self.grad_e_out[:, self.n_i :].contiguous() if self.need_out else None
+        return self.grad_in, grad_ei, self.grad_ie, grad_out
+
+    def _chunks(self, chunk_adjoint, kernels: bool, raster_e, raster_i) -> None:
+        problem, chunk = self.problem, self.problem.chunk_steps
+        for index in range(problem.n_chunks - 1, -1, -1):
+            first = index * chunk
+            last = min(first + chunk, self.n_steps)
+            chunk_adjoint(index, first, last)
+            if not kernels:  # the kernels accumulate their own
+                self._accumulate_weight_gradients(first, last, raster_e[first:last], raster_i[first:last])
+            # Slot 0 of this chunk is the last slot of the one before.
+            for buffer in (self.leo, self.lgi_e, self.lge_e):
+                if buffer is not None:
+                    buffer[chunk] = buffer[0]
+
+    def _accumulate_weight_gradients(self, first: int, last: int, raster_e, raster_i) -> None:
+        """``dW = sum_t s(t)^T l(t + 1)`` over the chunk (torch implementation; slots 1..n hold ``l(t + 1)``).
+
+        Sparse: only the rows of the presynaptic events are gathered and added. Dense: one product per
+        chunk, which is also deterministic on GPU (``index_add_`` is not).
+        """
+        n, batch = last - first, self.batch
+        dense = not self.problem.sparse
+        blocks = []
+        if self.grad_e_out is not None:
+            blocks.append((self.grad_e_out, raster_e, self.leo))
+        if self.grad_ie is not None and self.full:
+            blocks.append((self.grad_ie, raster_i, self.lgi_e))
+        for grad, raster, adjoint in blocks:
+            after = adjoint[1 : n + 1].reshape(n * batch, -1)
+            if dense:
+                grad.addmm_(raster.reshape(n * batch, -1).t().to(self.dtype), after)
+                continue
+            rows, neuron = _raster_events(raster)
+            if rows.numel():
+                grad.index_add_(0, neuron, after.index_select(0, rows))
+        if self.grad_in is not None and self.want_ge_e:
+            after = self.lge_e[1 : n + 1].reshape(n * batch, -1)
+            if dense:
+                inputs = self.problem.x[:, first:last].transpose(0, 1).reshape(n * batch, -1)
+                self.grad_in.addmm_(inputs.t().to(self.dtype), after)
+                return
+            rows, neuron = self.problem.saved["input_events"].chunk(first, last, batch)
+            if rows.numel():
+                self.grad_in.index_add_(0, neuron, after.index_select(0, rows))
+
+    def _chunk_readout(self, index: int, first: int, last: int) -> None:
+        """Without a membrane chain only the readout carries gradient: ``l_u = g + decay l_u'``."""
+        n_i, decay = self.n_i, self.problem.constants.decay_readout
+        for j in range(last - first - 1, -1, -1):
+            torch.mul(self.leo[j + 1, :, n_i:], decay, out=self.leo[j, :, n_i:]).add_(self.g_sum)
+        self.leo[: last - first, :, :n_i] = 0.0
+
+    def _spike_adjoints(self, j: int, out_e: torch.Tensor | None = None, out_i: torch.Tensor | None = None):
+        """``l_s_e = [l_ge_i, l_u](slot j + 1) [w_ei, w_out]^T + dL/dcount_e`` and ``l_s_i = l_gi_e w_ie^T + ...``."""
+        product = []
+        for bias, adjoint, weight, out in (
+            (self.g_counts_e, self.leo[j + 1], self.w_e_out, out_e),
+            (self.g_counts_i, self.lgi_e[j + 1], self.w_ie, out_i),
+        ):
+            if bias is None:
+                product.append(torch.mm(adjoint, weight.t(), out=out))
+            else:
+                product.append(torch.addmm(bias, adjoint, weight.t(), out=out))
+        return product
+
+    # --- CPU kernels -------------------------------------------------------------
+    def _prepare_kernels(self) -> None:
+        problem, chunk, batch = self.problem, self.problem.chunk_steps, self.batch
+        n_e, n_i = self.n_e, self.n_i
+        self.network = problem.saved["network"]
+        self.x_e, self.cv_e, self.cgi_e = (self._empty(chunk, batch, n_e) for _ in range(3))
+        self.cge_e = self._empty(chunk, batch, n_e) if self.want_ge_e else None
+        self.x_i, self.cv_i, self.cge_i = (self._empty(chunk, batch, n_i) for _ in range(3))
+        self.integrating_e = torch.empty(chunk, batch, n_e, dtype=torch.bool, device=self.device)
+        self.integrating_i = torch.empty(chunk, batch, n_i, dtype=torch.bool, device=self.device)
+        self.ls_e, self.ls_i = self._empty(batch, n_e), self._empty(batch, n_i)
+        self.packed = (None, None)
+        if self.dtype == torch.float32:
+            # The recurrent weights packed once for MKL, for products of up to `rows` trials (one thread's block).
+            rows = -(-batch // max(1, min(batch, self.network.n_threads)))
+            sizes = torch.zeros(2, dtype=torch.int64)
+            problem.library.packed_sizes(ctypes.byref(self.network), rows, sizes.data_ptr())
+            self.packed = tuple(torch.empty(int(size), dtype=torch.uint8) for size in sizes.tolist())
+            problem.library.pack_weights(ctypes.byref(self.network), rows, *(_address(t) for t in self.packed))
+        # Steps per derivative block: about 1 MiB of E potentials, so that the block stays in cache.
+        self.derivative_block = max(1, min(chunk, (1 << 20) // max(1, batch * n_e * self.x_e.element_size())))
+        self.s_e = self._empty(self.derivative_block, batch, n_e)
+        self.s_i = self._empty(self.derivative_block, batch, n_i)
+        # Blocks of trials, one per thread: each runs through a whole chunk (recomputation, surrogate
+        # derivative, recursion) on its own; ctypes and torch release the GIL, torch runs one-threaded.
+        threads = max(1, int(self.network.n_threads))
+        self.trial_blocks = [(batch * r // threads, batch * (r + 1) // threads) for r in range(threads)]
+        self.trial_blocks = [block for block in self.trial_blocks if block[1] > block[0]]
+        self.pool = ThreadPoolExecutor(len(self.trial_blocks)) if len(self.trial_blocks) > 1 else None
+
+    def _chunk_kernels(self, index: int, first: int, last: int) -> None:
+        """One chunk in the CPU kernels: each block of trials runs through the whole chunk in its own thread."""
+        problem, library, n = self.problem, self.problem.library, last - first
+        checkpoints = {name: value[index] for name, value in problem.saved["checkpoints"].items()}
+        raster_e, raster_i = problem.saved["raster_e"], problem.saved["raster_i"]
+        buffers = _ChunkBuffers(
+            first,
+            last,
+            _state_struct(checkpoints),
+            _address(raster_e),
+            _address(raster_i),
+            *(_address(t) for t in (self.x_e, self.cv_e, self.cge_e, self.cgi_e, self.integrating_e)),
+            *(_address(t) for t in (self.x_i, self.cv_i, self.cge_i, self.integrating_i)),
+        )
+        extras = _ChunkExtras(
+            *(_address(t) for t in (self.g_counts_e, self.g_counts_i, self.grad_in, self.grad_ie, self.grad_e_out)),
+            *(_address(t) for t in self.packed),
+        )
+        network, extras_pointer = ctypes.byref(self.network), ctypes.byref(extras)
+
+        def through_chunk(trials: tuple[int, int]) -> None:
+            library.recompute[self.dtype](network, ctypes.byref(buffers), *trials)
+            adjoint = self._adjoint_buffers(first)  # per thread: s_first differs
+            # Blocks of steps, last first: the surrogate's own derivative for the block (small enough to
+            # stay in cache), then the recursion through it; the mask m is applied in the kernel.
+            for stop in range(n, 0, -self.derivative_block):
+                start = max(0, stop - self.derivative_block)
+                if problem.derivative is not None:
+                    columns = slice(*trials)
+                    self.s_e[: stop - start, columns] = problem.derivative(self.x_e[start:stop, columns])
+                    self.s_i[: stop - start, columns] = problem.derivative(self.x_i[start:stop, columns])
+                    adjoint.s_first = start
+                library.adjoint_steps[self.dtype](network, ctypes.byref(adjoint), extras_pointer, start, stop, *trials)
+
+        if self.pool is None:
+            through_chunk((0, self.batch))
+        else:
+            for future in [self.pool.submit(through_chunk, trials) for trials in self.trial_blocks]:
+                future.result()
+        library.accumulate_gradients[self.dtype](network, ctypes.byref(self._adjoint_buffers(first)), extras_pointer, n)
+
+    def _adjoint_buffers(self, first: int) -> _AdjointBuffers:
+        derivative = self.problem.derivative is not None
+        return _AdjointBuffers(
+            first,
+            0,
+            _address(self.s_e) if derivative else None,
+            *(_address(t) for t in (self.cv_e, self.cge_e, self.cgi_e)),
+            _address(self.s_i) if derivative else None,
+            *(_address(t) for t in (self.cv_i, self.cge_i, self.integrating_e, self.integrating_i)),
+            _address(self.problem.saved["raster_e"]),
+            _address(self.problem.saved["raster_i"]),
+            *(_address(t) for t in (self.ls_e, self.ls_i, self.lv_e, self.lv_i, self.lgi_e, self.lge_e)),
+            _address(self.leo),
+            _address(self.g_sum),
+        )
+
+    # --- torch operations --------------------------------------------------------
+    def _chunk_torch(self, index: int, first: int, last: int) -> None:
+        problem, constants, n_i = self.problem, self.problem.constants, self.n_i
+        k_e, k_i, dt, derivative = constants.e, constants.i, constants.dt, problem.derivative
+        v_e, ge_e, gi_e, integrating_e, v_i, ge_i, gi_i, integrating_i = self._recompute_torch(index, first, last)
+        s_e, cv_e, cge_e, cgi_e = _adjoint_coefficients(
+            v_e, ge_e, gi_e, integrating_e, k_e, dt, derivative, self.want_ge_e, True
+        )
+        s_i, cv_i, cge_i, _ = _adjoint_coefficients(v_i, ge_i, gi_i, integrating_i, k_i, dt, derivative, True, False)
+        fired_e, fired_i = problem.saved["raster_e"][first:last], problem.saved["raster_i"][first:last]
+        leo, lgi_e, lge_e = self.leo, self.lgi_e, self.lge_e
+        for j in range(last - first - 1, -1, -1):
+            lambda_s_e, lambda_s_i = self._spike_adjoints(j)
+            # E: the reset cuts the adjoint where a spike fired; the spike adds the surrogate path.
+            lambda_v1_e = self.lv_e.masked_fill_(fired_e[j], 0.0)
+            if s_e is not None:
+                lambda_v1_e.addcmul_(lambda_s_e, s_e[j])
+            torch.mul(lgi_e[j + 1], constants.decay_gaba, out=lgi_e[j]).addcmul_(lambda_v1_e, cgi_e[j])
+            if lge_e is not None:
+                torch.mul(lge_e[j + 1], constants.decay_ampa, out=lge_e[j]).addcmul_(lambda_v1_e, cge_e[j])
+            self.lv_e = lambda_v1_e.mul_(cv_e[j])
+            # I
+            lambda_v1_i = self.lv_i.masked_fill_(fired_i[j], 0.0)
+            if s_i is not None:
+                lambda_v1_i.addcmul_(lambda_s_i, s_i[j])
+            torch.mul(leo[j + 1, :, :n_i], constants.decay_ampa, out=leo[j, :, :n_i]).addcmul_(lambda_v1_i, cge_i[j])
+            self.lv_i = lambda_v1_i.mul_(cv_i[j])
+            # readout: u(t) enters score_sum at the step that makes it, and u(t + 1) through the decay
+            torch.mul(leo[j + 1, :, n_i:], constants.decay_readout, out=leo[j, :, n_i:]).add_(self.g_sum)
+
+    def _recompute_torch(self, index: int, first: int, last: int) -> tuple[torch.Tensor, ...]:
+        """States at the start of every step of a chunk, from its checkpoint and the saved spikes.
+
+        Returns ``(v_e, ge_e, gi_e, integrating_e, v_i, ge_i, gi_i, integrating_i)``,
+        each (steps, batch, neurons); bit-identical to the forward pass.
+        """
+        problem, constants = self.problem, self.problem.constants
+        k_e, k_i, dt = constants.e, constants.i, constants.dt
+        n, batch, n_e, n_i = last - first, self.batch, self.n_e, self.n_i
+        raster_e, raster_i = problem.saved["raster_e"], problem.saved["raster_i"]
+        v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i = (
+            problem.saved["checkpoints"][name][index].clone() for name in _STATE_NAMES
+        )
+        if problem.sparse:
+            rows, neuron = problem.saved["input_events"].chunk(first, last, batch)
+            drive = _scatter_rows(rows, neuron, self.w_in, n * batch).view(n, batch, n_e)
+            rows, neuron = _raster_events(raster_i[first:last])
+            from_i = _scatter_rows(rows, neuron, self.w_ie, n * batch).view(n, batch, n_e)
+            rows, neuron = _raster_events(raster_e[first:last])
+            from_e = _scatter_rows(rows, neuron, self.w_e_out[:, :n_i], n * batch).view(n, batch, n_i)
+        else:
+            drive = problem.x[:, first:last].transpose(0, 1).to(self.dtype) @ self.w_in
+            from_i = raster_i[first:last].to(self.dtype) @ self.w_ie
+            from_e = raster_e[first:last].to(self.dtype) @ self.w_e_out[:, :n_i]
+        out = [self._empty(n, batch, n_e) for _ in range(3)]
+        out.append(torch.empty(n, batch, n_e, dtype=torch.bool, device=self.device))
+        out += [self._empty(n, batch, n_i) for _ in range(3)]
+        out.append(torch.empty(n, batch, n_i, dtype=torch.bool, device=self.device))
+        for j in range(n):
+            t = first + j
+            out[0][j], out[1][j], out[2][j], out[4][j], out[5][j], out[6][j] = v_e, ge_e, gi_e, v_i, ge_i, gi_i
+            torch.le(ready_e, t, out=out[3][j])
+            torch.le(ready_i, t, out=out[7][j])
+            v_e = torch.where(out[3][j], _membrane(v_e, ge_e, gi_e, k_e, dt)[0], v_e)
+            v_i = torch.where(out[7][j], _membrane(v_i, ge_i, gi_i, k_i, dt)[0], v_i)
+            ge_e = ge_e * constants.decay_ampa + drive[j]
+            gi_e = gi_e * constants.decay_gaba + from_i[j]
+            ge_i = ge_i * constants.decay_ampa + from_e[j]
+            gi_i = gi_i * constants.decay_gaba
+            v_e = v_e.masked_fill_(raster_e[t], k_e.v_reset)
+            v_i = v_i.masked_fill_(raster_i[t], k_i.v_reset)
+            ready_e = ready_e.masked_fill_(raster_e[t], t + k_e.refractory_steps)
+            ready_i = ready_i.masked_fill_(raster_i[t], t + k_i.refractory_steps)
+        return tuple(out)
+
+
+# --- public entry points ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FusedEngine:
+    """A configured fused engine; calling it is :func:`run_network_fused` with these options.
+
+    Attributes
+    ----------
+    chunk_steps : int
+        Steps between state checkpoints, and per block recomputed in the
+        backward pass. The backward pass holds a few (chunk_steps, batch,
+        neurons) buffers; fewer, longer chunks cost memory, more, shorter
+        ones cost per-chunk overhead. 50 suits T = 2000 on CPU.
+    implementation : {"auto", "kernels", "torch"}
+        ``"kernels"``: the compiled CPU kernels (float32/float64 CPU tensors
+        only; raises if they cannot be built). ``"torch"``: torch
+        operations, any device. ``"auto"``: the kernels where they apply,
+        torch operations elsewhere.
+    propagation : {"auto", "sparse", "dense"}
+        How spikes reach their targets in the torch implementation:
+        ``"sparse"`` sums the weight rows of the neurons that fired (fast on
+        CPU, where spikes are rare), ``"dense"`` multiplies the 0/1 spike
+        matrix (no host synchronisation; better on GPU). ``"auto"``: sparse
+        on CPU, dense elsewhere. The CPU kernels are always sparse.
+    """
+
+    chunk_steps: int = 50
+    implementation: str = "auto"
+    propagation: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.chunk_steps, int) and self.chunk_steps > 0):
+            raise ValueError(f"FusedEngine.chunk_steps must be a positive int, got {self.chunk_steps!r}")
+        if self.implementation not in ("auto", "kernels", "torch"):
+            raise ValueError(
+                f"FusedEngine.implementation must be 'auto', 'kernels' or 'torch', got {self.implementation!r}"
+            )
+        if self.propagation not in ("auto", "sparse", "dense"):
+            raise ValueError(f"FusedEngine.propagation must be 'auto', 'sparse' or 'dense', got {self.propagation!r}")
+
+    def _library(self, tensor: torch.Tensor) -> _KernelLibrary | None:
+        applies = tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64)
+        if self.implementation == "torch" or (self.implementation == "auto" and not applies):
+            return None
+        library = _kernel_library()
+        if self.implementation == "kernels" and (library is None or not applies):
+            reason = "they cannot be built here" if library is None else "they need float32/float64 CPU tensors"
+            raise RuntimeError(f"FusedEngine(implementation='kernels'): {reason}")
+        return library
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        v_init_e: torch.Tensor,
+        v_init_i: torch.Tensor,
+        weights: Weights,
+        constants: Constants,
+        spike_fn: SpikeFunction = heaviside,
+        *,
+        record_population: bool = False,
+    ) -> NetworkOutput:
+        """Run whole trials; see :func:`run_network_fused`."""
+        from .model import NetworkOutput, run_network
+
+        if spike_fn is heaviside:
+            derivative = None
+        elif isinstance(spike_fn, Surrogate):
+            derivative = spike_fn.derivative
+        else:
+            # Neither its forward nor its derivative is ours to assume.
+            return run_network(x, v_init_e, v_init_i, weights, constants, spike_fn, record_population=record_population)
+        if x.dim() != 3 or x.shape[1] == 0:
+            raise ValueError(f"x must be (batch, n_steps >= 1, n_input), got shape {tuple(x.shape)}")
+        if x.dtype != torch.bool:
+            if not bool(((x == 0) | (x == 1)).all()):
+                raise ValueError("x must be a spike raster: bool, or numbers that are all 0 or 1")
+            x = x != 0
+        dtype = weights.w_out.dtype
+        if any(w.dtype != dtype for w in weights) or v_init_e.dtype != dtype or v_init_i.dtype != dtype:
+            raise ValueError("weights and initial potentials must share one floating-point dtype")
+        torch.set_flush_denormal(True)  # decaying float32 conductances reach denormals, which are very slow
+        save = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
+        sparse = self.propagation == "sparse" or (self.propagation == "auto" and v_init_e.device.type == "cpu")
+        problem = _Problem(
+            x=x.contiguous(),
+            v_init_e=v_init_e.detach(),
+            v_init_i=v_init_i.detach(),
+            constants=constants,
+            derivative=derivative,
+            chunk_steps=self.chunk_steps,
+            sparse=sparse,
+            save=save,
+            library=self._library(v_init_e),
+        )
+        outputs = _FusedNetwork.apply(problem, *weights)
+        scores, counts_e, counts_i = outputs[:3]
+        v_e, ge_e, gi_e, v_i, ge_i, gi_i, u, score_sum, refractory_e, refractory_i = outputs[3:13]
+        population_e, population_i = outputs[13:]
+        return NetworkOutput(
+            scores=scores,
+            spike_counts_e=counts_e,
+            spike_counts_i=counts_i,
+            final_state=NetworkState(v_e, ge_e, gi_e, refractory_e, v_i, ge_i, gi_i, refractory_i, u, score_sum),
+            population_e=population_e if record_population else None,
+            population_i=population_i if record_population else None,
+        )
+
+
+_DEFAULT_ENGINE = FusedEngine()
+
+
+def run_network_fused(
+    x: torch.Tensor,
+    v_init_e: torch.Tensor,
+    v_init_i: torch.Tensor,
+    weights: Weights,
+    constants: Constants,
+    spike_fn: SpikeFunction = heaviside,
+    *,
+    record_population: bool = False,
+) -> NetworkOutput:
+    """Run whole trials with the fused engine: a drop-in for :func:`bridge.model.run_network`.
+
+    Parameters
+    ----------
+    x : Tensor (batch, n_steps, n_input) of bool
+        Input spike raster (0/1 numbers are accepted and converted).
+    v_init_e, v_init_i : Tensor (batch, n_e), (batch, n_i)
+        Initial membrane potentials (mV), in the dtype of the weights. No
+        gradient flows to them.
+    weights : Weights
+        Effective weights (uS; readout dimensionless). Gradients flow to all
+        four (the caller's clamp and mask act outside, through autograd).
+    constants : Constants
+        From :func:`bridge.dynamics.make_constants`.
+    spike_fn : callable
+        :func:`bridge.dynamics.heaviside` (spikes carry no gradient) or a
+        :class:`bridge.surrogates.Surrogate`, whose ``derivative`` the
+        adjoint uses. Any other callable runs on the eager engine instead.
+    record_population : bool
+        Also return the E and I spike counts per step (detached).
+
+    Returns
+    -------
+    NetworkOutput
+        As :func:`bridge.model.run_network`, with the same spikes. ``scores``,
+        ``spike_counts_e``/``_i`` and the floating-point fields of
+        ``final_state`` are differentiable with respect to the weights, with
+        the gradients of the eager engine's autograd graph; the refractory
+        counters and population counts are not.
+
+    Notes
+    -----
+    Calls ``torch.set_flush_denormal(True)``. Uses the compiled CPU kernels
+    where they apply (see the module docstring) and torch operations
+    elsewhere; :class:`FusedEngine` chooses explicitly.
+    """
+    return _DEFAULT_ENGINE(x, v_init_e, v_init_i, weights, constants, spike_fn, record_population=record_population)

@@ -1,0 +1,265 @@
+"""Tests of bridge.fast_engine: the fused engine against the eager engine (forward spikes, adjoint gradients)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from biosim.data import load_split
+from biosim.inputs import make_trials
+from biosim.params import NetworkParams
+from biosim.weights import init_weights
+from bridge.dynamics import Weights, heaviside, make_constants
+from bridge.fast_engine import FusedEngine, kernels_available, run_network_fused
+from bridge.model import run_network
+from bridge.simulate import torch_weights
+from bridge.surrogates import SURROGATES, get_surrogate
+
+PARAMS = NetworkParams().replace(
+    connectivity__n_e=64, connectivity__n_i=16, simulation__trial_ms=20.0, simulation__transient_ms=5.0
+)
+N_TRIALS = 4
+CONSTANTS = make_constants(PARAMS)
+
+IMPLEMENTATIONS = [
+    "torch",
+    pytest.param(
+        "kernels", marks=pytest.mark.skipif(not kernels_available(), reason="CPU kernels cannot be built here")
+    ),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These networks are tiny: one thread avoids fork/join stalls when other processes hold the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def trials():
+    split = load_split("smoke")
+    return make_trials(split.train.images[:N_TRIALS], split.train.labels[:N_TRIALS], PARAMS, seed=3)
+
+
+@pytest.fixture(scope="module")
+def stored_weights():
+    return init_weights(PARAMS, seed=1)
+
+
+def inputs(trials, dtype=torch.float64, count=N_TRIALS):
+    return (
+        torch.from_numpy(trials.dense(slice(0, count))),
+        torch.as_tensor(trials.v_init_e_mv[:count], dtype=dtype),
+        torch.as_tensor(trials.v_init_i_mv[:count], dtype=dtype),
+    )
+
+
+def leaf_weights(weights, dtype=torch.float64) -> Weights:
+    return Weights(*(w.detach().clone().requires_grad_(True) for w in torch_weights(weights, dtype=dtype)))
+
+
+def bptt(engine, trials, weights, spike_fn, *, dtype=torch.float64, count=N_TRIALS, loss_fn=None):
+    """Forward + backward of a loss; returns (output, gradients of the four weight matrices)."""
+    w = leaf_weights(weights, dtype)
+    output = engine(*inputs(trials, dtype, count), w, CONSTANTS, spike_fn, record_population=True)
+    labels = torch.as_tensor(trials.labels[:count])
+    loss = torch.nn.functional.cross_entropy(output.scores, labels) if loss_fn is None else loss_fn(output, labels)
+    loss.backward()
+    return output, [x.grad for x in w]
+
+
+_EAGER_CACHE: dict = {}
+
+
+def eager_bptt(trials, weights, surrogate="fast_sigmoid", *, dtype=torch.float64, count=N_TRIALS, key=None):
+    """:func:`bptt` of the eager engine, computed once per configuration (the tests compare many engines to it)."""
+    cache_key = (key, surrogate, dtype, count)
+    if cache_key not in _EAGER_CACHE:
+        _EAGER_CACHE[cache_key] = bptt(run_network, trials, weights, get_surrogate(surrogate), dtype=dtype, count=count)
+    return _EAGER_CACHE[cache_key]
+
+
+def relative_difference(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
+    """``max|a - b| / max|a|`` (0 when both are zero or absent)."""
+    a = torch.zeros(()) if a is None else a
+    b = torch.zeros(()) if b is None else b
+    scale = float(a.abs().max())
+    difference = float((a - b).abs().max())
+    return difference / scale if scale > 0 else difference
+
+
+def assert_same_forward(expected, actual) -> None:
+    assert torch.equal(expected.scores, actual.scores)
+    assert torch.equal(expected.spike_counts_e, actual.spike_counts_e)
+    assert torch.equal(expected.spike_counts_i, actual.spike_counts_i)
+    assert torch.equal(expected.population_e, actual.population_e)
+    assert torch.equal(expected.population_i, actual.population_i)
+    for name in expected.final_state._fields:
+        assert torch.equal(getattr(expected.final_state, name), getattr(actual.final_state, name)), name
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_forward_is_bit_identical_to_eager(trials, stored_weights, implementation, dtype):
+    engine = FusedEngine(chunk_steps=30, implementation=implementation)
+    with torch.no_grad():
+        w = torch_weights(stored_weights, dtype=dtype)
+        expected = run_network(*inputs(trials, dtype), w, CONSTANTS, record_population=True)
+        actual = engine(*inputs(trials, dtype), w, CONSTANTS, record_population=True)
+    assert expected.spike_counts_e.sum() > 0 and expected.spike_counts_i.sum() > 0  # not a silent test
+    assert_same_forward(expected, actual)
+    assert engine(*inputs(trials, dtype), w, CONSTANTS).population_e is None
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("surrogate", sorted(SURROGATES))
+def test_gradients_match_eager_autograd(trials, stored_weights, surrogate, implementation):
+    expected_output, expected = eager_bptt(trials, stored_weights, surrogate, key="canonical")
+    engine = FusedEngine(chunk_steps=37, implementation=implementation)  # chunks that do not divide T
+    output, actual = bptt(engine, trials, stored_weights, get_surrogate(surrogate))
+    assert_same_forward(expected_output, output)
+    for name, a, b in zip(Weights._fields, expected, actual, strict=True):
+        assert a is not None and float(a.abs().max()) > 0, name
+        assert relative_difference(a, b) < 1e-6, name
+
+
+def state_and_count_loss(output, labels):
+    """A loss on everything the engine returns that can carry gradient."""
+    state = output.final_state
+    return (
+        torch.nn.functional.cross_entropy(output.scores, labels)
+        + 1e-2 * output.spike_counts_e.pow(2).mean()
+        + 0.3 * output.spike_counts_i.mean()
+        + 1e-3 * state.v_e.mean()
+        + state.gi_e.sum()
+        + state.ge_e.sum()
+        + 0.5 * state.ge_i.sum()
+        + 1e-2 * state.v_i.sum()
+        + 0.1 * state.u.sum()
+        + 1e-3 * state.score_sum.sum()
+    )
+
+
+@pytest.fixture(scope="module")
+def eager_state_and_count_gradients(trials, stored_weights):
+    return bptt(run_network, trials, stored_weights, get_surrogate(), loss_fn=state_and_count_loss)[1]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_gradients_through_counts_and_final_state(
+    trials, stored_weights, eager_state_and_count_gradients, implementation
+):
+    engine = FusedEngine(chunk_steps=64, implementation=implementation)
+    _, actual = bptt(engine, trials, stored_weights, get_surrogate(), loss_fn=state_and_count_loss)
+    for name, a, b in zip(Weights._fields, eager_state_and_count_gradients, actual, strict=True):
+        assert relative_difference(a, b) < 1e-6, name
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_zero_initialised_loop_and_batch_of_one(trials, stored_weights, implementation):
+    zero = init_weights(PARAMS, seed=1, w_ei="zero", w_ie="zero")
+    engine = FusedEngine(chunk_steps=50, implementation=implementation)
+    for weights, count, key in ((zero, N_TRIALS, "zero"), (stored_weights, 1, "canonical")):
+        expected_output, expected = eager_bptt(trials, weights, count=count, key=key)
+        output, actual = bptt(engine, trials, weights, get_surrogate(), count=count)
+        assert_same_forward(expected_output, output)
+        for name, a, b in zip(Weights._fields, expected, actual, strict=True):
+            assert relative_difference(a, b) < 1e-6, name
+    # the zero-initialised loop still learns: its conductances receive gradient
+    assert float(actual[1].abs().max()) > 0 and float(actual[2].abs().max()) > 0
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_float32_runs_and_agrees_with_eager(trials, stored_weights, implementation):
+    spike_fn = get_surrogate()
+    expected_output, expected = eager_bptt(trials, stored_weights, dtype=torch.float32, key="canonical")
+    engine = FusedEngine(implementation=implementation)
+    output, actual = bptt(engine, trials, stored_weights, spike_fn, dtype=torch.float32)
+    assert output.scores.dtype == torch.float32
+    assert_same_forward(expected_output, output)
+    for name, a, b in zip(Weights._fields, expected, actual, strict=True):
+        assert b.dtype == torch.float32 and torch.isfinite(b).all(), name
+        assert relative_difference(a, b) < 1e-3, name
+
+
+def test_dale_clamp_and_mask_stay_with_autograd(trials, stored_weights):
+    """Stored weights go through clamp/mask outside the engine; their gradients match the eager engine's."""
+    rng = np.random.default_rng(0)
+    stored = {
+        name: torch.tensor(
+            getattr(stored_weights, name) * rng.choice([-1.0, 1.0], size=getattr(stored_weights, name).shape)
+        )
+        for name in ("w_in", "w_ei", "w_ie", "w_out")
+    }
+    mask = torch.as_tensor(stored_weights.input_mask, dtype=torch.float64)
+    results = []
+    for engine in (run_network, run_network_fused):
+        leaves = {name: value.clone().requires_grad_(True) for name, value in stored.items()}
+        effective = Weights(
+            torch.clamp(leaves["w_in"], min=0.0) * mask,
+            torch.clamp(leaves["w_ei"], min=0.0),
+            torch.clamp(leaves["w_ie"], min=0.0),
+            leaves["w_out"],
+        )
+        output = engine(*inputs(trials), effective, CONSTANTS, get_surrogate())
+        torch.nn.functional.cross_entropy(output.scores, torch.as_tensor(trials.labels)).backward()
+        results.append(leaves)
+    for name in stored:
+        assert relative_difference(results[0][name].grad, results[1][name].grad) < 1e-6, name
+    pruned = stored["w_ei"] < 0
+    assert torch.all(results[1]["w_ei"].grad[pruned] == 0)
+
+
+def test_gradient_only_for_requested_weights_and_heaviside(trials, stored_weights):
+    w = torch_weights(stored_weights, dtype=torch.float64)
+    w_out = w.w_out.clone().requires_grad_(True)
+    weights = Weights(w.w_in, w.w_ei, w.w_ie, w_out)
+    labels = torch.as_tensor(trials.labels)
+    grads = []
+    for engine in (run_network, run_network_fused):
+        w_out.grad = None
+        output = engine(*inputs(trials), weights, CONSTANTS, heaviside)
+        torch.nn.functional.cross_entropy(output.scores, labels).backward()
+        grads.append(w_out.grad.clone())
+    assert relative_difference(*grads) < 1e-12
+
+
+def test_unknown_spike_function_runs_on_the_eager_engine(trials, stored_weights):
+    w = torch_weights(stored_weights, dtype=torch.float64)
+
+    def custom(x):
+        return (x > 0).to(x.dtype)
+
+    with torch.no_grad():
+        assert_same_forward(
+            run_network(*inputs(trials), w, CONSTANTS, custom, record_population=True),
+            run_network_fused(*inputs(trials), w, CONSTANTS, custom, record_population=True),
+        )
+
+
+def test_implementations_agree_and_options_are_validated(trials, stored_weights):
+    if kernels_available():
+        results = [
+            bptt(FusedEngine(implementation=i), trials, stored_weights, get_surrogate()) for i in ("torch", "kernels")
+        ]
+        assert_same_forward(results[0][0], results[1][0])
+        for a, b in zip(results[0][1], results[1][1], strict=True):
+            assert relative_difference(a, b) < 1e-12
+    dense = bptt(FusedEngine(implementation="torch", propagation="dense"), trials, stored_weights, get_surrogate())
+    sparse = bptt(FusedEngine(implementation="torch", propagation="sparse"), trials, stored_weights, get_surrogate())
+    assert torch.equal(dense[0].spike_counts_e, sparse[0].spike_counts_e)
+    for a, b in zip(dense[1], sparse[1], strict=True):
+        assert relative_difference(a, b) < 1e-9
+    with pytest.raises(ValueError, match="chunk_steps"):
+        FusedEngine(chunk_steps=0)
+    with pytest.raises(ValueError, match="implementation"):
+        FusedEngine(implementation="cuda-graphs")
+    with pytest.raises(ValueError, match="propagation"):
+        FusedEngine(propagation="random")
+    x, v_e, v_i = inputs(trials)
+    with pytest.raises(ValueError, match="spike raster"):
+        run_network_fused(x.double() * 0.5, v_e, v_i, torch_weights(stored_weights, dtype=torch.float64), CONSTANTS)
