@@ -156,7 +156,8 @@ def test_network_weights_round_trip(weights):
 
 def test_engine_registry():
     assert get_engine("eager") is run_network is ENGINES["eager"]
-    with pytest.raises(ValueError, match="valid engines: eager"):
-        get_engine("fused")
+    assert set(ENGINES) == {"eager", "fused"}
+    with pytest.raises(ValueError, match="valid engines: eager, fused"):
+        get_engine("jit")
     with pytest.raises(ValueError, match="unknown engine"):
-        PINGModel(PARAMS, init_weights(PARAMS, seed=1), engine="fused")
+        PINGModel(PARAMS, init_weights(PARAMS, seed=1), engine="jit")
