@@ -102,7 +102,7 @@ def test_config_json_round_trip():
         ("seed", -1),
         ("dtype", "float16"),
         ("device", "tpu"),
-        ("engine", "fused"),
+        ("engine", "jit"),
         ("network", {"synapse": {"tau_gaba": 8.0}}),
         ("max_retries", -1),
         ("retry_lr_factor", 1.5),
