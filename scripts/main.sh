@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults (CPU, embedded MNIST digits).
+# The main job on the embedded defaults (CPU, embedded MNIST digits): the
+# Dale-pruning protocol on the CPU tier (train, validate in Brian2, draw, tabulate).
 source "$(dirname "$0")/ensure_venv.sh"
 cd "$root"
-exec biosim simulate --backend cpp_standalone --n-trials 20 "$@"
+exec biosim protocol run dale_pruning --tier cpu "$@"
