@@ -113,6 +113,19 @@ def execute_run(spec_data: dict[str, Any], out_dir: str, threads: int = 1, progr
     return status
 
 
+def training_status(result) -> dict[str, Any]:
+    """The part of a run's ``status.json`` that comes from :func:`bridge.training.train`."""
+    status = {"status": result.status, "final": result.final_metrics}
+    if result.status == "diverged":
+        status["diverged"] = result.diverged
+    return status
+
+
+def validation_status(report: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's ``status.json`` that comes from :func:`bridge.validation.validate`."""
+    return {"backend": report["backend"], "verdict": report["verdict"], "simulators": report["simulators"]}
+
+
 def _pending(protocol: Protocol, out: Path) -> tuple[list[RunSpec], list[dict[str, Any]]]:
     pending, done = [], []
     for spec in protocol.runs():

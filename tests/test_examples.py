@@ -16,8 +16,43 @@ ARGUMENTS = {
 }
 
 
+# The protocol steps use each other's outputs: they run in order in one directory.
+PROTOCOL_STEPS = {
+    "protocol_1_train.py": ["--small", "--tier", "smoke", "--out", "steps"],
+    "protocol_2_validate.py": ["steps/trainable_ping_init/seed_42", "--backend", "numpy"],
+    "protocol_3_report.py": ["steps"],
+}
+
+
 def test_every_example_is_listed():
-    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(ARGUMENTS)
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted({**ARGUMENTS, **PROTOCOL_STEPS})
+
+
+def test_protocol_steps_run_in_order(tmp_path):
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    for name, arguments in PROTOCOL_STEPS.items():
+        completed = subprocess.run(
+            [sys.executable, str(EXAMPLES / name), *arguments],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert completed.returncode == 0, f"{name}: {completed.stderr[-3000:]}"
+    assert (
+        "verdict: PASS"
+        in subprocess.run(
+            [sys.executable, str(EXAMPLES / "protocol_2_validate.py"), *PROTOCOL_STEPS["protocol_2_validate.py"]],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        ).stdout
+    )
+    assert (tmp_path / "steps" / "table.md").exists()
+    assert (tmp_path / "steps" / "figures" / "trainable_ping_init_diagnostic.png").exists()
 
 
 @pytest.mark.parametrize("name", sorted(ARGUMENTS))
