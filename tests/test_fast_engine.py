@@ -263,3 +263,22 @@ def test_implementations_agree_and_options_are_validated(trials, stored_weights)
     x, v_e, v_i = inputs(trials)
     with pytest.raises(ValueError, match="spike raster"):
         run_network_fused(x.double() * 0.5, v_e, v_i, torch_weights(stored_weights, dtype=torch.float64), CONSTANTS)
+
+
+def test_registered_as_a_model_engine(trials, stored_weights, monkeypatch):
+    """Through PINGModel (stored weights, clamp, mask, trainable flags) the engines agree."""
+    from bridge.model import ENGINES, PINGModel
+
+    monkeypatch.setitem(ENGINES, "fused", run_network_fused)
+    trainable = {"w_in": True, "w_ei": False, "w_ie": True, "w_out": True}
+    grads = []
+    for engine in ("eager", "fused"):
+        model = PINGModel(
+            PARAMS, stored_weights, trainable=trainable, spike_fn=get_surrogate(), engine=engine, dtype=torch.float64
+        )
+        output = model(*inputs(trials), record_population=True)
+        torch.nn.functional.cross_entropy(output.scores, torch.as_tensor(trials.labels)).backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    assert grads[1]["w_ei"] is None
+    for name in ("w_in", "w_ie", "w_out"):
+        assert relative_difference(grads[0][name], grads[1][name]) < 1e-6, name
