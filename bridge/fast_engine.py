@@ -517,27 +517,39 @@ void recompute(const Network& net, const ChunkBuffers& buf, int64_t b0, int64_t 
   }
 }
 
-// l_v1 = (fired ? 0 : l_v') + m sigma' l_s, stored in place of l_v'.
-template <typename T>
-void membrane_adjoint(int64_t n, const uint8_t* __restrict fired, const uint8_t* __restrict integrating,
-                      const T* __restrict ls, const T* __restrict s, T* __restrict lv) {
-  if (s != nullptr) {
-    for (int64_t k = 0; k < n; ++k) lv[k] = (fired[k] ? T(0) : lv[k]) + (integrating[k] ? ls[k] * s[k] : T(0));
-  } else {
-    for (int64_t k = 0; k < n; ++k) lv[k] = fired[k] ? T(0) : lv[k];
+// One population's adjoint step for one trial, in one pass over its neurons:
+//   l_v1 = (fired ? 0 : l_v') + m sigma' l_s,   l_g = decay l_g' + C_g l_v1 (one or two conductances),
+//   l_v = C_v l_v1 (in place of l_v').
+template <typename T, bool kSurrogate, bool kSecond>
+void population_adjoint(int64_t n, const uint8_t* __restrict fired, const uint8_t* __restrict integrating,
+                        const T* __restrict ls, const T* __restrict s, const T* __restrict cv, T* __restrict lv,
+                        T decay_1, const T* __restrict next_1, const T* __restrict c_1, T* __restrict out_1,
+                        T decay_2, const T* __restrict next_2, const T* __restrict c_2, T* __restrict out_2) {
+  for (int64_t k = 0; k < n; ++k) {
+    T lv1 = fired[k] ? T(0) : lv[k];
+    if constexpr (kSurrogate) lv1 = lv1 + (integrating[k] ? ls[k] * s[k] : T(0));
+    out_1[k] = next_1[k] * decay_1 + lv1 * c_1[k];
+    if constexpr (kSecond) out_2[k] = next_2[k] * decay_2 + lv1 * c_2[k];
+    lv[k] = lv1 * cv[k];
   }
 }
 
-// l_g = decay l_g' + l_v1 C_g
 template <typename T>
-void conductance_adjoint(int64_t n, T decay, const T* __restrict next, const T* __restrict lv1,
-                         const T* __restrict coefficient, T* __restrict out) {
-  for (int64_t k = 0; k < n; ++k) out[k] = next[k] * decay + lv1[k] * coefficient[k];
-}
-
-template <typename T>
-void scale(int64_t n, T* __restrict values, const T* __restrict factor) {
-  for (int64_t k = 0; k < n; ++k) values[k] = values[k] * factor[k];
+void population_adjoint(int64_t n, const uint8_t* fired, const uint8_t* integrating, const T* ls, const T* s,
+                        const T* cv, T* lv, T decay_1, const T* next_1, const T* c_1, T* out_1, T decay_2,
+                        const T* next_2, const T* c_2, T* out_2) {
+  if (s != nullptr && out_2 != nullptr)
+    population_adjoint<T, true, true>(n, fired, integrating, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2,
+                                      next_2, c_2, out_2);
+  else if (s != nullptr)
+    population_adjoint<T, true, false>(n, fired, integrating, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2,
+                                       next_2, c_2, out_2);
+  else if (out_2 != nullptr)
+    population_adjoint<T, false, true>(n, fired, integrating, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2,
+                                       next_2, c_2, out_2);
+  else
+    population_adjoint<T, false, false>(n, fired, integrating, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2,
+                                        next_2, c_2, out_2);
 }
 
 // One step of the adjoint recursion for trial b, slot j + 1 (after step first + j) -> slot j,
@@ -550,26 +562,22 @@ void adjoint_trial(const Network& net, const AdjointBuffers& buf, int64_t j, int
   const int64_t t = buf.first + j;
   auto at = [](const void* base, int64_t offset) { return static_cast<const T*>(base) + offset; };
   auto at_mutable = [](void* base, int64_t offset) { return static_cast<T*>(base) + offset; };
-  // E: through the reset and the spike, then gi_e (and ge_e), then the membrane update.
-  const int64_t e_row = (j * batch + b) * n_e, e_next = ((j + 1) * batch + b) * n_e;
-  T* lv_e = at_mutable(buf.lv_e, b * n_e);
   const int64_t s_offset = -buf.s_first * batch;  // s_* start at slot s_first
-  membrane_adjoint(n_e, buf.raster_e + (t * batch + b) * n_e, buf.integrating_e + e_row, at(buf.ls_e, b * n_e),
-                   buf.s_e != nullptr ? at(buf.s_e, e_row + s_offset * n_e) : nullptr, lv_e);
-  conductance_adjoint(n_e, decay_gaba, at(buf.lgi_e, e_next), lv_e, at(buf.cgi_e, e_row),
-                      at_mutable(buf.lgi_e, e_row));
-  if (buf.lge_e != nullptr)
-    conductance_adjoint(n_e, decay_ampa, at(buf.lge_e, e_next), lv_e, at(buf.cge_e, e_row),
-                        at_mutable(buf.lge_e, e_row));
-  scale(n_e, lv_e, at(buf.cv_e, e_row));
+  // E: gi_e, and ge_e where w_in needs a gradient.
+  const int64_t e_row = (j * batch + b) * n_e, e_next = ((j + 1) * batch + b) * n_e;
+  const bool with_ge = buf.lge_e != nullptr;
+  population_adjoint<T>(n_e, buf.raster_e + (t * batch + b) * n_e, buf.integrating_e + e_row, at(buf.ls_e, b * n_e),
+                        buf.s_e != nullptr ? at(buf.s_e, e_row + s_offset * n_e) : nullptr, at(buf.cv_e, e_row),
+                        at_mutable(buf.lv_e, b * n_e), decay_gaba, at(buf.lgi_e, e_next), at(buf.cgi_e, e_row),
+                        at_mutable(buf.lgi_e, e_row), decay_ampa, with_ge ? at(buf.lge_e, e_next) : nullptr,
+                        with_ge ? at(buf.cge_e, e_row) : nullptr, with_ge ? at_mutable(buf.lge_e, e_row) : nullptr);
   // I: ge_i lives in the first n_i columns of [l_ge_i, l_u].
   const int64_t i_row = (j * batch + b) * n_i;
   const int64_t eo_row = (j * batch + b) * n_eo, eo_next = ((j + 1) * batch + b) * n_eo;
-  T* lv_i = at_mutable(buf.lv_i, b * n_i);
-  membrane_adjoint(n_i, buf.raster_i + (t * batch + b) * n_i, buf.integrating_i + i_row, at(buf.ls_i, b * n_i),
-                   buf.s_i != nullptr ? at(buf.s_i, i_row + s_offset * n_i) : nullptr, lv_i);
-  conductance_adjoint(n_i, decay_ampa, at(buf.leo, eo_next), lv_i, at(buf.cge_i, i_row), at_mutable(buf.leo, eo_row));
-  scale(n_i, lv_i, at(buf.cv_i, i_row));
+  population_adjoint<T>(n_i, buf.raster_i + (t * batch + b) * n_i, buf.integrating_i + i_row, at(buf.ls_i, b * n_i),
+                        buf.s_i != nullptr ? at(buf.s_i, i_row + s_offset * n_i) : nullptr, at(buf.cv_i, i_row),
+                        at_mutable(buf.lv_i, b * n_i), decay_ampa, at(buf.leo, eo_next), at(buf.cge_i, i_row),
+                        at_mutable(buf.leo, eo_row), T(0), nullptr, nullptr, nullptr);
   // readout: l_u = decay l_u' + dL/dscore_sum
   const T* g_sum = at(buf.g_sum, b * n_classes);
   const T* lu_next = at(buf.leo, eo_next + n_i);
