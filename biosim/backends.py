@@ -177,7 +177,9 @@ def _collect(params: NetworkParams, trials: TrialSet, monitors, backend: str) ->
     dt_s = sim.dt_ms * 1e-3
     n_trials, n_steps = trials.n_trials, sim.n_steps
     # Sample k is taken at the start of trial k, i.e. the end of trial k - 1.
-    score_sum = np.asarray(monitors["scores"].score_sum).T[1 : n_trials + 1]
+    scores = monitors["scores"]
+    order = np.lexsort((np.asarray(scores.i), np.asarray(scores.t_)))
+    score_sum = np.asarray(scores.score_sum)[order].reshape(n_trials + 1, -1)[1:]
     traces = {}
     for key in ("v_e", "v_i"):
         if key in monitors:

@@ -33,8 +33,15 @@ THRESHOLD = "v > v_threshold"
 RESET = "v = v_reset"
 REFRACTORY = "refractory"
 
-# Trial boundary: forget the previous trial's spikes, then restore the
-# initial state of trial k (a row of a 2-D TimedArray indexed by trial).
+# Trial boundary: a custom event on the first step of every trial, decided on
+# the integer step count of the simulation clock. (A run_regularly on a clock
+# of its own would need Brian2 to match two clocks' float times; cpp_standalone
+# does so with an absolute tolerance of 1e-14 s, smaller than one ulp of t
+# beyond 64 s, and there the reset ran one step late.)
+TRIAL_START_EVENT = "trial_start"
+TRIAL_START = "t_in_timesteps % steps_per_trial == 0"
+# At the event: forget the previous trial's spikes, then restore the initial
+# state of trial k (a row of a 2-D TimedArray indexed by trial).
 # Refractoriness is cleared first: Brian2 only writes a variable marked
 # "unless refractory" where not_refractory is true, so otherwise a neuron that
 # spiked in the last 2 ms of the previous trial would keep its old v.

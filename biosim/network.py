@@ -1,12 +1,13 @@
 """Build the PING network in Brian2 for a whole set of trials.
 
 All trials run back to back in one Brian2 run (one build on standalone
-devices): at the start of each trial a ``run_regularly`` operation restores
+devices): on the first step of each trial a custom event (``trial_start``,
+decided on the integer step count, so everything stays on one clock) restores
 that trial's initial state from a 2-D ``TimedArray`` (row = trial) and clears
 conductances, refractoriness and the readout. The input spikes of all trials
 sit in one ``SpikeGeneratorGroup``, shifted by ``trial * trial_ms``.
 
-The class scores are read by a ``StateMonitor`` sampling the readout's
+The class scores are read by an event monitor that records the readout's
 accumulator at each trial boundary, just before the reset; the run therefore
 lasts one extra step so that the last trial's boundary is reached.
 """
@@ -24,6 +25,17 @@ from .params import NetworkParams, to_brian2_namespace
 from .weights import NetworkWeights
 
 __all__ = ["BrianNetwork", "build_network"]
+
+
+def _reset_at_trial_start(group, code: str) -> None:
+    """Run ``code`` on the first step of every trial, before the step's state update.
+
+    In the ``start`` slot: the event is detected (order 0), monitors read the
+    finished trial (order 1), then the reset runs (order 2).
+    """
+    group.thresholder[eq.TRIAL_START_EVENT].when = "start"
+    group.thresholder[eq.TRIAL_START_EVENT].order = 0
+    group.run_on_event(eq.TRIAL_START_EVENT, code, when="start", order=2)
 
 
 @dataclass
@@ -93,23 +105,25 @@ def build_network(
             threshold=eq.THRESHOLD,
             reset=eq.RESET,
             refractory=eq.REFRACTORY,
+            events={eq.TRIAL_START_EVENT: eq.TRIAL_START},
             method=eq.METHOD,
-            namespace=namespace,
+            namespace={**namespace, "steps_per_trial": sim.n_steps},
             name=f"neurons_{name}",
         )
-        group.run_regularly(eq.NEURON_TRIAL_RESET, dt=trial_duration, when="start", name=f"trial_reset_{name}")
+        _reset_at_trial_start(group, eq.NEURON_TRIAL_RESET)
         populations[name] = group
     neurons_e, neurons_i = populations["e"], populations["i"]
 
     readout = b2.NeuronGroup(
         c.n_classes,
         eq.READOUT_EQUATIONS,
+        events={eq.TRIAL_START_EVENT: eq.TRIAL_START},
         method=eq.METHOD,
-        namespace=to_brian2_namespace(params, "readout"),
+        namespace={**to_brian2_namespace(params, "readout"), "steps_per_trial": sim.n_steps},
         name="readout",
     )
     readout.run_regularly(eq.READOUT_ACCUMULATE, when="after_synapses", name="readout_accumulate")
-    readout.run_regularly(eq.READOUT_TRIAL_RESET, dt=trial_duration, when="start", order=1, name="readout_reset")
+    _reset_at_trial_start(readout, eq.READOUT_TRIAL_RESET)
 
     steps = trials.input_trial.astype(np.int64) * sim.n_steps + trials.input_step
     source = b2.SpikeGeneratorGroup(c.n_input, trials.input_neuron, steps * sim.dt_ms * b2.ms, name="input")
@@ -138,9 +152,9 @@ def build_network(
     monitors = {
         "spikes_e": b2.SpikeMonitor(neurons_e, name="spikes_e"),
         "spikes_i": b2.SpikeMonitor(neurons_i, name="spikes_i"),
-        # Sampled at each trial boundary before the reset (order -1 < 0, 1).
-        "scores": b2.StateMonitor(
-            readout, "score_sum", record=True, dt=trial_duration, when="start", order=-1, name="scores"
+        # Recorded at each trial boundary, between the event's detection and the reset.
+        "scores": b2.EventMonitor(
+            readout, eq.TRIAL_START_EVENT, variables=["score_sum"], when="start", order=1, name="scores"
         ),
     }
     for name, indices in (record_v or {}).items():

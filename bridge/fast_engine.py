@@ -7,7 +7,7 @@ operation). It returns the same :class:`~bridge.model.NetworkOutput`, with
 the same spikes in float64, but runs the time loop inside one
 :class:`torch.autograd.Function` whose backward pass is the reverse-time
 recursion (the adjoint) of :func:`bridge.dynamics.advance`, written out by
-hand. Register it with ``ENGINES["fused"] = run_network_fused``.
+hand. It is the model engine ``"fused"`` (:data:`bridge.model.ENGINES`).
 
 What is saved, what is recomputed
 ---------------------------------
@@ -66,8 +66,9 @@ Two implementations
   does the same floating-point operations in the same order as the eager
   engine (no fused multiply-adds; ``exp`` is MKL VML in the mode
   ``torch.exp`` uses on CPU), so the forward pass is bit-identical. The
-  surrogate derivative is evaluated by the surrogate's own ``derivative``
-  (torch) on blocks of recomputed membrane potentials.
+  kernels evaluate the named surrogates of :data:`bridge.surrogates.SURROGATES`
+  themselves, with the operations of their torch definitions (tests compare
+  the two); a surrogate they do not know runs on the torch implementation.
 * Torch operations (any device and dtype; the fallback): the same algorithm
   with vectorised torch operations. On CUDA (``propagation="auto"``) spikes
   propagate by dense products of the 0/1 spike matrices, which need no host
@@ -118,6 +119,7 @@ _KERNEL_SOURCE = r"""
 // roundings (compiled with -ffp-contract=off), and exp is MKL VML in the
 // mode ATen's vml.h uses for torch.exp.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -141,6 +143,7 @@ void dgemm_(const char* transa, const char* transb, const int64_t* m, const int6
             const double* beta, double* c, const int64_t* ldc);
 // MKL's packed-matrix GEMM (float32): the recurrent weights are packed once per backward pass instead of
 // once per product. Enumerations and integers passed by value as int64 read correctly for LP64 and ILP64.
+int MKL_Set_Num_Threads_Local(int n_threads);  // returns the previous setting (0: MKL's global one)
 size_t cblas_sgemm_pack_get_size(int64_t identifier, int64_t m, int64_t n, int64_t k);
 void cblas_sgemm_pack(int64_t layout, int64_t identifier, int64_t trans, int64_t m, int64_t n, int64_t k,
                       float alpha, const float* src, int64_t ld, float* dest);
@@ -174,6 +177,8 @@ struct Network {
   const void* w_in;              // (n_input, n_e)
   const void* w_ie;              // (n_i, n_e)
   const void* w_e_out;           // (n_e, n_i + n_classes): [w_ei, w_out]
+  int64_t surrogate;             // sigma' the kernels evaluate (Surrogate below); kNoSurrogate: none
+  double surrogate_slope, surrogate_unit_mv;
 };
 
 struct State {  // (batch, n) rows; ready = first step at which a neuron integrates again
@@ -196,43 +201,47 @@ struct ChunkBuffers {
   int64_t first, last;               // steps [first, last)
   State start;                       // state at `first`, (batch, n) rows (read only)
   const uint8_t *raster_e, *raster_i;
-  // outputs, (last - first, batch, n): v1 - v_threshold, integrating mask, dv/dv, dv/dge, dv/dgi
-  void *x_e, *cv_e, *cge_e, *cgi_e;  // cge_e may be null
-  uint8_t* integrating_e;
-  void *x_i, *cv_i, *cge_i;
-  uint8_t* integrating_i;
+  // outputs, (last - first, batch, n): m sigma'(v1 - v_threshold), dv/dv, dv/dge, dv/dgi
+  void *s_e, *cv_e, *cge_e, *cgi_e;  // s_e (no surrogate) and cge_e may be null
+  void *s_i, *cv_i, *cge_i;          // s_i likewise
 };
 
 struct AdjointBuffers {
   int64_t first;                     // the chunk's first step
-  int64_t s_first;                   // s_e/s_i hold the steps from first + s_first on
   const void *s_e, *cv_e, *cge_e, *cgi_e, *s_i, *cv_i, *cge_i;  // (n, batch, n_pop); s_* null: no surrogate
-  const uint8_t *integrating_e, *integrating_i;  // (n, batch, n_pop)
   const uint8_t *raster_e, *raster_i;
   void *ls_e, *ls_i;                 // (batch, n) spike adjoints of the current step (scratch)
   void *lv_e, *lv_i;                 // (batch, n) membrane adjoints, in/out
-  void *lgi_e, *lge_e;               // (n + 1, batch, n_e) slots; lge_e may be null
-  void* leo;                         // (n + 1, batch, n_i + n_classes): [l_ge_i, l_u]
+  void *lgi_e, *lge_e;               // (2, batch, n_e): adjoint at time t in ring slot t % 2; lge_e may be null
+  void* leo;                         // (2, batch, n_i + n_classes): [l_ge_i, l_u], ring slots likewise
   const void* g_sum;                 // (batch, n_classes): dL/dscore_sum
 };
 
 struct ChunkExtras {
   const void *g_counts_e, *g_counts_i;  // (batch, n): dL/dcount, or null
-  void *grad_in, *grad_ie, *grad_e_out; // weight gradients to accumulate into, or null
+  void *grad_in, *grad_ie, *grad_e_out; // this thread's weight-gradient accumulators, or null
   const void *packed_e, *packed_i;      // float32: [w_ei, w_out] and w_ie packed for cblas_sgemm_compute, or null
 };
 
-// Sets the caller's floating-point control word (flush-to-zero of torch.set_flush_denormal) in this thread
-// for the guard's lifetime: worker threads do not inherit it.
-struct ControlWord {
+// For the guard's lifetime, this thread gets the caller's floating-point control word (flush-to-zero of
+// torch.set_flush_denormal) and MKL runs one-threaded in it. Neither setting reaches threads that torch did
+// not start (torch.set_num_threads sets MKL's count per thread): without the guard, vmsExp in a worker
+// thread starts its own team of threads, and the kernels run several times slower.
+struct ThreadSettings {
+  int saved_mkl_threads;
 #ifdef BIOSIM_HAVE_MXCSR
-  unsigned int saved;
-  explicit ControlWord(const Network& net) : saved(_mm_getcsr()) {
+  unsigned int saved_csr;
+  explicit ThreadSettings(const Network& net)
+      : saved_mkl_threads(MKL_Set_Num_Threads_Local(1)), saved_csr(_mm_getcsr()) {
     if (net.mxcsr >= 0) _mm_setcsr(static_cast<unsigned int>(net.mxcsr));
   }
-  ~ControlWord() { _mm_setcsr(saved); }
+  ~ThreadSettings() {
+    _mm_setcsr(saved_csr);
+    MKL_Set_Num_Threads_Local(saved_mkl_threads);
+  }
 #else
-  explicit ControlWord(const Network&) {}
+  explicit ThreadSettings(const Network&) : saved_mkl_threads(MKL_Set_Num_Threads_Local(1)) {}
+  ~ThreadSettings() { MKL_Set_Num_Threads_Local(saved_mkl_threads); }
 #endif
 };
 
@@ -242,7 +251,7 @@ template <typename Body>
 void for_each_trial(const Network& net, Body body) {
 #pragma omp parallel num_threads(static_cast<int>(net.n_threads))
   {
-    const ControlWord control(net);
+    const ThreadSettings settings(net);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < net.batch; ++b) body(b);
   }
@@ -261,6 +270,55 @@ struct Coefficients {
         v_threshold(static_cast<T>(p.v_threshold)),
         v_reset(static_cast<T>(p.v_reset)),
         refractory_steps(static_cast<int32_t>(p.refractory_steps)) {}
+};
+
+// The surrogate derivatives of bridge/surrogates.py (sigma' in 1/mV of x = v1 - v_threshold in mV), with
+// the operations of their torch definitions in the same order; tests compare the two.
+constexpr int64_t kNoSurrogate = 0, kFastSigmoid = 1, kSigmoid = 2, kAtan = 3, kTriangle = 4;
+
+template <typename T>
+struct Surrogate {
+  int64_t kind;
+  T slope, minus_slope, half_slope, half_pi_slope, unit;
+  explicit Surrogate(const Network& net)
+      : kind(net.surrogate),
+        slope(static_cast<T>(net.surrogate_slope)),
+        minus_slope(static_cast<T>(-net.surrogate_slope)),
+        half_slope(static_cast<T>(net.surrogate_slope / 2.0)),
+        half_pi_slope(static_cast<T>(3.14159265358979311600 / 2.0 * net.surrogate_slope)),
+        unit(static_cast<T>(net.surrogate_unit_mv)) {}
+
+  static T sigmoid(T z) { return T(1) / (T(1) + std::exp(-z)); }
+
+  // s[j] = integrating[j] ? sigma'(s[j]) : 0, in place (s holds v1 - v_threshold on entry).
+  void masked(int64_t n, T* __restrict s, const uint8_t* __restrict integrating) const {
+    switch (kind) {
+      case kFastSigmoid:
+        for (int64_t j = 0; j < n; ++j) {
+          const T d = T(1) + slope * std::abs(s[j] / unit);
+          s[j] = integrating[j] ? T(1) / (d * d) / unit : T(0);
+        }
+        break;
+      case kSigmoid:
+        for (int64_t j = 0; j < n; ++j) {
+          const T y = s[j] / unit;
+          s[j] = integrating[j] ? slope * sigmoid(slope * y) * sigmoid(minus_slope * y) / unit : T(0);
+        }
+        break;
+      case kAtan:
+        for (int64_t j = 0; j < n; ++j) {
+          const T z = half_pi_slope * (s[j] / unit);
+          s[j] = integrating[j] ? half_slope / (T(1) + z * z) / unit : T(0);
+        }
+        break;
+      case kTriangle:
+        for (int64_t j = 0; j < n; ++j)
+          s[j] = integrating[j] ? std::max(T(1) - slope * std::abs(s[j] / unit), T(0)) / unit : T(0);
+        break;
+      default:
+        std::memset(s, 0, sizeof(T) * n);
+    }
+  }
 };
 
 // total = -gL/C - (ge/C + gi/C); growth = exp(dt * total)
@@ -451,13 +509,14 @@ void forward(const Network& net, const ForwardBuffers& buf) {
   });
 }
 
-// Adjoint coefficients of one population at one step (see the Python module docstring);
-// also advances v to v1 (the state update before the reset) exactly as the forward pass does.
+// Adjoint coefficients of one population at one step (see the Python module docstring), s = m sigma'
+// (null: not wanted); also advances v to v1 (the state update before the reset) exactly as the forward
+// pass does.
 template <typename T>
-void coefficients(const Coefficients<T>& k, T dt, int64_t n, int32_t t, T* __restrict v, const T* __restrict ge,
-                  const T* __restrict gi, const int32_t* __restrict ready, T* __restrict total,
-                  T* __restrict growth, T* __restrict x, T* __restrict cv, T* __restrict cge, T* __restrict cgi,
-                  uint8_t* __restrict integrating_out) {
+void coefficients(const Coefficients<T>& k, const Surrogate<T>& surrogate, T dt, int64_t n, int32_t t,
+                  T* __restrict v, const T* __restrict ge, const T* __restrict gi, const int32_t* __restrict ready,
+                  T* __restrict total, T* __restrict growth, uint8_t* __restrict integrating_out, T* __restrict s,
+                  T* __restrict cv, T* __restrict cge, T* __restrict cgi) {
   membrane_growth(k, dt, n, ge, gi, total, growth);
   const T leak_drive = k.leak_drive, e_exc = k.e_exc, e_inh = k.e_inh, v_threshold = k.v_threshold;
   const T one_over_c = k.one_over_c;
@@ -472,8 +531,12 @@ void coefficients(const Coefficients<T>& k, T dt, int64_t n, int32_t t, T* __res
     cv[j] = integrating ? growth[j] : T(1);
     cge[j] = integrating ? e_exc * growth_minus_one_over_total - one_over_c * d_total : T(0);
     cgi[j] = integrating ? e_inh * growth_minus_one_over_total - one_over_c * d_total : T(0);
-    x[j] = v1 - v_threshold;
+    total[j] = v1 - v_threshold;  // total is spent: it carries x to the surrogate
     v[j] = v1;
+  }
+  if (s != nullptr) {
+    std::memcpy(s, total, sizeof(T) * n);
+    surrogate.masked(n, s, integrating_out);
   }
 }
 
@@ -481,8 +544,9 @@ template <typename T>
 void recompute(const Network& net, const ChunkBuffers& buf, int64_t b0, int64_t b1) {
   const int64_t n_e = net.n_e, n_i = net.n_i, batch = net.batch;
   const Coefficients<T> k_e(net.e), k_i(net.i);
+  const Surrogate<T> surrogate(net);
   const T dt = static_cast<T>(net.dt);
-  const ControlWord control(net);
+  const ThreadSettings settings(net);
   for (int64_t b = b0; b < b1; ++b) {
     std::vector<T> values(3 * n_e + 3 * n_i);
     std::vector<int32_t> ready(n_e + n_i);
@@ -491,17 +555,20 @@ void recompute(const Network& net, const ChunkBuffers& buf, int64_t b0, int64_t 
                      ready.data() + n_e};
     copy_trial(trial_rows<T>(buf.start, b, n_e, n_i), s, n_e, n_i);
     std::vector<T> total(n_e), growth(n_e), unused(n_e);  // unused: coefficients nobody reads
+    std::vector<uint8_t> integrating(n_e);
     Propagation<T> propagation(net);
     for (int64_t t = buf.first; t < buf.last; ++t) {
       const int64_t e_row = ((t - buf.first) * batch + b) * n_e, i_row = ((t - buf.first) * batch + b) * n_i;
       const int32_t step = static_cast<int32_t>(t);
+      auto row = [](void* base, int64_t offset) {
+        return base != nullptr ? static_cast<T*>(base) + offset : nullptr;
+      };
       T* cge_e = buf.cge_e != nullptr ? static_cast<T*>(buf.cge_e) + e_row : unused.data();
-      coefficients(k_e, dt, n_e, step, s.v_e, s.ge_e, s.gi_e, s.ready_e, total.data(), growth.data(),
-                   static_cast<T*>(buf.x_e) + e_row, static_cast<T*>(buf.cv_e) + e_row, cge_e,
-                   static_cast<T*>(buf.cgi_e) + e_row, buf.integrating_e + e_row);
-      coefficients(k_i, dt, n_i, step, s.v_i, s.ge_i, s.gi_i, s.ready_i, total.data(), growth.data(),
-                   static_cast<T*>(buf.x_i) + i_row, static_cast<T*>(buf.cv_i) + i_row,
-                   static_cast<T*>(buf.cge_i) + i_row, unused.data(), buf.integrating_i + i_row);
+      coefficients(k_e, surrogate, dt, n_e, step, s.v_e, s.ge_e, s.gi_e, s.ready_e, total.data(), growth.data(),
+                   integrating.data(), row(buf.s_e, e_row), row(buf.cv_e, e_row), cge_e, row(buf.cgi_e, e_row));
+      coefficients(k_i, surrogate, dt, n_i, step, s.v_i, s.ge_i, s.gi_i, s.ready_i, total.data(), growth.data(),
+                   integrating.data(), row(buf.s_i, i_row), row(buf.cv_i, i_row), row(buf.cge_i, i_row),
+                   unused.data());
       // Advance with the saved spikes.
       const uint8_t* raster_e = buf.raster_e + (t * batch + b) * n_e;
       const uint8_t* raster_i = buf.raster_i + (t * batch + b) * n_i;
@@ -518,16 +585,16 @@ void recompute(const Network& net, const ChunkBuffers& buf, int64_t b0, int64_t 
 }
 
 // One population's adjoint step for one trial, in one pass over its neurons:
-//   l_v1 = (fired ? 0 : l_v') + m sigma' l_s,   l_g = decay l_g' + C_g l_v1 (one or two conductances),
-//   l_v = C_v l_v1 (in place of l_v').
+//   l_v1 = (fired ? 0 : l_v') + s l_s (s = m sigma'),   l_g = decay l_g' + C_g l_v1 (one or two
+//   conductances),   l_v = C_v l_v1 (in place of l_v').
 template <typename T, bool kSurrogate, bool kSecond>
-void population_adjoint(int64_t n, const uint8_t* __restrict fired, const uint8_t* __restrict integrating,
-                        const T* __restrict ls, const T* __restrict s, const T* __restrict cv, T* __restrict lv,
-                        T decay_1, const T* __restrict next_1, const T* __restrict c_1, T* __restrict out_1,
-                        T decay_2, const T* __restrict next_2, const T* __restrict c_2, T* __restrict out_2) {
+void population_adjoint(int64_t n, const uint8_t* __restrict fired, const T* __restrict ls, const T* __restrict s,
+                        const T* __restrict cv, T* __restrict lv, T decay_1, const T* __restrict next_1,
+                        const T* __restrict c_1, T* __restrict out_1, T decay_2, const T* __restrict next_2,
+                        const T* __restrict c_2, T* __restrict out_2) {
   for (int64_t k = 0; k < n; ++k) {
     T lv1 = fired[k] ? T(0) : lv[k];
-    if constexpr (kSurrogate) lv1 = lv1 + (integrating[k] ? ls[k] * s[k] : T(0));
+    if constexpr (kSurrogate) lv1 = lv1 + ls[k] * s[k];
     out_1[k] = next_1[k] * decay_1 + lv1 * c_1[k];
     if constexpr (kSecond) out_2[k] = next_2[k] * decay_2 + lv1 * c_2[k];
     lv[k] = lv1 * cv[k];
@@ -535,54 +602,77 @@ void population_adjoint(int64_t n, const uint8_t* __restrict fired, const uint8_
 }
 
 template <typename T>
-void population_adjoint(int64_t n, const uint8_t* fired, const uint8_t* integrating, const T* ls, const T* s,
-                        const T* cv, T* lv, T decay_1, const T* next_1, const T* c_1, T* out_1, T decay_2,
-                        const T* next_2, const T* c_2, T* out_2) {
+void population_adjoint(int64_t n, const uint8_t* fired, const T* ls, const T* s, const T* cv, T* lv, T decay_1,
+                        const T* next_1, const T* c_1, T* out_1, T decay_2, const T* next_2, const T* c_2, T* out_2) {
   if (s != nullptr && out_2 != nullptr)
-    population_adjoint<T, true, true>(n, fired, integrating, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2,
-                                      next_2, c_2, out_2);
+    population_adjoint<T, true, true>(n, fired, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2, next_2, c_2,
+                                      out_2);
   else if (s != nullptr)
-    population_adjoint<T, true, false>(n, fired, integrating, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2,
-                                       next_2, c_2, out_2);
+    population_adjoint<T, true, false>(n, fired, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2, next_2, c_2,
+                                       out_2);
   else if (out_2 != nullptr)
-    population_adjoint<T, false, true>(n, fired, integrating, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2,
-                                       next_2, c_2, out_2);
+    population_adjoint<T, false, true>(n, fired, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2, next_2, c_2,
+                                       out_2);
   else
-    population_adjoint<T, false, false>(n, fired, integrating, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2,
-                                        next_2, c_2, out_2);
+    population_adjoint<T, false, false>(n, fired, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2, next_2, c_2,
+                                        out_2);
 }
 
-// One step of the adjoint recursion for trial b, slot j + 1 (after step first + j) -> slot j,
-// given the spike adjoints ls_e, ls_i of the step.
+// grad[c] += lambda[c] over a row: the weight gradient of one presynaptic spike.
 template <typename T>
-void adjoint_trial(const Network& net, const AdjointBuffers& buf, int64_t j, int64_t b) {
+inline void add_row(int64_t n, T* __restrict grad, const T* __restrict lambda) {
+  for (int64_t c = 0; c < n; ++c) grad[c] += lambda[c];
+}
+
+// One step t = first + j of the adjoint recursion for trial b: from the adjoints at time t + 1 (ring slot
+// (t + 1) % 2) to those at time t (slot t % 2), given the spike adjoints ls_e, ls_i of the step. Also adds
+// the step's weight gradients dW = s(t)^T l(t + 1) over the presynaptic spikes of the trial.
+template <typename T>
+void adjoint_trial(const Network& net, const AdjointBuffers& buf, const ChunkExtras& extra, int64_t j, int64_t b) {
   const int64_t n_e = net.n_e, n_i = net.n_i, n_classes = net.n_classes, n_eo = n_i + n_classes, batch = net.batch;
   const T decay_ampa = static_cast<T>(net.decay_ampa), decay_gaba = static_cast<T>(net.decay_gaba);
   const T decay_readout = static_cast<T>(net.decay_readout);
-  const int64_t t = buf.first + j;
+  const int64_t t = buf.first + j, now = (t & 1) * batch + b, next = ((t + 1) & 1) * batch + b;
   auto at = [](const void* base, int64_t offset) { return static_cast<const T*>(base) + offset; };
   auto at_mutable = [](void* base, int64_t offset) { return static_cast<T*>(base) + offset; };
-  const int64_t s_offset = -buf.s_first * batch;  // s_* start at slot s_first
+  const uint8_t* fired_e = buf.raster_e + (t * batch + b) * n_e;
+  const uint8_t* fired_i = buf.raster_i + (t * batch + b) * n_i;
+  const T* lgi_next = at(buf.lgi_e, next * n_e);
+  const T* lge_next = buf.lge_e != nullptr ? at(buf.lge_e, next * n_e) : nullptr;
+  const T* leo_next = at(buf.leo, next * n_eo);
+  // weight gradients of this step, before slot t % 2 is overwritten
+  if (extra.grad_e_out != nullptr)
+    for (int64_t k = 0; k < n_e; ++k)
+      if (fired_e[k]) add_row(n_eo, static_cast<T*>(extra.grad_e_out) + k * n_eo, leo_next);
+  if (extra.grad_ie != nullptr)
+    for (int64_t k = 0; k < n_i; ++k)
+      if (fired_i[k]) add_row(n_e, static_cast<T*>(extra.grad_ie) + k * n_e, lgi_next);
+  if (extra.grad_in != nullptr) {
+    int64_t inputs[64];  // input spikes of the trial and step, in pieces of 64 indices
+    const uint8_t* row = net.x + (b * net.n_steps + t) * net.n_input;
+    for (int64_t begin = 0; begin < net.n_input; begin += 64) {
+      int64_t count = 0;
+      for (int64_t k = begin; k < std::min(begin + 64, net.n_input); ++k)
+        if (row[k]) inputs[count++] = k;
+      for (int64_t e = 0; e < count; ++e) add_row(n_e, static_cast<T*>(extra.grad_in) + inputs[e] * n_e, lge_next);
+    }
+  }
   // E: gi_e, and ge_e where w_in needs a gradient.
-  const int64_t e_row = (j * batch + b) * n_e, e_next = ((j + 1) * batch + b) * n_e;
+  const int64_t e_row = (j * batch + b) * n_e;
   const bool with_ge = buf.lge_e != nullptr;
-  population_adjoint<T>(n_e, buf.raster_e + (t * batch + b) * n_e, buf.integrating_e + e_row, at(buf.ls_e, b * n_e),
-                        buf.s_e != nullptr ? at(buf.s_e, e_row + s_offset * n_e) : nullptr, at(buf.cv_e, e_row),
-                        at_mutable(buf.lv_e, b * n_e), decay_gaba, at(buf.lgi_e, e_next), at(buf.cgi_e, e_row),
-                        at_mutable(buf.lgi_e, e_row), decay_ampa, with_ge ? at(buf.lge_e, e_next) : nullptr,
-                        with_ge ? at(buf.cge_e, e_row) : nullptr, with_ge ? at_mutable(buf.lge_e, e_row) : nullptr);
+  population_adjoint<T>(n_e, fired_e, at(buf.ls_e, b * n_e), buf.s_e != nullptr ? at(buf.s_e, e_row) : nullptr,
+                        at(buf.cv_e, e_row), at_mutable(buf.lv_e, b * n_e), decay_gaba, lgi_next,
+                        at(buf.cgi_e, e_row), at_mutable(buf.lgi_e, now * n_e), decay_ampa, lge_next,
+                        with_ge ? at(buf.cge_e, e_row) : nullptr, with_ge ? at_mutable(buf.lge_e, now * n_e) : nullptr);
   // I: ge_i lives in the first n_i columns of [l_ge_i, l_u].
   const int64_t i_row = (j * batch + b) * n_i;
-  const int64_t eo_row = (j * batch + b) * n_eo, eo_next = ((j + 1) * batch + b) * n_eo;
-  population_adjoint<T>(n_i, buf.raster_i + (t * batch + b) * n_i, buf.integrating_i + i_row, at(buf.ls_i, b * n_i),
-                        buf.s_i != nullptr ? at(buf.s_i, i_row + s_offset * n_i) : nullptr, at(buf.cv_i, i_row),
-                        at_mutable(buf.lv_i, b * n_i), decay_ampa, at(buf.leo, eo_next), at(buf.cge_i, i_row),
-                        at_mutable(buf.leo, eo_row), T(0), nullptr, nullptr, nullptr);
+  population_adjoint<T>(n_i, fired_i, at(buf.ls_i, b * n_i), buf.s_i != nullptr ? at(buf.s_i, i_row) : nullptr,
+                        at(buf.cv_i, i_row), at_mutable(buf.lv_i, b * n_i), decay_ampa, leo_next,
+                        at(buf.cge_i, i_row), at_mutable(buf.leo, now * n_eo), T(0), nullptr, nullptr, nullptr);
   // readout: l_u = decay l_u' + dL/dscore_sum
   const T* g_sum = at(buf.g_sum, b * n_classes);
-  const T* lu_next = at(buf.leo, eo_next + n_i);
-  T* lu = at_mutable(buf.leo, eo_row + n_i);
-  for (int64_t c = 0; c < n_classes; ++c) lu[c] = lu_next[c] * decay_readout + g_sum[c];
+  T* lu = at_mutable(buf.leo, now * n_eo + n_i);
+  for (int64_t c = 0; c < n_classes; ++c) lu[c] = leo_next[n_i + c] * decay_readout + g_sum[c];
 }
 
 inline void gemm(const char* ta, const char* tb, const int64_t* m, const int64_t* n, const int64_t* k,
@@ -614,8 +704,9 @@ void spike_adjoints(const Network& net, const AdjointBuffers& buf, const ChunkEx
     std::memcpy(ls_e, static_cast<const T*>(extra.g_counts_e) + b0 * n_e, sizeof(T) * rows * n_e);
   if (extra.g_counts_i != nullptr)
     std::memcpy(ls_i, static_cast<const T*>(extra.g_counts_i) + b0 * n_i, sizeof(T) * rows * n_i);
-  const T* leo = static_cast<const T*>(buf.leo) + ((j + 1) * batch + b0) * n_eo;
-  const T* lgi = static_cast<const T*>(buf.lgi_e) + ((j + 1) * batch + b0) * n_e;
+  const int64_t next = ((buf.first + j + 1) & 1) * batch + b0;  // ring slot of time t + 1
+  const T* leo = static_cast<const T*>(buf.leo) + next * n_eo;
+  const T* lgi = static_cast<const T*>(buf.lgi_e) + next * n_e;
   if constexpr (std::is_same_v<T, float>) {
     if (extra.packed_e != nullptr && extra.packed_i != nullptr) {
       cblas_sgemm_compute(kColumnMajor, kPacked, kNoTrans, n_e, rows, n_eo, static_cast<const float*>(extra.packed_e),
@@ -651,53 +742,10 @@ void pack_weights(const Network& net, int64_t rows, void* packed_e, void* packed
 template <typename T>
 void adjoint_steps(const Network& net, const AdjointBuffers& buf, const ChunkExtras& extra, int64_t j0, int64_t j1,
                    int64_t b0, int64_t b1) {
-  const ControlWord control(net);
+  const ThreadSettings settings(net);
   for (int64_t j = j1 - 1; j >= j0 && b1 > b0; --j) {
     spike_adjoints<T>(net, buf, extra, j, b0, b1);
-    for (int64_t b = b0; b < b1; ++b) adjoint_trial<T>(net, buf, j, b);
-  }
-}
-
-// grad[pre, c0:c1] += lambda(slot j + 1)[b, c0:c1] for every presynaptic event (step first + j, trial b, pre).
-template <typename T>
-inline void add_row(T* __restrict grad, const T* __restrict lambda, int64_t c0, int64_t c1) {
-  for (int64_t c = c0; c < c1; ++c) grad[c] += lambda[c];
-}
-
-// Weight gradients of a chunk, dW = sum_t s(t)^T l(t + 1), over the spikes only; threads split the columns.
-template <typename T>
-void accumulate_gradients(const Network& net, const AdjointBuffers& buf, const ChunkExtras& extra, int64_t n) {
-  const int64_t batch = net.batch, n_e = net.n_e, n_i = net.n_i, n_eo = n_i + net.n_classes;
-#pragma omp parallel num_threads(static_cast<int>(net.n_threads))
-  {
-    const ControlWord control(net);
-    const int64_t team = omp_get_num_threads(), rank = omp_get_thread_num();
-    std::vector<int64_t> inputs(net.n_input);
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t t = buf.first + j;
-      for (int64_t b = 0; b < batch; ++b) {
-        const int64_t after = (j + 1) * batch + b;
-        if (extra.grad_e_out != nullptr) {
-          const uint8_t* fired = buf.raster_e + (t * batch + b) * n_e;
-          const T* lambda = static_cast<const T*>(buf.leo) + after * n_eo;
-          const int64_t c0 = n_eo * rank / team, c1 = n_eo * (rank + 1) / team;
-          for (int64_t k = 0; k < n_e; ++k)
-            if (fired[k]) add_row(static_cast<T*>(extra.grad_e_out) + k * n_eo, lambda, c0, c1);
-        }
-        const int64_t c0 = n_e * rank / team, c1 = n_e * (rank + 1) / team;
-        if (extra.grad_ie != nullptr) {
-          const uint8_t* fired = buf.raster_i + (t * batch + b) * n_i;
-          const T* lambda = static_cast<const T*>(buf.lgi_e) + after * n_e;
-          for (int64_t k = 0; k < n_i; ++k)
-            if (fired[k]) add_row(static_cast<T*>(extra.grad_ie) + k * n_e, lambda, c0, c1);
-        }
-        if (extra.grad_in != nullptr) {
-          const T* lambda = static_cast<const T*>(buf.lge_e) + after * n_e;
-          const int64_t count = input_spikes(net, b, t, inputs.data());
-          for (int64_t e = 0; e < count; ++e) add_row(static_cast<T*>(extra.grad_in) + inputs[e] * n_e, lambda, c0, c1);
-        }
-      }
-    }
+    for (int64_t b = b0; b < b1; ++b) adjoint_trial<T>(net, buf, extra, j, b);
   }
 }
 
@@ -720,6 +768,12 @@ int64_t biosim_control_word() {
 #endif
 }
 void biosim_packed_sizes(const Network* net, int64_t rows, int64_t* sizes) { packed_sizes(*net, rows, sizes); }
+void biosim_surrogate_f32(const Network* net, int64_t n, float* x, const uint8_t* integrating) {
+  Surrogate<float>(*net).masked(n, x, integrating);
+}
+void biosim_surrogate_f64(const Network* net, int64_t n, double* x, const uint8_t* integrating) {
+  Surrogate<double>(*net).masked(n, x, integrating);
+}
 void biosim_pack_weights(const Network* net, int64_t rows, void* packed_e, void* packed_i) {
   pack_weights(*net, rows, packed_e, packed_i);
 }
@@ -730,14 +784,6 @@ void biosim_adjoint_steps_f32(const Network* net, const AdjointBuffers* buf, con
 void biosim_adjoint_steps_f64(const Network* net, const AdjointBuffers* buf, const ChunkExtras* extra, int64_t j0,
                               int64_t j1, int64_t b0, int64_t b1) {
   adjoint_steps<double>(*net, *buf, *extra, j0, j1, b0, b1);
-}
-void biosim_accumulate_gradients_f32(const Network* net, const AdjointBuffers* buf, const ChunkExtras* extra,
-                                     int64_t n) {
-  accumulate_gradients<float>(*net, *buf, *extra, n);
-}
-void biosim_accumulate_gradients_f64(const Network* net, const AdjointBuffers* buf, const ChunkExtras* extra,
-                                     int64_t n) {
-  accumulate_gradients<double>(*net, *buf, *extra, n);
 }
 }
 """
@@ -774,7 +820,13 @@ class _Network(ctypes.Structure):
         + [(name, ctypes.c_double) for name in ("dt", "decay_ampa", "decay_gaba", "decay_readout")]
         + [("e", _Population), ("i", _Population), ("n_input", ctypes.c_int64)]
         + _pointers("x", "w_in", "w_ie", "w_e_out")
+        + [("surrogate", ctypes.c_int64), ("surrogate_slope", ctypes.c_double), ("surrogate_unit_mv", ctypes.c_double)]
     )
+
+
+_KERNEL_SURROGATES = {"fast_sigmoid": 1, "sigmoid": 2, "atan": 3, "triangle": 4}
+"""Surrogates whose derivative the CPU kernels evaluate (``Surrogate`` in the kernel source); the torch
+implementation runs any other."""
 
 
 _STATE_NAMES = ("v_e", "ge_e", "gi_e", "ready_e", "v_i", "ge_i", "gi_i", "ready_i")
@@ -796,7 +848,7 @@ class _ChunkBuffers(ctypes.Structure):
     _fields_ = (
         [("first", ctypes.c_int64), ("last", ctypes.c_int64), ("start", _State)]
         + _pointers("raster_e", "raster_i")
-        + _pointers("x_e", "cv_e", "cge_e", "cgi_e", "integrating_e", "x_i", "cv_i", "cge_i", "integrating_i")
+        + _pointers("s_e", "cv_e", "cge_e", "cgi_e", "s_i", "cv_i", "cge_i")
     )
 
 
@@ -805,7 +857,7 @@ class _ChunkExtras(ctypes.Structure):
 
 
 class _AdjointBuffers(ctypes.Structure):
-    _fields_ = [("first", ctypes.c_int64), ("s_first", ctypes.c_int64)] + _pointers(
+    _fields_ = [("first", ctypes.c_int64)] + _pointers(
         "s_e",
         "cv_e",
         "cge_e",
@@ -813,8 +865,6 @@ class _AdjointBuffers(ctypes.Structure):
         "s_i",
         "cv_i",
         "cge_i",
-        "integrating_e",
-        "integrating_i",
         "raster_e",
         "raster_i",
         "ls_e",
@@ -845,7 +895,8 @@ class _KernelLibrary:
     forward: dict[torch.dtype, Any]
     recompute: dict[torch.dtype, Any]
     adjoint_steps: dict[torch.dtype, Any]
-    accumulate_gradients: dict[torch.dtype, Any]
+    surrogate: dict[torch.dtype, Any]
+    """The kernels' masked surrogate derivative, for tests: ``(network, n, x (in/out), integrating)``."""
     packed_sizes: Any
     pack_weights: Any
     control_word: Any
@@ -866,6 +917,19 @@ def _torch_library_directory() -> Path:
     return Path(torch.__file__).resolve().parent / "lib"
 
 
+_MKL_SYMBOLS = (
+    "vmsExp",
+    "vmdExp",
+    "sgemm_",
+    "dgemm_",
+    "cblas_sgemm_pack_get_size",
+    "cblas_sgemm_pack",
+    "cblas_sgemm_compute",
+    "MKL_Set_Num_Threads_Local",
+)
+"""What the kernels call in the MKL that ``libtorch_cpu`` carries."""
+
+
 @functools.cache
 def _kernel_library() -> _KernelLibrary | None:
     """Build (once per machine and source version) and load the CPU kernels; ``None`` if unavailable.
@@ -880,9 +944,8 @@ def _kernel_library() -> _KernelLibrary | None:
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     try:
         exports = ctypes.CDLL(str(torch_cpu))
-        for symbol in ("vmsExp", "vmdExp", "sgemm_", "dgemm_", "cblas_sgemm_pack_get_size", "cblas_sgemm_pack"):
+        for symbol in _MKL_SYMBOLS:
             getattr(exports, symbol)  # AttributeError without MKL
-        exports.cblas_sgemm_compute  # noqa: B018
     except (OSError, AttributeError):
         return None
     if compiler is None:
@@ -934,9 +997,7 @@ def _kernel_library() -> _KernelLibrary | None:
             pointer(_ChunkExtras),
             *(ctypes.c_int64,) * 4,
         ),
-        accumulate_gradients=bind(
-            "accumulate_gradients", pointer(_Network), pointer(_AdjointBuffers), pointer(_ChunkExtras), ctypes.c_int64
-        ),
+        surrogate=bind("surrogate", pointer(_Network), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p),
         packed_sizes=_function(library.biosim_packed_sizes, pointer(_Network), ctypes.c_int64, ctypes.c_void_p),
         control_word=_function(library.biosim_control_word, restype=ctypes.c_int64),
         pack_weights=_function(
@@ -1113,7 +1174,8 @@ class _Problem:
     v_init_e: torch.Tensor
     v_init_i: torch.Tensor
     constants: Constants
-    derivative: Derivative | None
+    surrogate: Surrogate | None
+    """The spike function's surrogate; None: heaviside (spikes carry no gradient)."""
     chunk_steps: int
     sparse: bool
     save: bool
@@ -1123,6 +1185,10 @@ class _Problem:
     @property
     def n_chunks(self) -> int:
         return -(-self.x.shape[1] // self.chunk_steps)
+
+    @property
+    def derivative(self) -> Derivative | None:
+        return None if self.surrogate is None else self.surrogate.derivative
 
     def network_struct(self, w_in: torch.Tensor, w_ie: torch.Tensor, w_e_out: torch.Tensor) -> _Network:
         c, (batch, n_steps, n_input) = self.constants, self.x.shape
@@ -1146,7 +1212,15 @@ class _Problem:
             _address(w_in),
             _address(w_ie),
             _address(w_e_out),
+            *_surrogate_fields(self.surrogate),
         )
+
+
+def _surrogate_fields(surrogate: Surrogate | None) -> tuple[int, float, float]:
+    """``(kind, slope, unit_mv)`` of the kernels' ``Network``; kind 0: no surrogate."""
+    if surrogate is None:
+        return 0, 0.0, 1.0
+    return _KERNEL_SURROGATES[surrogate.name], float(surrogate.slope), float(surrogate.unit_mv)
 
 
 def _initial_state(problem: _Problem) -> dict[str, torch.Tensor]:
@@ -1325,19 +1399,24 @@ class _Adjoint:
         self.g_counts_e = None if g_counts_e is None else g_counts_e.to(self.dtype).contiguous()
         self.g_counts_i = None if g_counts_i is None else g_counts_i.to(self.dtype).contiguous()
 
-        # Adjoint buffers, with the adjoints of the final state in the last slot of the last chunk.
-        last_slot = self.n_steps - (problem.n_chunks - 1) * chunk
-        self.leo = self._empty(chunk + 1, batch, n_i + n_classes)  # [l_ge_i, l_u]
+        # Adjoint buffers, with the adjoints of the final state (time T) in their slot. The kernels keep two
+        # ring slots (time t in slot t % 2) and add the weight gradients as they go; the torch
+        # implementation keeps a chunk's slots for its weight-gradient products.
+        self.kernels = self.full and problem.library is not None
+        slots, last_slot = (
+            (2, self.n_steps % 2) if self.kernels else (chunk + 1, self.n_steps - (problem.n_chunks - 1) * chunk)
+        )
+        self.leo = self._empty(slots, batch, n_i + n_classes)  # [l_ge_i, l_u]
         self.leo[last_slot, :, :n_i] = self._zeros_or(g_ge_i, (batch, n_i))
         self.leo[last_slot, :, n_i:] = self._zeros_or(g_u, (batch, n_classes)) + self.g_sum
         self.lgi_e = self.lge_e = None
         if self.full:
             self.lv_e = self._zeros_or(g_v_e, (batch, n_e))
             self.lv_i = self._zeros_or(g_v_i, (batch, n_i))
-            self.lgi_e = self._empty(chunk + 1, batch, n_e)
+            self.lgi_e = self._empty(slots, batch, n_e)
             self.lgi_e[last_slot] = self._zeros_or(g_gi_e, (batch, n_e))
             if self.want_ge_e:
-                self.lge_e = self._empty(chunk + 1, batch, n_e)
+                self.lge_e = self._empty(slots, batch, n_e)
                 self.lge_e[last_slot] = self._zeros_or(g_ge_e, (batch, n_e))
         self.grad_in = torch.zeros_like(w_in) if self.need_in else None
         self.grad_ie = torch.zeros_like(w_ie) if self.need_ie else None
@@ -1357,19 +1436,21 @@ class _Adjoint:
             chunk_adjoint = self._chunk_kernels if problem.library is not None else self._chunk_torch
         else:
             chunk_adjoint = self._chunk_readout
-        kernels = self.full and problem.library is not None
+        kernels = self.kernels
         if kernels:
             self._prepare_kernels()
         raster_e, raster_i = problem.saved["raster_e"], problem.saved["raster_i"]
-        # With the kernels, blocks of trials run in parallel Python threads and torch runs one-threaded in
-        # each: a fork/join inside every small torch call (the surrogate derivative of each block of steps)
-        # stalls whenever another process holds a core.
+        # With the kernels, blocks of trials run in parallel Python threads, and MKL's products inside
+        # each must run one-threaded (torch.set_num_threads also sets MKL's thread count).
         try:
             with _torch_threads(1 if kernels else torch.get_num_threads()):
                 self._chunks(chunk_adjoint, kernels, raster_e, raster_i)
         finally:
             if getattr(self, "pool", None) is not None:
                 self.pool.shutdown()
+        if kernels:  # the threads' own accumulators
+            for name, parts in self.gradient_parts.items():
+                torch.sum(parts, dim=0, out=getattr(self, name))
         grad_ei = grad_out = None
         if self.grad_e_out is not None:
             grad_ei = self.grad_e_out[:, : self.n_i].contiguous() if self.need_ei else None
@@ -1382,8 +1463,9 @@ class _Adjoint:
             first = index * chunk
             last = min(first + chunk, self.n_steps)
             chunk_adjoint(index, first, last)
-            if not kernels:  # the kernels accumulate their own
-                self._accumulate_weight_gradients(first, last, raster_e[first:last], raster_i[first:last])
+            if kernels:  # they add the weight gradients themselves, and their ring slots carry over
+                continue
+            self._accumulate_weight_gradients(first, last, raster_e[first:last], raster_i[first:last])
             # Slot 0 of this chunk is the last slot of the one before.
             for buffer in (self.leo, self.lgi_e, self.lge_e):
                 if buffer is not None:
@@ -1445,11 +1527,13 @@ class _Adjoint:
         problem, chunk, batch = self.problem, self.problem.chunk_steps, self.batch
         n_e, n_i = self.n_e, self.n_i
         self.network = problem.saved["network"]
-        self.x_e, self.cv_e, self.cgi_e = (self._empty(chunk, batch, n_e) for _ in range(3))
+        # The chunk's adjoint coefficients; s = m sigma' only with a surrogate.
+        surrogate = problem.surrogate is not None
+        self.s_e = self._empty(chunk, batch, n_e) if surrogate else None
+        self.s_i = self._empty(chunk, batch, n_i) if surrogate else None
+        self.cv_e, self.cgi_e = self._empty(chunk, batch, n_e), self._empty(chunk, batch, n_e)
         self.cge_e = self._empty(chunk, batch, n_e) if self.want_ge_e else None
-        self.x_i, self.cv_i, self.cge_i = (self._empty(chunk, batch, n_i) for _ in range(3))
-        self.integrating_e = torch.empty(chunk, batch, n_e, dtype=torch.bool, device=self.device)
-        self.integrating_i = torch.empty(chunk, batch, n_i, dtype=torch.bool, device=self.device)
+        self.cv_i, self.cge_i = self._empty(chunk, batch, n_i), self._empty(chunk, batch, n_i)
         self.ls_e, self.ls_i = self._empty(batch, n_e), self._empty(batch, n_i)
         self.packed = (None, None)
         if self.dtype == torch.float32:
@@ -1459,16 +1543,18 @@ class _Adjoint:
             problem.library.packed_sizes(ctypes.byref(self.network), rows, sizes.data_ptr())
             self.packed = tuple(torch.empty(int(size), dtype=torch.uint8) for size in sizes.tolist())
             problem.library.pack_weights(ctypes.byref(self.network), rows, *(_address(t) for t in self.packed))
-        # Steps per derivative block: about 1 MiB of E potentials, so that the block stays in cache.
-        self.derivative_block = max(1, min(chunk, (1 << 20) // max(1, batch * n_e * self.x_e.element_size())))
-        self.s_e = self._empty(self.derivative_block, batch, n_e)
-        self.s_i = self._empty(self.derivative_block, batch, n_i)
-        # Blocks of trials, one per thread: each runs through a whole chunk (recomputation, surrogate
-        # derivative, recursion) on its own; ctypes and torch release the GIL, torch runs one-threaded.
+        # Blocks of trials, one per thread: each runs through a whole chunk (recomputation, then the
+        # recursion) on its own, with no synchronisation per step; ctypes releases the GIL.
         threads = max(1, int(self.network.n_threads))
         self.trial_blocks = [(batch * r // threads, batch * (r + 1) // threads) for r in range(threads)]
         self.trial_blocks = [block for block in self.trial_blocks if block[1] > block[0]]
         self.pool = ThreadPoolExecutor(len(self.trial_blocks)) if len(self.trial_blocks) > 1 else None
+        # Each thread adds its trials' weight gradients into its own accumulator (no write conflicts).
+        self.gradient_parts = {
+            name: torch.zeros((len(self.trial_blocks), *getattr(self, name).shape), dtype=self.dtype)
+            for name in ("grad_in", "grad_ie", "grad_e_out")
+            if getattr(self, name) is not None
+        }
 
     def _chunk_kernels(self, index: int, first: int, last: int) -> None:
         """One chunk in the CPU kernels: each block of trials runs through the whole chunk in its own thread."""
@@ -1481,45 +1567,32 @@ class _Adjoint:
             _state_struct(checkpoints),
             _address(raster_e),
             _address(raster_i),
-            *(_address(t) for t in (self.x_e, self.cv_e, self.cge_e, self.cgi_e, self.integrating_e)),
-            *(_address(t) for t in (self.x_i, self.cv_i, self.cge_i, self.integrating_i)),
+            *(_address(t) for t in (self.s_e, self.cv_e, self.cge_e, self.cgi_e, self.s_i, self.cv_i, self.cge_i)),
         )
-        extras = _ChunkExtras(
-            *(_address(t) for t in (self.g_counts_e, self.g_counts_i, self.grad_in, self.grad_ie, self.grad_e_out)),
-            *(_address(t) for t in self.packed),
-        )
-        network, extras_pointer = ctypes.byref(self.network), ctypes.byref(extras)
+        network = ctypes.byref(self.network)
+        adjoint = self._adjoint_buffers(first)
 
-        def through_chunk(trials: tuple[int, int]) -> None:
+        def through_chunk(part: int) -> None:
+            trials = self.trial_blocks[part]
+            accumulators = {name: parts[part] for name, parts in self.gradient_parts.items()}
+            extras = _ChunkExtras(
+                *(_address(t) for t in (self.g_counts_e, self.g_counts_i)),
+                *(_address(accumulators.get(name)) for name in ("grad_in", "grad_ie", "grad_e_out")),
+                *(_address(t) for t in self.packed),
+            )
             library.recompute[self.dtype](network, ctypes.byref(buffers), *trials)
-            adjoint = self._adjoint_buffers(first)  # per thread: s_first differs
-            # Blocks of steps, last first: the surrogate's own derivative for the block (small enough to
-            # stay in cache), then the recursion through it; the mask m is applied in the kernel.
-            for stop in range(n, 0, -self.derivative_block):
-                start = max(0, stop - self.derivative_block)
-                if problem.derivative is not None:
-                    columns = slice(*trials)
-                    self.s_e[: stop - start, columns] = problem.derivative(self.x_e[start:stop, columns])
-                    self.s_i[: stop - start, columns] = problem.derivative(self.x_i[start:stop, columns])
-                    adjoint.s_first = start
-                library.adjoint_steps[self.dtype](network, ctypes.byref(adjoint), extras_pointer, start, stop, *trials)
+            library.adjoint_steps[self.dtype](network, ctypes.byref(adjoint), ctypes.byref(extras), 0, n, *trials)
 
         if self.pool is None:
-            through_chunk((0, self.batch))
+            through_chunk(0)
         else:
-            for future in [self.pool.submit(through_chunk, trials) for trials in self.trial_blocks]:
+            for future in [self.pool.submit(through_chunk, part) for part in range(len(self.trial_blocks))]:
                 future.result()
-        library.accumulate_gradients[self.dtype](network, ctypes.byref(self._adjoint_buffers(first)), extras_pointer, n)
 
     def _adjoint_buffers(self, first: int) -> _AdjointBuffers:
-        derivative = self.problem.derivative is not None
         return _AdjointBuffers(
             first,
-            0,
-            _address(self.s_e) if derivative else None,
-            *(_address(t) for t in (self.cv_e, self.cge_e, self.cgi_e)),
-            _address(self.s_i) if derivative else None,
-            *(_address(t) for t in (self.cv_i, self.cge_i, self.integrating_e, self.integrating_i)),
+            *(_address(t) for t in (self.s_e, self.cv_e, self.cge_e, self.cgi_e, self.s_i, self.cv_i, self.cge_i)),
             _address(self.problem.saved["raster_e"]),
             _address(self.problem.saved["raster_i"]),
             *(_address(t) for t in (self.ls_e, self.ls_i, self.lv_e, self.lv_i, self.lgi_e, self.lge_e)),
@@ -1644,14 +1717,17 @@ class FusedEngine:
         if self.propagation not in ("auto", "sparse", "dense"):
             raise ValueError(f"FusedEngine.propagation must be 'auto', 'sparse' or 'dense', got {self.propagation!r}")
 
-    def _library(self, tensor: torch.Tensor) -> _KernelLibrary | None:
-        applies = tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64)
-        if self.implementation == "torch" or (self.implementation == "auto" and not applies):
+    def _library(self, tensor: torch.Tensor, surrogate: Surrogate | None) -> _KernelLibrary | None:
+        reason = None
+        if not (tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64)):
+            reason = "they need float32/float64 CPU tensors"
+        elif surrogate is not None and surrogate.name not in _KERNEL_SURROGATES:
+            reason = f"they evaluate the surrogates {', '.join(_KERNEL_SURROGATES)}, not {surrogate.name!r}"
+        if self.implementation == "torch" or (self.implementation == "auto" and reason is not None):
             return None
         library = _kernel_library()
-        if self.implementation == "kernels" and (library is None or not applies):
-            reason = "they cannot be built here" if library is None else "they need float32/float64 CPU tensors"
-            raise RuntimeError(f"FusedEngine(implementation='kernels'): {reason}")
+        if self.implementation == "kernels" and (library is None or reason is not None):
+            raise RuntimeError(f"FusedEngine(implementation='kernels'): {reason or 'they cannot be built here'}")
         return library
 
     def __call__(
@@ -1669,9 +1745,9 @@ class FusedEngine:
         from .model import NetworkOutput, run_network
 
         if spike_fn is heaviside:
-            derivative = None
+            surrogate = None
         elif isinstance(spike_fn, Surrogate):
-            derivative = spike_fn.derivative
+            surrogate = spike_fn
         else:
             # Neither its forward nor its derivative is ours to assume.
             return run_network(x, v_init_e, v_init_i, weights, constants, spike_fn, record_population=record_population)
@@ -1692,11 +1768,11 @@ class FusedEngine:
             v_init_e=v_init_e.detach(),
             v_init_i=v_init_i.detach(),
             constants=constants,
-            derivative=derivative,
+            surrogate=surrogate,
             chunk_steps=self.chunk_steps,
             sparse=sparse,
             save=save,
-            library=self._library(v_init_e),
+            library=self._library(v_init_e, surrogate),
         )
         outputs = _FusedNetwork.apply(problem, *weights)
         scores, counts_e, counts_i = outputs[:3]

@@ -100,3 +100,37 @@ def test_wrong_shape_is_refused(small_run):
     bad = replace(weights, w_ie=weights.w_ie.T)
     with pytest.raises(WeightShapeError, match=r"w_ie: expected shape \(32, 128\).*found \(128, 32\)"):
         run_trials(params, bad, trials, backend="numpy")
+
+
+@pytest.mark.standalone
+def test_trial_boundaries_stay_on_the_step_grid_late_in_long_runs(small_params, tmp_path):
+    """Trial 384 of 200 ms starts at t = 76.8 s, where one ulp of t (1.4e-14 s) exceeds the absolute
+    tolerance (1e-14 s) that cpp_standalone uses to treat two clocks as simultaneous: a reset on a clock
+    of its own would run after the trial's first step there. Trials late in a long run must match the
+    mirror as the early ones do."""
+    params = small_params.replace(simulation__trial_ms=200.0, simulation__transient_ms=50.0)
+    split = load_split("medium")
+    n_trials = 385
+    images = np.concatenate([split.test.images, split.train.images])[:n_trials]
+    labels = np.concatenate([split.test.labels, split.train.labels])[:n_trials]
+    trials = make_trials(images, labels, params, seed=5)
+    weights = init_weights(params, seed=5).effective()
+    late = np.array([0, n_trials - 2, n_trials - 1])
+    record = {"e": np.arange(8), "i": np.arange(4)}
+    brian = run_trials(
+        params, weights, trials, backend="cpp_standalone", build_dir=tmp_path, record_v=record, progress=False
+    )
+    mirror = run_mirror(params, weights, trials.subset(late), dtype=torch.float64, record_v=record)
+    for position, k in enumerate(late):
+        for population in ("e", "i"):
+            np.testing.assert_allclose(
+                brian.traces[f"v_{population}"][k],
+                mirror.traces[f"v_{population}"][position],
+                rtol=1e-12,
+                err_msg=f"trial {k}, v_{population}",
+            )
+            step_brian, neuron_brian = getattr(brian, f"spikes_{population}").of_trial(k)
+            step_mirror, neuron_mirror = getattr(mirror, f"spikes_{population}").of_trial(position)
+            np.testing.assert_array_equal(step_brian, step_mirror, err_msg=f"trial {k}, spikes_{population}")
+            np.testing.assert_array_equal(neuron_brian, neuron_mirror, err_msg=f"trial {k}, spikes_{population}")
+    np.testing.assert_allclose(brian.scores[late], mirror.scores, rtol=1e-9, atol=1e-12)

@@ -282,3 +282,43 @@ def test_registered_as_a_model_engine(trials, stored_weights, monkeypatch):
     assert grads[1]["w_ei"] is None
     for name in ("w_in", "w_ie", "w_out"):
         assert relative_difference(grads[0][name], grads[1][name]) < 1e-6, name
+
+
+@pytest.mark.skipif(not kernels_available(), reason="CPU kernels cannot be built here")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("slope, unit_mv", [(1.0, 1000.0), (10.0, 1.0), (0.5, 1.0)])
+def test_kernel_surrogates_equal_their_torch_definitions(dtype, slope, unit_mv):
+    """The kernels evaluate sigma' themselves; it must be the surrogate's own ``derivative``, masked by m."""
+    from bridge.fast_engine import _KERNEL_SURROGATES, _kernel_library, _Network, _surrogate_fields
+    from bridge.surrogates import Surrogate
+
+    library = _kernel_library()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.linspace(-90.0, 60.0, 20001, dtype=dtype), torch.tensor([0.0, -0.0, 1e-30], dtype=dtype)])
+    integrating = torch.rand(x.shape, generator=generator) < 0.9
+    for name in _KERNEL_SURROGATES:
+        surrogate = Surrogate(name, slope=slope, unit_mv=unit_mv)
+        network = _Network()
+        network.surrogate, network.surrogate_slope, network.surrogate_unit_mv = _surrogate_fields(surrogate)
+        actual = x.clone()
+        library.surrogate[dtype](network, x.numel(), actual.data_ptr(), integrating.data_ptr())
+        expected = torch.where(integrating, surrogate.derivative(x), 0.0)
+        assert torch.equal(actual[~integrating], torch.zeros_like(actual[~integrating])), name
+        assert float(expected.abs().max()) > 0, name
+        tolerance = 4 * torch.finfo(dtype).eps  # the same operations; exp may differ in the last bits
+        np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=tolerance, atol=0, err_msg=name)
+
+
+def test_a_surrogate_the_kernels_do_not_know_runs_on_torch_operations(trials, stored_weights, monkeypatch):
+    from bridge.surrogates import Surrogate
+
+    monkeypatch.setitem(SURROGATES, "gaussian", lambda x, slope: torch.exp(-((slope * x) ** 2)))
+    surrogate = Surrogate("gaussian", slope=20.0)
+    expected_output, expected = bptt(run_network, trials, stored_weights, surrogate)
+    output, actual = bptt(run_network_fused, trials, stored_weights, surrogate)
+    assert_same_forward(expected_output, output)
+    for name, a, b in zip(Weights._fields, expected, actual, strict=True):
+        assert relative_difference(a, b) < 1e-6, name
+    if kernels_available():
+        with pytest.raises(RuntimeError, match="gaussian"):
+            bptt(FusedEngine(implementation="kernels"), trials, stored_weights, surrogate)
