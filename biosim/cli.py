@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .backends import BACKENDS
 
@@ -258,7 +259,7 @@ def _add_protocol(subparsers) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from bridge.bench import run_benchmark
 
-    from .records import write_json
+    from .records import write_json, write_run_record
 
     result = run_benchmark(
         device=args.device,
@@ -270,12 +271,48 @@ def _bench(args: argparse.Namespace) -> int:
     )
     if args.out:
         write_json(Path(args.out) / "bench.json", result)
-    if args.json:
-        print(json.dumps(result, default=str))
-    else:
-        for key in ("speedup", "memory_ratio", "grad_max_rel_diff", "brian2_trials_per_s"):
-            print(f"{key}: {result.get(key)}")
+        headline = ("speedup", "memory_ratio", "grad_max_rel_diff", "brian2_trials_per_s", "brian2_total_s")
+        write_run_record(
+            args.out,
+            command="bench",
+            config=result["settings"],
+            seed=result["settings"]["seed"],
+            metrics={key: result[key] for key in headline if key in result},
+        )
+    print(json.dumps(result, default=str) if args.json else _bench_summary(result))
     return 0
+
+
+def _bench_summary(r: dict[str, Any]) -> str:
+    s = r["settings"]
+    lines = [
+        f"speedup            {r['speedup']:.1f}x  (fused {r['fused_sample_steps_per_s']:.0f} vs eager "
+        f"{r['eager_sample_steps_per_s']:.0f} sample-steps/s; batch {s['batch_size']}, {s['n_steps']} steps, "
+        f"threads {r['fused_threads']} / {r['eager_threads']})",
+    ]
+    if "memory_ratio" in r:
+        lines.append(
+            f"memory_ratio       {r['memory_ratio']:.3f}  (fused {r['fused_peak_memory_bytes'] / 2**20:.0f} MiB vs "
+            f"eager {r['eager_peak_memory_bytes'] / 2**20:.0f} MiB for one BPTT batch)"
+        )
+    lines.append(
+        f"grad_max_rel_diff  {r['grad_max_rel_diff']:.1e}  (float64, batch {s['grad_check_batch']}, "
+        f"{s['grad_check_steps']} steps)"
+    )
+    if "brian2_trials_per_s" in r:
+        agree = "yes" if r["brian2_spike_counts_match_fused_float64"] else "NO"
+        lines.append(
+            f"brian2             {s['n_brian2_trials']} trials on cpp_standalone: build {r['brian2_build_s']:.1f} s"
+            f" + simulate {r['brian2_simulate_s']:.1f} s = {r['brian2_total_s']:.1f} s "
+            f"({r['brian2_trials_per_s']:.1f} trials/s simulating); spike counts equal to the mirror's: {agree}"
+        )
+    if "brian2_cuda_total_s" in r:
+        lines.append(
+            f"brian2 (cuda)      build {r['brian2_cuda_build_s']:.1f} s + simulate {r['brian2_cuda_simulate_s']:.1f} s"
+        )
+    if "brian2_cuda_error" in r:
+        lines.append(f"brian2 (cuda)      failed: {r['brian2_cuda_error']}")
+    return "\n".join(lines)
 
 
 def _add_bench(subparsers) -> None:

@@ -1431,40 +1431,28 @@ class _Adjoint:
         return grad.to(self.dtype).clone(memory_format=torch.contiguous_format)
 
     def run(self) -> tuple[torch.Tensor | None, ...]:
-        problem = self.problem
-        if self.full:
-            chunk_adjoint = self._chunk_kernels if problem.library is not None else self._chunk_torch
+        if self.kernels:
+            self._run_kernels()
         else:
-            chunk_adjoint = self._chunk_readout
-        kernels = self.kernels
-        if kernels:
-            self._prepare_kernels()
-        raster_e, raster_i = problem.saved["raster_e"], problem.saved["raster_i"]
-        # With the kernels, blocks of trials run in parallel Python threads, and MKL's products inside
-        # each must run one-threaded (torch.set_num_threads also sets MKL's thread count).
-        try:
-            with _torch_threads(1 if kernels else torch.get_num_threads()):
-                self._chunks(chunk_adjoint, kernels, raster_e, raster_i)
-        finally:
-            if getattr(self, "pool", None) is not None:
-                self.pool.shutdown()
-        if kernels:  # the threads' own accumulators
-            for name, parts in self.gradient_parts.items():
-                torch.sum(parts, dim=0, out=getattr(self, name))
+            self._chunks(self._chunk_torch if self.full else self._chunk_readout)
         grad_ei = grad_out = None
         if self.grad_e_out is not None:
             grad_ei = self.grad_e_out[:, : self.n_i].contiguous() if self.need_ei else None
             grad_out = self.grad_e_out[:, self.n_i :].contiguous() if self.need_out else None
         return self.grad_in, grad_ei, self.grad_ie, grad_out
 
-    def _chunks(self, chunk_adjoint, kernels: bool, raster_e, raster_i) -> None:
-        problem, chunk = self.problem, self.problem.chunk_steps
-        for index in range(problem.n_chunks - 1, -1, -1):
-            first = index * chunk
-            last = min(first + chunk, self.n_steps)
+    def _chunk_bounds(self) -> Iterator[tuple[int, int, int]]:
+        """``(index, first, last)`` of every chunk, last chunk first."""
+        chunk = self.problem.chunk_steps
+        for index in range(self.problem.n_chunks - 1, -1, -1):
+            yield index, index * chunk, min((index + 1) * chunk, self.n_steps)
+
+    def _chunks(self, chunk_adjoint) -> None:
+        """The torch implementation: chunk by chunk, then the chunk's weight gradients."""
+        raster_e, raster_i = self.problem.saved["raster_e"], self.problem.saved["raster_i"]
+        chunk = self.problem.chunk_steps
+        for index, first, last in self._chunk_bounds():
             chunk_adjoint(index, first, last)
-            if kernels:  # they add the weight gradients themselves, and their ring slots carry over
-                continue
             self._accumulate_weight_gradients(first, last, raster_e[first:last], raster_i[first:last])
             # Slot 0 of this chunk is the last slot of the one before.
             for buffer in (self.leo, self.lgi_e, self.lge_e):
@@ -1543,12 +1531,10 @@ class _Adjoint:
             problem.library.packed_sizes(ctypes.byref(self.network), rows, sizes.data_ptr())
             self.packed = tuple(torch.empty(int(size), dtype=torch.uint8) for size in sizes.tolist())
             problem.library.pack_weights(ctypes.byref(self.network), rows, *(_address(t) for t in self.packed))
-        # Blocks of trials, one per thread: each runs through a whole chunk (recomputation, then the
-        # recursion) on its own, with no synchronisation per step; ctypes releases the GIL.
+        # Blocks of trials, one per thread (ctypes releases the GIL).
         threads = max(1, int(self.network.n_threads))
         self.trial_blocks = [(batch * r // threads, batch * (r + 1) // threads) for r in range(threads)]
         self.trial_blocks = [block for block in self.trial_blocks if block[1] > block[0]]
-        self.pool = ThreadPoolExecutor(len(self.trial_blocks)) if len(self.trial_blocks) > 1 else None
         # Each thread adds its trials' weight gradients into its own accumulator (no write conflicts).
         self.gradient_parts = {
             name: torch.zeros((len(self.trial_blocks), *getattr(self, name).shape), dtype=self.dtype)
@@ -1556,23 +1542,21 @@ class _Adjoint:
             if getattr(self, name) is not None
         }
 
-    def _chunk_kernels(self, index: int, first: int, last: int) -> None:
-        """One chunk in the CPU kernels: each block of trials runs through the whole chunk in its own thread."""
-        problem, library, n = self.problem, self.problem.library, last - first
-        checkpoints = {name: value[index] for name, value in problem.saved["checkpoints"].items()}
-        raster_e, raster_i = problem.saved["raster_e"], problem.saved["raster_i"]
-        buffers = _ChunkBuffers(
-            first,
-            last,
-            _state_struct(checkpoints),
-            _address(raster_e),
-            _address(raster_i),
-            *(_address(t) for t in (self.s_e, self.cv_e, self.cge_e, self.cgi_e, self.s_i, self.cv_i, self.cge_i)),
-        )
-        network = ctypes.byref(self.network)
-        adjoint = self._adjoint_buffers(first)
+    def _run_kernels(self) -> None:
+        """The CPU kernels: each thread takes its block of trials through all chunks, last to first.
 
-        def through_chunk(part: int) -> None:
+        Trials are independent and every buffer the kernels write is indexed by trial (or is the thread's
+        own accumulator), so the threads never wait for each other, not even between chunks.
+        """
+        self._prepare_kernels()
+        problem, library = self.problem, self.problem.library
+        network = ctypes.byref(self.network)
+        checkpoints, saved = problem.saved["checkpoints"], problem.saved
+        chunk_pointers = [
+            _address(t) for t in (self.s_e, self.cv_e, self.cge_e, self.cgi_e, self.s_i, self.cv_i, self.cge_i)
+        ]
+
+        def through_all_chunks(part: int) -> None:
             trials = self.trial_blocks[part]
             accumulators = {name: parts[part] for name, parts in self.gradient_parts.items()}
             extras = _ChunkExtras(
@@ -1580,14 +1564,26 @@ class _Adjoint:
                 *(_address(accumulators.get(name)) for name in ("grad_in", "grad_ie", "grad_e_out")),
                 *(_address(t) for t in self.packed),
             )
-            library.recompute[self.dtype](network, ctypes.byref(buffers), *trials)
-            library.adjoint_steps[self.dtype](network, ctypes.byref(adjoint), ctypes.byref(extras), 0, n, *trials)
+            rasters = _address(saved["raster_e"]), _address(saved["raster_i"])
+            for index, first, last in self._chunk_bounds():
+                start = _state_struct({name: value[index] for name, value in checkpoints.items()})
+                buffers = _ChunkBuffers(first, last, start, *rasters, *chunk_pointers)
+                library.recompute[self.dtype](network, ctypes.byref(buffers), *trials)
+                adjoint = self._adjoint_buffers(first)
+                library.adjoint_steps[self.dtype](
+                    network, ctypes.byref(adjoint), ctypes.byref(extras), 0, last - first, *trials
+                )
 
-        if self.pool is None:
-            through_chunk(0)
-        else:
-            for future in [self.pool.submit(through_chunk, part) for part in range(len(self.trial_blocks))]:
-                future.result()
+        # MKL's products inside each thread run one-threaded (torch.set_num_threads also sets MKL's count).
+        with _torch_threads(1):
+            if len(self.trial_blocks) == 1:
+                through_all_chunks(0)
+            else:
+                with ThreadPoolExecutor(len(self.trial_blocks)) as pool:
+                    for future in [pool.submit(through_all_chunks, part) for part in range(len(self.trial_blocks))]:
+                        future.result()
+        for name, parts in self.gradient_parts.items():  # the threads' own accumulators
+            torch.sum(parts, dim=0, out=getattr(self, name))
 
     def _adjoint_buffers(self, first: int) -> _AdjointBuffers:
         return _AdjointBuffers(

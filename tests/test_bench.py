@@ -1,0 +1,71 @@
+"""``biosim bench`` end to end on a short trial (the measured figures live in docs/performance.md, not here)."""
+
+import json
+
+import pytest
+
+from biosim.cli import _bench_summary, main
+
+
+@pytest.mark.standalone
+def test_bench_reports_every_figure_and_records_the_run(tmp_path, capsys):
+    code = main(
+        ["bench", "--n-steps", "40", "--batch-size", "2", "--n-brian2-trials", "3", "--json", "--quiet"]
+        + ["--out", str(tmp_path)]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("speedup", "memory_ratio", "grad_max_rel_diff", "brian2_trials_per_s", "brian2_build_s"):
+        assert result[key] > 0, key
+    # Same network, same input: the fused engine's gradients are the eager loop's, and its float64 forward
+    # pass reproduces Brian2's spikes.
+    assert result["grad_max_rel_diff"] < 1e-6
+    assert result["grad_check_spike_counts_identical"]
+    assert result["brian2_spike_counts_match_fused_float64"], result["brian2_trials_mismatching_fused_float64"]
+    assert result["eager_peak_memory_bytes"] > 0 and result["fused_peak_memory_bytes"] > 0  # tiny: fixed costs rule
+    assert json.loads((tmp_path / "bench.json").read_text())["speedup"] == result["speedup"]
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["command"] == "bench" and record["versions"]["torch"]
+    assert record["config"]["batch_size"] == 2 and record["metrics"]["speedup"] == result["speedup"]
+    summary = _bench_summary(result)
+    assert "speedup" in summary and "3 trials on cpp_standalone" in summary and "mirror's: yes" in summary
+
+
+def test_the_baseline_loop_is_the_model():
+    """The benchmark's snnTorch-style loop computes the mirror's network: same spikes, same gradients."""
+    import torch
+
+    from biosim.data import load_split
+    from biosim.inputs import make_trials
+    from biosim.params import NetworkParams
+    from biosim.weights import init_weights
+    from bridge.bench import eager_bptt_loop
+    from bridge.dynamics import Weights, make_constants
+    from bridge.model import run_network
+    from bridge.simulate import torch_weights
+    from bridge.surrogates import get_surrogate
+
+    params = NetworkParams().replace(
+        connectivity__n_e=64, connectivity__n_i=16, simulation__trial_ms=20.0, simulation__transient_ms=5.0
+    )
+    split = load_split("smoke")
+    trials = make_trials(split.train.images[:3], split.train.labels[:3], params, seed=3)
+    x = torch.from_numpy(trials.dense(slice(None)))
+    v_e, v_i = (torch.as_tensor(v, dtype=torch.float64) for v in (trials.v_init_e_mv, trials.v_init_i_mv))
+    labels = torch.as_tensor(trials.labels)
+    results = []
+    for engine in ("baseline", "model"):
+        w = Weights(*(t.requires_grad_(True) for t in torch_weights(init_weights(params, seed=1), dtype=torch.float64)))
+        if engine == "baseline":
+            scores, counts_e, counts_i = eager_bptt_loop(x, v_e, v_i, *w, params, get_surrogate())
+        else:
+            output = run_network(x, v_e, v_i, w, make_constants(params), get_surrogate())
+            scores, counts_e, counts_i = output.scores, output.spike_counts_e, output.spike_counts_i
+        torch.nn.functional.cross_entropy(scores, labels).backward()
+        results.append((scores, counts_e, counts_i, [t.grad for t in w]))
+    (scores_a, e_a, i_a, grads_a), (scores_b, e_b, i_b, grads_b) = results
+    assert e_a.sum() > 0 and i_a.sum() > 0
+    assert torch.equal(e_a, e_b) and torch.equal(i_a, i_b) and torch.equal(scores_a, scores_b)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        assert float(a.abs().max()) > 0
+        assert float((a - b).abs().max() / a.abs().max()) < 1e-12
