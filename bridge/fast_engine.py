@@ -59,13 +59,15 @@ Two implementations
   MKL): a small C++ library embedded below, compiled on first use with the
   system C++ compiler (about 2 s) and cached in ``~/.cache/biosim/kernels``
   (or ``$BIOSIM_KERNEL_CACHE``); ``BIOSIM_FUSED_KERNELS=0`` disables it.
-  Trials are independent, so each thread takes a block of trials through the
-  whole time loop: the forward pass, the recomputation, and the adjoint
-  recursion (whose two products with the recurrent weights per step are
-  MKL GEMMs on the thread's block of trials), without a barrier per step. It
+  Trials are independent, so the threads take trials through the whole
+  forward pass, then blocks of trials through the whole backward pass
+  (recomputation and adjoint recursion, chunk after chunk), without a
+  barrier per step or per chunk. The recursion's two products per step with
+  the recurrent weights are register-tiled AVX-512 loops in float32 (MKL's
+  packed GEMM without AVX-512, ``dgemm`` in float64). The forward pass
   does the same floating-point operations in the same order as the eager
   engine (no fused multiply-adds; ``exp`` is MKL VML in the mode
-  ``torch.exp`` uses on CPU), so the forward pass is bit-identical. The
+  ``torch.exp`` uses on CPU), so it is bit-identical. The
   kernels evaluate the named surrogates of :data:`bridge.surrogates.SURROGATES`
   themselves, with the operations of their torch definitions (tests compare
   the two); a surrogate they do not know runs on the torch implementation.
@@ -117,7 +119,8 @@ _KERNEL_SOURCE = r"""
 // engine's torch operations do, so the forward pass rounds identically:
 // scalars are cast to the tensor dtype first, products and sums are separate
 // roundings (compiled with -ffp-contract=off), and exp is MKL VML in the
-// mode ATen's vml.h uses for torch.exp.
+// mode ATen's vml.h uses for torch.exp. The backward pass only has to agree
+// within rounding; its products with the weights use explicit FMAs.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
