@@ -336,3 +336,20 @@ def test_float32_kernel_products_for_every_block_shape(stored_weights, count):
     for name, a, b in zip(Weights._fields, expected, actual, strict=True):
         assert float(a.abs().max()) > 0, name
         assert relative_difference(a, b) < 1e-4, name  # measured: up to 2e-6 (float32 rounding)
+
+
+@pytest.mark.skipif(not kernels_available(), reason="CPU kernels cannot be built here")
+def test_kernel_results_do_not_depend_on_the_thread_count(stored_weights):
+    split = load_split("smoke")
+    trials = make_trials(split.train.images[:10], split.train.labels[:10], PARAMS, seed=4)
+    engine, results = FusedEngine(implementation="kernels"), []
+    for threads in (1, 2):  # 10 trials: backward blocks of 8 and 2, on one thread or two
+        torch.set_num_threads(threads)
+        try:
+            results.append(bptt(engine, trials, stored_weights, get_surrogate(), dtype=torch.float32, count=10))
+        finally:
+            torch.set_num_threads(1)
+    (output_1, grads_1), (output_2, grads_2) = results
+    assert_same_forward(output_1, output_2)
+    for name, a, b in zip(Weights._fields, grads_1, grads_2, strict=True):
+        assert torch.equal(a, b), name
