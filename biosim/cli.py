@@ -306,9 +306,12 @@ def _bench_summary(r: dict[str, Any]) -> str:
             f" + simulate {r['brian2_simulate_s']:.1f} s = {r['brian2_total_s']:.1f} s "
             f"({r['brian2_trials_per_s']:.1f} trials/s simulating); spike counts equal to the mirror's: {agree}"
         )
+    if "brian2_error" in r:
+        lines.append(f"brian2             failed: {r['brian2_error']}")
     if "brian2_cuda_total_s" in r:
         lines.append(
             f"brian2 (cuda)      build {r['brian2_cuda_build_s']:.1f} s + simulate {r['brian2_cuda_simulate_s']:.1f} s"
+            + (f" ({r['brian2_cuda_speedup']:.1f}x cpp_standalone's simulation)" if "brian2_cuda_speedup" in r else "")
         )
     if "brian2_cuda_error" in r:
         lines.append(f"brian2 (cuda)      failed: {r['brian2_cuda_error']}")

@@ -57,6 +57,7 @@ import torch
 from biosim.data import load_split
 from biosim.inputs import TrialSet, make_trials
 from biosim.params import NetworkParams
+from biosim.records import library_versions
 from biosim.weights import NetworkWeights, init_weights
 
 __all__ = ["eager_bptt_loop", "run_benchmark"]
@@ -537,6 +538,7 @@ def run_benchmark(
             "fused_cpu_kernels": fast_engine.kernels_available() if device == "cpu" else False,
             "load_average_start": _load_average(),
         },
+        "versions": library_versions(),
     }
 
     # (a) throughput
@@ -595,30 +597,37 @@ def run_benchmark(
         weights = init_weights(params, seed=seed).effective()
         trials = _brian2_trials(params, n_brian2_trials, seed)
         say(f"Brian2 cpp_standalone: {n_brian2_trials} trials, one build")
-        brian = _brian2("cpp_standalone", params, weights, trials, brian2_openmp_threads, progress)
-        say(f"  build {brian['build_s']:.1f} s, simulate {brian['simulate_s']:.1f} s")
-        evaluation = _fused_evaluation(params, weights, trials, torch.float64, device)
-        spikes = brian.pop("result")
-        mismatching = np.flatnonzero(
-            (spikes.spikes_e.counts() != evaluation["counts_e"]).any(axis=1)
-            | (spikes.spikes_i.counts() != evaluation["counts_i"]).any(axis=1)
-        )
-        result.update(
-            brian2_trials_per_s=brian["trials_per_s"],
-            brian2_trials_per_s_with_build=brian["trials_per_s_with_build"],
-            brian2_build_s=brian["build_s"],
-            brian2_simulate_s=brian["simulate_s"],
-            brian2_total_s=brian["total_s"],
-            brian2_spike_counts_match_fused_float64=len(mismatching) == 0,
-            brian2_trials_mismatching_fused_float64=mismatching.tolist(),
-            fused_eval_float64_trials_per_s=n_brian2_trials / evaluation["seconds"],
-        )
+        try:
+            brian = _brian2("cpp_standalone", params, weights, trials, brian2_openmp_threads, progress)
+        except Exception as error:  # noqa: BLE001  (report, do not lose the numbers above)
+            result["brian2_error"] = f"{type(error).__name__}: {error}"
+            say(f"  failed: {result['brian2_error']}")
+        else:
+            say(f"  build {brian['build_s']:.1f} s, simulate {brian['simulate_s']:.1f} s")
+            evaluation = _fused_evaluation(params, weights, trials, torch.float64, device)
+            spikes = brian.pop("result")
+            mismatching = np.flatnonzero(
+                (spikes.spikes_e.counts() != evaluation["counts_e"]).any(axis=1)
+                | (spikes.spikes_i.counts() != evaluation["counts_i"]).any(axis=1)
+            )
+            result.update(
+                brian2_trials_per_s=brian["trials_per_s"],
+                brian2_trials_per_s_with_build=brian["trials_per_s_with_build"],
+                brian2_build_s=brian["build_s"],
+                brian2_simulate_s=brian["simulate_s"],
+                brian2_total_s=brian["total_s"],
+                brian2_spike_counts_match_fused_float64=len(mismatching) == 0,
+                brian2_trials_mismatching_fused_float64=mismatching.tolist(),
+                fused_eval_float64_trials_per_s=n_brian2_trials / evaluation["seconds"],
+            )
         if device.startswith("cuda"):
             try:
                 say("Brian2 cuda_standalone")
                 cuda = _brian2("cuda_standalone", params, weights, trials, 0, progress)
                 cuda.pop("result")
                 result.update({f"brian2_cuda_{key}": value for key, value in cuda.items()})
+                if "brian2_simulate_s" in result:
+                    result["brian2_cuda_speedup"] = result["brian2_simulate_s"] / cuda["simulate_s"]
             except Exception as error:  # noqa: BLE001  (report, do not lose the other numbers)
                 result["brian2_cuda_error"] = f"{type(error).__name__}: {error}"
 

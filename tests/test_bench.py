@@ -69,3 +69,17 @@ def test_the_baseline_loop_is_the_model():
     for a, b in zip(grads_a, grads_b, strict=True):
         assert float(a.abs().max()) > 0
         assert float((a - b).abs().max() / a.abs().max()) < 1e-12
+
+
+def test_a_brian2_failure_keeps_the_other_figures(monkeypatch):
+    from bridge import bench
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(bench, "_brian2", no_compiler)
+    result = bench.run_benchmark(n_steps=20, batch_size=2, n_repeats=1, grad_check_steps=20, measure_memory=False)
+    assert result["speedup"] > 0 and result["grad_max_rel_diff"] < 1e-6
+    assert result["brian2_error"] == "RuntimeError: no C++ compiler"
+    assert "brian2_trials_per_s" not in result
+    assert "failed: RuntimeError: no C++ compiler" in _bench_summary(result)
