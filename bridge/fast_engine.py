@@ -225,7 +225,7 @@ struct AdjointBuffers {
 
 struct ChunkExtras {
   const void *g_counts_e, *g_counts_i;  // (batch, n): dL/dcount, or null
-  void *grad_in, *grad_ie, *grad_e_out; // this thread's weight-gradient accumulators, or null
+  void *grad_in, *grad_ie, *grad_e_out; // the block's own weight-gradient accumulators, or null
   const void *packed_e, *packed_i;      // float32: [w_ei, w_out] and w_ie packed for cblas_sgemm_compute, or null
 };
 
@@ -632,9 +632,11 @@ inline void add_row(int64_t n, T* __restrict grad, const T* __restrict lambda) {
 
 // One step t = first + j of the adjoint recursion for trial b: from the adjoints at time t + 1 (ring slot
 // (t + 1) % 2) to those at time t (slot t % 2), given the spike adjoints ls_e, ls_i of the step. Also adds
-// the step's weight gradients dW = s(t)^T l(t + 1) over the presynaptic spikes of the trial.
+// the step's weight gradients dW = s(t)^T l(t + 1) over the presynaptic spikes of the trial; `inputs` is
+// scratch for the indices of the step's input spikes (n_input entries).
 template <typename T>
-void adjoint_trial(const Network& net, const AdjointBuffers& buf, const ChunkExtras& extra, int64_t j, int64_t b) {
+void adjoint_trial(const Network& net, const AdjointBuffers& buf, const ChunkExtras& extra, int64_t j, int64_t b,
+                   int64_t* inputs) {
   const int64_t n_e = net.n_e, n_i = net.n_i, n_classes = net.n_classes, n_eo = n_i + n_classes, batch = net.batch;
   const T decay_ampa = static_cast<T>(net.decay_ampa), decay_gaba = static_cast<T>(net.decay_gaba);
   const T decay_readout = static_cast<T>(net.decay_readout);
@@ -654,14 +656,8 @@ void adjoint_trial(const Network& net, const AdjointBuffers& buf, const ChunkExt
     for (int64_t k = 0; k < n_i; ++k)
       if (fired_i[k]) add_row(n_e, static_cast<T*>(extra.grad_ie) + k * n_e, lgi_next);
   if (extra.grad_in != nullptr) {
-    int64_t inputs[64];  // input spikes of the trial and step, in pieces of 64 indices
-    const uint8_t* row = net.x + (b * net.n_steps + t) * net.n_input;
-    for (int64_t begin = 0; begin < net.n_input; begin += 64) {
-      int64_t count = 0;
-      for (int64_t k = begin; k < std::min(begin + 64, net.n_input); ++k)
-        if (row[k]) inputs[count++] = k;
-      for (int64_t e = 0; e < count; ++e) add_row(n_e, static_cast<T*>(extra.grad_in) + inputs[e] * n_e, lge_next);
-    }
+    const int64_t count = input_spikes(net, b, t, inputs);
+    for (int64_t e = 0; e < count; ++e) add_row(n_e, static_cast<T*>(extra.grad_in) + inputs[e] * n_e, lge_next);
   }
   // E: gi_e, and ge_e where w_in needs a gradient.
   const int64_t e_row = (j * batch + b) * n_e;
@@ -829,9 +825,10 @@ template <typename T>
 void adjoint_steps(const Network& net, const AdjointBuffers& buf, const ChunkExtras& extra, int64_t j0, int64_t j1,
                    int64_t b0, int64_t b1) {
   const ThreadSettings settings(net);
+  std::vector<int64_t> inputs(net.n_input);
   for (int64_t j = j1 - 1; j >= j0 && b1 > b0; --j) {
     spike_adjoints<T>(net, buf, extra, j, b0, b1);
-    for (int64_t b = b0; b < b1; ++b) adjoint_trial<T>(net, buf, extra, j, b);
+    for (int64_t b = b0; b < b1; ++b) adjoint_trial<T>(net, buf, extra, j, b, inputs.data());
   }
 }
 

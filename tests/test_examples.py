@@ -28,29 +28,24 @@ def test_every_example_is_listed():
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted({**ARGUMENTS, **PROTOCOL_STEPS})
 
 
-def test_protocol_steps_run_in_order(tmp_path):
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    for name, arguments in PROTOCOL_STEPS.items():
-        completed = subprocess.run(
-            [sys.executable, str(EXAMPLES / name), *arguments],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert completed.returncode == 0, f"{name}: {completed.stderr[-3000:]}"
-    assert (
-        "verdict: PASS"
-        in subprocess.run(
-            [sys.executable, str(EXAMPLES / "protocol_2_validate.py"), *PROTOCOL_STEPS["protocol_2_validate.py"]],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        ).stdout
+def _run_example(name: str, arguments, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *arguments],
+        cwd=cwd,
+        env={**os.environ, "MPLBACKEND": "Agg"},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
+
+
+def test_protocol_steps_run_in_order(tmp_path):
+    stdout = {}
+    for name, arguments in PROTOCOL_STEPS.items():
+        completed = _run_example(name, arguments, tmp_path)
+        assert completed.returncode == 0, f"{name}: {completed.stderr[-3000:]}"
+        stdout[name] = completed.stdout
+    assert "verdict: PASS" in stdout["protocol_2_validate.py"]
     assert (tmp_path / "steps" / "table.md").exists()
     assert (tmp_path / "steps" / "figures" / "trainable_ping_init_diagnostic.png").exists()
 
@@ -60,14 +55,6 @@ def test_example_runs(name, tmp_path):
     arguments = list(ARGUMENTS[name])
     if "--out" not in arguments and "--out" in (EXAMPLES / name).read_text():
         arguments += ["--out", str(tmp_path)]
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    completed = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *arguments],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    completed = _run_example(name, arguments, tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout.strip(), "an example should print what it found"
