@@ -1390,32 +1390,38 @@ def _forward_torch(problem: _Problem, w_in, w_ie, w_e_out, u, score_sum, raster_
     return state, counts_e, counts_i, population_e.contiguous(), population_i.contiguous()
 
 
+def _run_forward(problem: _Problem, w_in, w_ie, w_e_out, n_classes: int):
+    """The forward time loop (kernels or torch operations), with the buffers it fills."""
+    batch, n_steps, _ = problem.x.shape
+    n_e, n_i = w_in.shape[1], w_ie.shape[0]
+    dtype, device = w_e_out.dtype, w_e_out.device
+    if problem.library is None:  # the kernels read the raster directly
+        problem.saved["input_events"] = _InputEvents.from_raster(problem.x)
+    u = torch.zeros(batch, n_classes, dtype=dtype, device=device)
+    score_sum = torch.zeros_like(u)
+    raster_e = torch.empty(n_steps, batch, n_e, dtype=torch.bool, device=device)
+    raster_i = torch.empty(n_steps, batch, n_i, dtype=torch.bool, device=device)
+    checkpoints = None
+    if problem.save:
+        checkpoints = {
+            name: torch.empty((problem.n_chunks, *value.shape), dtype=value.dtype, device=device)
+            for name, value in _initial_state(problem).items()
+        }
+    run = _forward_kernels if problem.library is not None else _forward_torch
+    outputs = run(problem, w_in, w_ie, w_e_out, u, score_sum, raster_e, raster_i, checkpoints)
+    return (checkpoints, raster_e, raster_i, u, score_sum, *outputs)
+
+
 class _FusedNetwork(torch.autograd.Function):
     """Forward: the time loop without autograd. Backward: the adjoint recursion (:class:`_Adjoint`)."""
 
     @staticmethod
     def forward(ctx, problem: _Problem, w_in, w_ei, w_ie, w_out):  # type: ignore[override]
-        batch, n_steps, _ = problem.x.shape
-        n_e, n_i = w_in.shape[1], w_ei.shape[1]
-        dtype, device = w_out.dtype, w_out.device
-        # E spikes feed ge_i and the readout: one gather serves both.
+        n_steps = problem.x.shape[1]
         w_in, w_ie = w_in.contiguous(), w_ie.contiguous()
-        w_e_out = torch.cat([w_ei, w_out], dim=1)
-        if problem.library is None:  # the kernels read the raster directly
-            problem.saved["input_events"] = _InputEvents.from_raster(problem.x)
-        u = torch.zeros(batch, w_out.shape[1], dtype=dtype, device=device)
-        score_sum = torch.zeros_like(u)
-        raster_e = torch.empty(n_steps, batch, n_e, dtype=torch.bool, device=device)
-        raster_i = torch.empty(n_steps, batch, n_i, dtype=torch.bool, device=device)
-        checkpoints = None
-        if problem.save:
-            checkpoints = {
-                name: torch.empty((problem.n_chunks, *value.shape), dtype=value.dtype, device=device)
-                for name, value in _initial_state(problem).items()
-            }
-        run = _forward_kernels if problem.library is not None else _forward_torch
-        state, counts_e, counts_i, population_e, population_i = run(
-            problem, w_in, w_ie, w_e_out, u, score_sum, raster_e, raster_i, checkpoints
+        w_e_out = torch.cat([w_ei, w_out], dim=1)  # E spikes feed ge_i and the readout: one gather serves both
+        checkpoints, raster_e, raster_i, u, score_sum, state, counts_e, counts_i, population_e, population_i = (
+            _run_forward(problem, w_in, w_ie, w_e_out, w_out.shape[1])
         )
         # Countdown after the last step, as the eager engine keeps it: max(ready - (T - 1), 0).
         refractory_e = torch.clamp(state["ready_e"] - (n_steps - 1), min=0)
@@ -1836,29 +1842,8 @@ class FusedEngine:
         else:
             # Neither its forward nor its derivative is ours to assume.
             return run_network(x, v_init_e, v_init_i, weights, constants, spike_fn, record_population=record_population)
-        if x.dim() != 3 or x.shape[1] == 0:
-            raise ValueError(f"x must be (batch, n_steps >= 1, n_input), got shape {tuple(x.shape)}")
-        if x.dtype != torch.bool:
-            if not bool(((x == 0) | (x == 1)).all()):
-                raise ValueError("x must be a spike raster: bool, or numbers that are all 0 or 1")
-            x = x != 0
-        dtype = weights.w_out.dtype
-        if any(w.dtype != dtype for w in weights) or v_init_e.dtype != dtype or v_init_i.dtype != dtype:
-            raise ValueError("weights and initial potentials must share one floating-point dtype")
-        torch.set_flush_denormal(True)  # decaying float32 conductances reach denormals, which are very slow
         save = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
-        sparse = self.propagation == "sparse" or (self.propagation == "auto" and v_init_e.device.type == "cpu")
-        problem = _Problem(
-            x=x.contiguous(),
-            v_init_e=v_init_e.detach(),
-            v_init_i=v_init_i.detach(),
-            constants=constants,
-            surrogate=surrogate,
-            chunk_steps=self.chunk_steps,
-            sparse=sparse,
-            save=save,
-            library=self._library(v_init_e, surrogate),
-        )
+        problem = self._problem(x, v_init_e, v_init_i, weights, constants, surrogate, save)
         outputs = _FusedNetwork.apply(problem, *weights)
         scores, counts_e, counts_i = outputs[:3]
         v_e, ge_e, gi_e, v_i, ge_i, gi_i, u, score_sum, refractory_e, refractory_i = outputs[3:13]
@@ -1871,6 +1856,49 @@ class FusedEngine:
             population_e=population_e if record_population else None,
             population_i=population_i if record_population else None,
         )
+
+    def _problem(self, x, v_init_e, v_init_i, weights: Weights, constants, surrogate, save: bool) -> _Problem:
+        if x.dim() != 3 or x.shape[1] == 0:
+            raise ValueError(f"x must be (batch, n_steps >= 1, n_input), got shape {tuple(x.shape)}")
+        if x.dtype != torch.bool:
+            if not bool(((x == 0) | (x == 1)).all()):
+                raise ValueError("x must be a spike raster: bool, or numbers that are all 0 or 1")
+            x = x != 0
+        dtype = weights.w_out.dtype
+        if any(w.dtype != dtype for w in weights) or v_init_e.dtype != dtype or v_init_i.dtype != dtype:
+            raise ValueError("weights and initial potentials must share one floating-point dtype")
+        torch.set_flush_denormal(True)  # decaying float32 conductances reach denormals, which are very slow
+        sparse = self.propagation == "sparse" or (self.propagation == "auto" and v_init_e.device.type == "cpu")
+        return _Problem(
+            x=x.contiguous(),
+            v_init_e=v_init_e.detach(),
+            v_init_i=v_init_i.detach(),
+            constants=constants,
+            surrogate=surrogate,
+            chunk_steps=self.chunk_steps,
+            sparse=sparse,
+            save=save,
+            library=self._library(v_init_e, surrogate),
+        )
+
+    @torch.no_grad()
+    def spike_rasters(
+        self, x: torch.Tensor, v_init_e: torch.Tensor, v_init_i: torch.Tensor, weights: Weights, constants: Constants
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The forward pass alone, with every spike: ``(scores, raster_e, raster_i)``.
+
+        The rasters are bool tensors of shape ``(n_steps, batch, n_e)`` and
+        ``(n_steps, batch, n_i)``: the spikes of :func:`run_network_fused`,
+        which are those of the eager engine (and, in float64, of Brian2).
+        Used to validate trained networks without the eager engine's
+        per-step overhead.
+        """
+        problem = self._problem(x, v_init_e, v_init_i, weights, constants, None, save=False)
+        w_e_out = torch.cat([weights.w_ei, weights.w_out], dim=1)
+        _, raster_e, raster_i, _, score_sum, *_ = _run_forward(
+            problem, weights.w_in.contiguous(), weights.w_ie.contiguous(), w_e_out, weights.w_out.shape[1]
+        )
+        return score_sum / x.shape[1], raster_e, raster_i
 
 
 _DEFAULT_ENGINE = FusedEngine()

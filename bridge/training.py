@@ -14,7 +14,7 @@ One run is described by a :class:`TrainConfig` and lives in a run directory:
 =====================  ==========================================================
 
 Training: Adam (``lr``), cross-entropy on the mem-mean readout scores,
-gradient-norm clipping, backpropagation through all time steps with the
+gradient-norm clipping (per matrix by default), backpropagation through all time steps with the
 surrogate spike function of :mod:`bridge.surrogates`.
 
 Each line of ``metrics.jsonl`` (epoch 0 = the untrained network, its
@@ -28,6 +28,11 @@ training loss and accuracy measured without gradients on the epoch-0 inputs):
 ``rate_e_hz``, ``rate_i_hz``                test-set population rates, transient excluded
 ``gamma_peak_hz``, ``gamma_relative_power`` E-population spectrum peak in 20-100 Hz
 ``grad_norm``                               mean global gradient norm before clipping
+``grad_norm_{w_in,w_ei,w_ie,w_out}``        mean norm of each trainable matrix's gradient before
+                                            clipping
+``adam_eps_dominated_{...}``                mean fraction of the matrix's Adam steps set by eps
+                                            (``sqrt(v_hat) < eps``)
+``optimizer_steps``                         Adam steps taken by the end of the epoch
 ``{w_in,w_ei,w_ie}_mean_abs_stored``        :func:`biosim.analysis.weight_stats` of the stored
 ``{w_in,w_ei,w_ie}_pruned_fraction``        matrix (``w_in`` over its existing edges); effective
 ``{w_in,w_ei,w_ie}_effective_mean``         mean in uS
@@ -159,6 +164,7 @@ TRAINING_TIERS: dict[str, TrainingTier] = {
 _INIT_NAMES = ("canonical", "zero")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _DEVICES = ("cpu", "cuda")
+_CLIP_MODES = ("per_matrix", "global")
 
 
 @dataclass(frozen=True)
@@ -181,7 +187,12 @@ class TrainConfig:
     lr : float
         Adam learning rate.
     grad_clip : float, optional
-        Maximum global gradient norm; ``None`` disables clipping.
+        Maximum gradient norm; ``None`` disables clipping.
+    grad_clip_mode : {"per_matrix", "global"}
+        How ``grad_clip`` applies: ``"per_matrix"`` bounds the norm of each
+        trainable matrix's gradient separately; ``"global"`` bounds the norm
+        of all of them together (``torch.nn.utils.clip_grad_norm_``). Why
+        per matrix is the default: docs/training.md, "Gradient clipping".
     surrogate : str
         Surrogate derivative (:data:`bridge.surrogates.SURROGATES`).
     surrogate_slope : float
@@ -223,6 +234,7 @@ class TrainConfig:
     batch_size: int | None = None
     lr: float = 4e-4
     grad_clip: float | None = 1.0
+    grad_clip_mode: str = "per_matrix"
     surrogate: str = "fast_sigmoid"
     surrogate_slope: float = 1.0
     surrogate_unit_mv: float = 1000.0
@@ -263,6 +275,8 @@ class TrainConfig:
             fail("lr", "must be a finite number > 0")
         if self.grad_clip is not None and not (is_number(self.grad_clip) and self.grad_clip > 0):
             fail("grad_clip", "must be a finite number > 0 or None (no clipping)")
+        if self.grad_clip_mode not in _CLIP_MODES:
+            fail("grad_clip_mode", f"must be one of {', '.join(_CLIP_MODES)}")
         if self.surrogate not in SURROGATES:
             fail("surrogate", f"must be one of {', '.join(SURROGATES)}")
         if not (is_number(self.surrogate_slope) and self.surrogate_slope > 0):
@@ -395,6 +409,18 @@ class TrainResult:
     @property
     def final_metrics(self) -> dict[str, Any]:
         return self.metrics[-1]
+
+
+@dataclass(frozen=True)
+class _StepRecord:
+    """What one optimizer step reports to its epoch."""
+
+    loss: float
+    correct: int
+    grad_norms: dict[str, float]
+    """Gradient norm of each trainable matrix before clipping."""
+    eps_dominated: dict[str, float]
+    """Per matrix, the fraction of Adam steps set by eps (:func:`_eps_dominated_fractions`)."""
 
 
 class _NonFinite(Exception):
@@ -775,8 +801,8 @@ class _Trainer:
             trial_ids=indices,
         )
 
-    def _train_batch(self, epoch: int, step: int, global_step: int, indices: np.ndarray) -> tuple[float, int, float]:
-        """One optimizer step; returns the loss, the correct predictions and the gradient norm before clipping."""
+    def _train_batch(self, epoch: int, step: int, global_step: int, indices: np.ndarray) -> _StepRecord:
+        """One optimizer step: loss, correct predictions and per-matrix gradient diagnostics."""
         trials = self._train_trials(epoch, indices)
         x, v_init_e, v_init_i, labels = _batch_tensors(trials, np.arange(len(indices)), self.dtype, self.device)
         output = self.model(x, v_init_e, v_init_i)
@@ -793,13 +819,19 @@ class _Trainer:
         check(([] if bool(torch.isfinite(loss)) else ["loss"]) + _nonfinite_state(output))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        trainable = [(name, getattr(self.model, name)) for name in MATRICES if getattr(self.model, name).requires_grad]
-        check([f"gradient of {name}" for name, p in trainable if not bool(torch.isfinite(p.grad).all())])
-        grad_norm = _clip_gradients([p for _, p in trainable], self.config.grad_clip)
-        check([] if math.isfinite(grad_norm) else ["gradient norm"])  # entries finite, their norm overflowed
+        trainable = {name: getattr(self.model, name) for name in MATRICES if getattr(self.model, name).requires_grad}
+        check([f"gradient of {name}" for name, p in trainable.items() if not bool(torch.isfinite(p.grad).all())])
+        norms = _clip_gradients(trainable, self.config.grad_clip, self.config.grad_clip_mode)
+        # Entries finite, but the sum of their squares overflowed.
+        check([f"gradient norm of {name}" for name, norm in norms.items() if not math.isfinite(norm)])
         self.optimizer.step()
-        check([f"parameter {name}" for name, p in trainable if not bool(torch.isfinite(p).all())])
-        return float(loss.detach()), int((output.scores.argmax(dim=1) == labels).sum()), grad_norm
+        check([f"parameter {name}" for name, p in trainable.items() if not bool(torch.isfinite(p).all())])
+        return _StepRecord(
+            loss=float(loss.detach()),
+            correct=int((output.scores.argmax(dim=1) == labels).sum()),
+            grad_norms=norms,
+            eps_dominated=_eps_dominated_fractions(self.optimizer, trainable, self.model.input_mask),
+        )
 
     def _epoch_zero(self) -> dict[str, Any]:
         """Metrics of the untrained network: the training digits (epoch-0 inputs) and the test digits."""
@@ -830,22 +862,31 @@ class _Trainer:
         generator = torch.Generator().manual_seed(derived_seed(config.seed, _SHUFFLE_STREAM, epoch))
         order = torch.randperm(config.n_train, generator=generator).numpy()
         batches = [order[i : i + config.batch_size] for i in range(0, config.n_train, config.batch_size)]
-        total_loss, correct, grad_norms = 0.0, 0, []
+        total_loss, correct, steps = 0.0, 0, []
         self.model.train()
         description = f"epoch {epoch}/{config.epochs}"
         with tqdm(batches, desc=description, disable=not self.progress, file=sys.stderr) as bar:
             for step, indices in enumerate(bar):
-                loss, n_correct, grad_norm = self._train_batch(epoch, step, (epoch - 1) * len(batches) + step, indices)
-                total_loss += loss * len(indices)
-                correct += n_correct
-                grad_norms.append(grad_norm)
-                bar.set_postfix(loss=f"{loss:.4f}")
+                record = self._train_batch(epoch, step, (epoch - 1) * len(batches) + step, indices)
+                total_loss += record.loss * len(indices)
+                correct += record.correct
+                steps.append(record)
+                bar.set_postfix(loss=f"{record.loss:.4f}")
         self.model.eval()
         record = {
             "epoch": epoch,
             "loss": total_loss / config.n_train,
             "train_accuracy": correct / config.n_train,
-            "grad_norm": float(np.mean(grad_norms)),
+            "grad_norm": float(np.mean([math.sqrt(sum(n * n for n in r.grad_norms.values())) for r in steps])),
+            **{
+                f"grad_norm_{name}": float(np.mean([r.grad_norms[name] for r in steps]))
+                for name in steps[0].grad_norms
+            },
+            **{
+                f"adam_eps_dominated_{name}": float(np.mean([r.eps_dominated[name] for r in steps]))
+                for name in steps[0].eps_dominated
+            },
+            "optimizer_steps": epoch * len(batches),
             **self._test_metrics(epoch),
             **_weight_metrics(self.model),
             "lr": self.lr,
@@ -856,20 +897,54 @@ class _Trainer:
         return _finite_or_none({**record, "wall_time_s": wall, "elapsed_s": self.elapsed_s})
 
 
-def _clip_gradients(parameters: list[torch.Tensor], max_norm: float | None) -> float:
-    """Scale the gradients to a global norm of at most ``max_norm``; return the norm before scaling.
+def _clip_gradients(parameters: dict[str, torch.Tensor], max_norm: float | None, mode: str) -> dict[str, float]:
+    """Clip the gradients (``mode`` as in :attr:`TrainConfig.grad_clip_mode`); return each norm before clipping.
 
-    Same rule as ``torch.nn.utils.clip_grad_norm_`` (factor ``max_norm / (norm + 1e-6)`` when
-    below 1), but the norm is summed in float64: float32 gradients of surrogate BPTT can be
-    finite while the sum of their squares overflows.
+    The scaling rule is that of ``torch.nn.utils.clip_grad_norm_`` (factor
+    ``max_norm / (norm + 1e-6)`` when below 1), applied to each matrix
+    (``"per_matrix"``) or to all together (``"global"``). Norms are summed in
+    float64: float32 gradients of surrogate BPTT can be finite while the sum
+    of their squares overflows.
     """
-    norm = math.sqrt(sum(float(p.grad.to(torch.float64).square().sum()) for p in parameters))
-    if max_norm is not None and math.isfinite(norm):
+    norms = {name: math.sqrt(float(p.grad.to(torch.float64).square().sum())) for name, p in parameters.items()}
+    if max_norm is None:
+        return norms
+    if mode == "global":
+        total = math.sqrt(sum(n * n for n in norms.values()))
+        groups = [(total, list(parameters.values()))] if math.isfinite(total) else []
+    else:
+        groups = [(norms[name], [p]) for name, p in parameters.items() if math.isfinite(norms[name])]
+    for norm, members in groups:
         factor = max_norm / (norm + 1e-6)
         if factor < 1.0:
-            for p in parameters:
+            for p in members:
                 p.grad.mul_(factor)
-    return norm
+    return norms
+
+
+@torch.no_grad()
+def _eps_dominated_fractions(
+    optimizer: torch.optim.Adam, parameters: dict[str, torch.Tensor], input_mask: torch.Tensor
+) -> dict[str, float]:
+    """Per matrix, the fraction of entries whose Adam step is set by ``eps`` rather than the gradient.
+
+    Adam's step is ``lr * m_hat / (sqrt(v_hat) + eps)``; where ``sqrt(v_hat) <
+    eps`` the denominator is mostly ``eps`` and the step is shrunk below
+    ``lr`` in proportion to the gradient: the scale invariance that makes
+    Adam robust to badly scaled gradients is lost there. ``w_in`` counts only
+    its existing edges (the others never receive a gradient).
+    """
+    group = optimizer.param_groups[0]
+    beta2, eps = group["betas"][1], group["eps"]
+    fractions = {}
+    for name, p in parameters.items():
+        state = optimizer.state[p]
+        v_hat = state["exp_avg_sq"] / (1.0 - beta2 ** float(state["step"]))
+        dominated = v_hat.sqrt() < eps
+        if name == "w_in":
+            dominated = dominated[input_mask]
+        fractions[name] = float(dominated.to(torch.float64).mean())
+    return fractions
 
 
 def _build_model(config: TrainConfig, params: NetworkParams) -> PINGModel:

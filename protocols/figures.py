@@ -8,6 +8,18 @@
 - Weight-distribution card: histograms of effective W_EI and W_IE (stored
   values below 0 shown as 0), initial as an outline, trained as a fill, pooled
   over seeds; the legend gives the post-clamp mean and the pruned fraction.
+
+Across conditions:
+
+- Comparison figure (``comparison.<format>``): the conditions side by side,
+  one column each in :data:`~protocols.definitions.CONDITIONS` order, the
+  condition's verdict (:func:`protocols.verdicts.condition_verdict`) in the
+  column title. Rows: (a) test accuracy, (b) E and I rates, (c) W_EI and
+  W_IE effective mean, (d) W_EI and W_IE pruned fraction, all per epoch with a
+  thin line per seed and the seed mean bold; (e) final effective W_EI and W_IE
+  histograms pooled over seeds (initial as an outline); (f) the Brian2 raster
+  of the first seed. Rows (a)-(e) share their y axis so the conditions can be
+  compared at a glance.
 """
 
 from __future__ import annotations
@@ -22,10 +34,13 @@ from biosim.plotting import E_COLOR, I_COLOR, plot_spectrum
 
 from .definitions import CONDITIONS
 from .results import RunRecord, initial_effective, trained_effective
+from .verdicts import condition_verdict, run_verdict
 
-__all__ = ["diagnostic_card", "weight_card", "draw_all"]
+__all__ = ["diagnostic_card", "weight_card", "comparison_figure", "draw_all"]
 
 SEED_ALPHA = 0.35
+FINISHED = ("completed", "diverged")
+"""Run statuses that have something to draw."""
 
 
 def _pyplot():
@@ -147,19 +162,139 @@ def weight_card(condition: str, records: list[RunRecord], path: Path) -> Path:
     return path
 
 
-def draw_all(records: list[RunRecord], figure_dir: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
-    """Both cards for every condition with at least one finished run."""
-    paths = []
-    conditions = sorted(
-        {r.condition for r in records}, key=lambda c: list(CONDITIONS).index(c) if c in CONDITIONS else 99
+def _ordered_conditions(records: list[RunRecord]) -> list[str]:
+    """The conditions present in ``records``, in :data:`CONDITIONS` order (unknown ones last)."""
+    return sorted({r.condition for r in records}, key=lambda c: list(CONDITIONS).index(c) if c in CONDITIONS else 99)
+
+
+def _finished_runs(records: list[RunRecord], condition: str) -> list[RunRecord]:
+    """The completed and diverged runs of ``condition``, by seed."""
+    finished = [r for r in records if r.condition == condition and r.status.get("status") in FINISHED]
+    return sorted(finished, key=lambda r: r.seed)
+
+
+def _pooled_effective(runs: list[RunRecord], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Initial and trained effective ``name`` (``w_ei`` or ``w_ie``, uS), pooled over ``runs``."""
+    initial = np.concatenate([initial_effective(r)[name].ravel() for r in runs])
+    trained = [t[name].ravel() for t in map(trained_effective, runs) if t is not None]
+    return initial, np.concatenate(trained) if trained else np.array([])
+
+
+def _comparison_accuracy(ax, runs: list[RunRecord]) -> None:
+    _per_epoch(ax, runs, "test_accuracy", color="k", label="test", scale=100)
+
+
+def _comparison_rates(ax, runs: list[RunRecord]) -> None:
+    _per_epoch(ax, runs, "rate_e_hz", color=E_COLOR, label="E")
+    _per_epoch(ax, runs, "rate_i_hz", color=I_COLOR, label="I")
+
+
+def _comparison_effective_means(ax, runs: list[RunRecord]) -> None:
+    _per_epoch(ax, runs, "w_ei_effective_mean", color=E_COLOR, label="W_EI", scale=1e3)  # uS -> nS
+    _per_epoch(ax, runs, "w_ie_effective_mean", color=I_COLOR, label="W_IE", scale=1e3)
+
+
+def _comparison_pruned(ax, runs: list[RunRecord]) -> None:
+    _per_epoch(ax, runs, "w_ei_pruned_fraction", color=E_COLOR, label="W_EI", scale=100)
+    _per_epoch(ax, runs, "w_ie_pruned_fraction", color=I_COLOR, label="W_IE", scale=100)
+
+
+def _comparison_histograms(ax, pooled: dict[str, tuple[np.ndarray, np.ndarray]], bins: np.ndarray) -> None:
+    """Trained effective weights filled, initial as an outline, both loop matrices on one axis (nS)."""
+    for name, color in (("w_ei", E_COLOR), ("w_ie", I_COLOR)):
+        initial, trained = pooled[name]
+        label = name.upper()
+        if trained.size:
+            ax.hist(trained * 1e3, bins=bins, color=color, alpha=0.5, label=_legend_label(f"{label} trained", trained))
+        ax.hist(initial * 1e3, bins=bins, histtype="step", color=color, linewidth=0.9, label=f"{label} initial")
+    ax.set_yscale("log")
+    ax.set_xlabel("effective weight per edge (nS)", fontsize=8)
+    ax.legend(fontsize=6)
+
+
+def comparison_figure(records: list[RunRecord], path: Path) -> Path:
+    """The conditions side by side with their verdicts (see the module docstring for the rows).
+
+    Parameters
+    ----------
+    records : list of RunRecord
+        Runs of a protocol; only completed and diverged runs are drawn, and
+        only conditions with at least one of them get a column.
+    path : Path
+        Destination; its suffix sets the format.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    conditions = [c for c in _ordered_conditions(records) if _finished_runs(records, c)]
+    if not conditions:
+        raise ValueError("no completed or diverged run to compare")
+    runs = {c: _finished_runs(records, c) for c in conditions}
+    pooled = {c: {name: _pooled_effective(runs[c], name) for name in ("w_ei", "w_ie")} for c in conditions}
+    # One set of bins for the whole row, so the histograms line up across conditions.
+    upper = max(float(values.max(initial=0.0)) for p in pooled.values() for pair in p.values() for values in pair)
+    bins = np.linspace(0.0, upper * 1e3 if upper > 0 else 1.0, 60)
+
+    per_epoch_rows = (
+        (_comparison_accuracy, "(a) test accuracy (%)"),
+        (_comparison_rates, "(b) rate, test digits (Hz)"),
+        (_comparison_effective_means, "(c) effective mean (nS)"),
+        (_comparison_pruned, "(d) pruned (%)"),
     )
-    for condition in conditions:
-        finished = [
-            r for r in records if r.condition == condition and r.status.get("status") in ("completed", "diverged")
-        ]
+    n_rows = len(per_epoch_rows) + 2
+    fig, axes = plt.subplots(
+        n_rows,
+        len(conditions),
+        figsize=(3.8 * len(conditions), 2.4 * n_rows),
+        sharey="row",
+        squeeze=False,
+        layout="constrained",  # room for the three-line column titles without a gap under the suptitle
+        gridspec_kw={"height_ratios": [1] * len(per_epoch_rows) + [1.2, 1.6]},
+    )
+    for column, condition in enumerate(conditions):
+        column_axes = axes[:, column]
+        for ax, (draw, _) in zip(column_axes[: len(per_epoch_rows)], per_epoch_rows, strict=True):
+            draw(ax, runs[condition])
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _comparison_histograms(column_axes[-2], pooled[condition], bins)
+        completed = [r for r in runs[condition] if r.ok]
+        first = (completed or runs[condition])[0]  # a diverged run has no Brian2 raster
+        _raster(column_axes[-1], first)
+        column_axes[-1].set_title(f"(f) Brian2 raster, seed {first.seed}, test trial 0", fontsize=8)
+        verdict = condition_verdict([run_verdict(r.status) for r in completed])
+        seeds = ", ".join(str(r.seed) for r in runs[condition])
+        column_axes[0].set_title(f"{condition}\n{verdict}\nseeds {seeds}", fontsize=9)
+        if column > 0:
+            column_axes[-1].set_ylabel("")
+    for ax, (_, label) in zip(axes[: len(per_epoch_rows), 0], per_epoch_rows, strict=True):
+        ax.set_ylabel(label, fontsize=8)
+    axes[-2, 0].set_ylabel("(e) final edges\n(pooled over seeds)", fontsize=8)
+    for row in range(1, len(per_epoch_rows)):
+        axes[row, 0].legend(fontsize=7)
+    fig.suptitle("conditions compared (verdict: Brian2 on the test digits, see table.md)", fontsize=11)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def draw_all(records: list[RunRecord], figure_dir: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Both cards for every condition with at least one finished run, and the comparison figure."""
+    paths = []
+    for condition in _ordered_conditions(records):
+        finished = _finished_runs(records, condition)
         if not finished:
             continue
         for fmt in formats:
             paths.append(diagnostic_card(condition, finished, figure_dir / f"{condition}_diagnostic.{fmt}"))
             paths.append(weight_card(condition, finished, figure_dir / f"{condition}_weights.{fmt}"))
+    if any(r.status.get("status") in FINISHED for r in records):
+        for fmt in formats:
+            paths.append(comparison_figure(records, figure_dir / f"comparison.{fmt}"))
     return paths

@@ -353,3 +353,25 @@ def test_kernel_results_do_not_depend_on_the_thread_count(stored_weights):
     assert_same_forward(output_1, output_2)
     for name, a, b in zip(Weights._fields, grads_1, grads_2, strict=True):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_mirror_spike_trains_are_identical_on_both_engines(trials, stored_weights, implementation, dtype, monkeypatch):
+    """run_mirror's fused path (validation's) gives every spike of the step-by-step loop, bit for bit."""
+    from bridge import fast_engine
+    from bridge.simulate import run_mirror
+
+    monkeypatch.setattr(fast_engine, "FusedEngine", lambda: FusedEngine(implementation=implementation))
+    fused = run_mirror(PARAMS, stored_weights, trials, dtype=dtype, engine="fused", batch_size=3)
+    eager = run_mirror(PARAMS, stored_weights, trials, dtype=dtype, engine="eager", batch_size=3)
+    for population in ("spikes_e", "spikes_i"):
+        a, b = getattr(fused, population), getattr(eager, population)
+        assert len(a) > 0
+        for field in ("trial", "step", "neuron"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    np.testing.assert_array_equal(fused.scores, eager.scores)
+    with pytest.raises(ValueError, match="record_v needs engine='eager'"):
+        run_mirror(PARAMS, stored_weights, trials, engine="fused", record_v={"e": [0]})
+    with pytest.raises(ValueError, match="valid engines"):
+        run_mirror(PARAMS, stored_weights, trials, engine="nosuch")

@@ -82,7 +82,8 @@ def test_dask_local_cluster_survives_a_killed_worker(tmp_path, monkeypatch):
     text = table.read_text()
     assert "frozen_ping" in text and "trainable_zero_init" in text and "2/2 pass" in text
     assert sorted(p.name for p in figures.glob("*.png")) == sorted(
-        f"{c}_{kind}.png" for c in ("frozen_ping", "trainable_zero_init") for kind in ("diagnostic", "weights")
+        ["comparison.png"]
+        + [f"{c}_{kind}.png" for c in ("frozen_ping", "trainable_zero_init") for kind in ("diagnostic", "weights")]
     )
     assert os.path.getsize(tmp_path / "out" / "table.csv") > 0
     protocol_record = json.loads((tmp_path / "out" / "protocol.json").read_text())

@@ -306,3 +306,52 @@ def test_always_poisoned_run_ends_diverged(tmp_path):
     assert [m["epoch"] for m in read_lines(tmp_path / "metrics.jsonl")] == [0, 1]
     # A diverged run is finished too: calling train again does not retrain it.
     assert train(config, tmp_path, progress=False).status == "diverged"
+
+
+# --- reproducibility and gradient handling ---------------------------------------------
+
+
+def test_same_config_twice_gives_bit_identical_weights(tmp_path, reference_run):
+    """The protocol's set-up (fused engine, float32, default determinism) reproduces itself exactly."""
+    config = dataclasses.replace(SMOKE, engine="fused", dtype="float32", deterministic=False)
+    first = train(config, tmp_path / "first", progress=False)
+    second = train(config, tmp_path / "second", progress=False)
+    assert_same_weights(first.model, second.model)
+    assert any(not torch.equal(getattr(first.model, n), getattr(reference_run.model, n)) for n in MATRICES)
+    strip = ("wall_time_s", "elapsed_s")
+    assert [{k: v for k, v in m.items() if k not in strip} for m in first.metrics] == [
+        {k: v for k, v in m.items() if k not in strip} for m in second.metrics
+    ]
+
+
+def _with_gradients(**norms: float) -> dict[str, torch.Tensor]:
+    parameters = {}
+    for name, norm in norms.items():
+        p = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+        p.grad = torch.full((4,), norm / 2.0, dtype=torch.float64)  # |grad| = norm
+        parameters[name] = p
+    return parameters
+
+
+def test_per_matrix_clipping_bounds_each_matrix_alone():
+    parameters = _with_gradients(w_in=1e6, w_out=0.5)
+    norms = training._clip_gradients(parameters, 1.0, "per_matrix")
+    assert norms == pytest.approx({"w_in": 1e6, "w_out": 0.5})
+    assert float(parameters["w_in"].grad.norm()) == pytest.approx(1.0, rel=1e-5)
+    assert float(parameters["w_out"].grad.norm()) == pytest.approx(0.5)  # below the bound: untouched
+
+
+def test_global_clipping_shrinks_a_small_gradient_with_a_large_one():
+    parameters = _with_gradients(w_in=1e6, w_out=0.5)
+    training._clip_gradients(parameters, 1.0, "global")
+    assert float(parameters["w_out"].grad.norm()) == pytest.approx(0.5 / 1e6, rel=1e-5)
+
+
+def test_metrics_log_per_matrix_gradient_norms_and_adam_eps_fractions(reference_run):
+    record = reference_run.metrics[1]
+    for name in MATRICES:  # SMOKE trains all four
+        assert record[f"grad_norm_{name}"] > 0
+        assert 0.0 <= record[f"adam_eps_dominated_{name}"] <= 1.0
+    assert record["optimizer_steps"] == 2  # 16 digits, batches of 8
+    with pytest.raises(ConfigError, match="grad_clip_mode"):
+        TrainConfig(grad_clip_mode="sometimes")
