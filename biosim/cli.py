@@ -136,7 +136,20 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = {
         key: getattr(args, key)
-        for key in ("n_train", "n_test", "epochs", "batch_size", "engine", "dtype", "device")
+        for key in (
+            "n_train",
+            "n_test",
+            "epochs",
+            "batch_size",
+            "engine",
+            "dtype",
+            "device",
+            "surrogate",
+            "surrogate_slope",
+            "surrogate_unit_mv",
+            "grad_clip_mode",
+            "w_out_unit",
+        )
         if getattr(args, key) is not None
     }
     config = TrainConfig(
@@ -186,6 +199,10 @@ def _add_train(subparsers) -> None:
     p.add_argument(
         "--surrogate-unit-mv", type=float, help="unit of v - v_threshold for the surrogate, in mV (default 1000)"
     )
+    p.add_argument(
+        "--grad-clip-mode", choices=("per_matrix", "global"), help="how the norm-1 clip applies (default per_matrix)"
+    )
+    p.add_argument("--w-out-unit", type=float, help="unit of the trainable readout parameter (default 10)")
     p.add_argument("--idx-dir", default=None, help="directory with the MNIST IDX files (default: embedded digits)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -240,7 +257,11 @@ def _add_protocol(subparsers) -> None:
     actions = p.add_subparsers(dest="action", required=True)
     run = actions.add_parser("run", help="train, validate in Brian2, draw and tabulate every run")
     run.add_argument("name", help="protocol: dale_pruning, frozen_baseline")
-    run.add_argument("--tier", default="cpu", help="cpu, medium, full (default: %(default)s)")
+    run.add_argument(
+        "--tier",
+        default="study",
+        help="smoke, cpu (a quick pipeline check), study, medium, full (default: %(default)s)",
+    )
     run.add_argument("--seeds", type=int, nargs="+", help="default: 42 43 44")
     executor = run.add_mutually_exclusive_group()
     executor.add_argument("--processes", type=int, help="local process pool size (default: 1)")

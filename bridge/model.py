@@ -17,6 +17,7 @@ all-zero matrix a dead fixed point, which would decide the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -170,11 +171,20 @@ class PINGModel(nn.Module):
         Key of :data:`ENGINES`.
     dtype : torch.dtype
         Parameter and state dtype.
+    w_out_unit : float
+        Unit of the readout parameter: the model holds ``w_out / w_out_unit``
+        and the network sees ``w_out_unit x`` the parameter. The network and
+        every weight it exchanges are unchanged; what changes is the size of
+        an optimizer step in the readout (Adam moves a parameter by about
+        ``lr`` per step, so ``w_out`` moves by about ``lr x w_out_unit``).
+        See docs/training.md, "The readout's scale".
 
     Attributes
     ----------
-    w_in, w_ei, w_ie, w_out : nn.Parameter
-        Stored weights, shapes ``(pre, post)`` as in :mod:`biosim.weights`.
+    w_in, w_ei, w_ie : nn.Parameter
+        Stored conductances (uS), shapes ``(pre, post)`` as in :mod:`biosim.weights`.
+    w_out : nn.Parameter
+        Stored readout weights divided by ``w_out_unit``.
     input_mask : Tensor (n_input, n_e) of bool
         Buffer: which input -> E edges exist. ``w_in`` is multiplied by it in
         the forward pass, so entries outside the mask get zero gradient.
@@ -189,8 +199,12 @@ class PINGModel(nn.Module):
         spike_fn: SpikeFunction = heaviside,
         engine: str = "eager",
         dtype: torch.dtype = torch.float32,
+        w_out_unit: float = 1.0,
     ) -> None:
         super().__init__()
+        if not (isinstance(w_out_unit, (int, float)) and math.isfinite(w_out_unit) and w_out_unit > 0):
+            raise ValueError(f"w_out_unit must be a finite number > 0, got {w_out_unit!r}")
+        self.w_out_unit = float(w_out_unit)
         weights.check_shapes(params)
         trainable = dict(trainable or {})
         unknown = sorted(set(trainable) - set(MATRICES))
@@ -202,7 +216,8 @@ class PINGModel(nn.Module):
         self.engine = engine
         get_engine(engine)  # fail at construction, not at the first forward
         for name in MATRICES:
-            value = torch.as_tensor(np.asarray(getattr(weights, name), dtype=np.float64), dtype=dtype)
+            value = np.asarray(getattr(weights, name), dtype=np.float64)
+            value = torch.as_tensor(value / self.w_out_unit if name == "w_out" else value, dtype=dtype)
             self.register_parameter(name, nn.Parameter(value.clone(), requires_grad=trainable.get(name, True)))
         self.register_buffer("input_mask", torch.as_tensor(np.asarray(weights.input_mask, dtype=bool)).clone())
 
@@ -217,9 +232,13 @@ class PINGModel(nn.Module):
         engine: str = "eager",
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        w_out_unit: float = 1.0,
     ) -> PINGModel:
         """Build a model from stored numpy weights and move it to ``device``."""
-        return cls(params, weights, trainable=trainable, spike_fn=spike_fn, engine=engine, dtype=dtype).to(device)
+        model = cls(
+            params, weights, trainable=trainable, spike_fn=spike_fn, engine=engine, dtype=dtype, w_out_unit=w_out_unit
+        )
+        return model.to(device)
 
     @property
     def trainable(self) -> dict[str, bool]:
@@ -229,7 +248,8 @@ class PINGModel(nn.Module):
     def effective_weights(self) -> Weights:
         """Weights the dynamics see: conductances clamped at 0 (Dale's law), ``w_in`` masked."""
         w_in = torch.clamp(self.w_in, min=0.0) * self.input_mask.to(self.w_in.dtype)
-        return Weights(w_in, torch.clamp(self.w_ei, min=0.0), torch.clamp(self.w_ie, min=0.0), self.w_out)
+        w_out = self.w_out * self.w_out_unit if self.w_out_unit != 1.0 else self.w_out
+        return Weights(w_in, torch.clamp(self.w_ei, min=0.0), torch.clamp(self.w_ie, min=0.0), w_out)
 
     def to_network_weights(self, stored: bool = True) -> NetworkWeights:
         """The weights as float64 numpy arrays.
@@ -241,6 +261,7 @@ class PINGModel(nn.Module):
             False: the effective values (what Brian2 receives).
         """
         arrays = {name: getattr(self, name).detach().cpu().to(torch.float64).numpy().copy() for name in MATRICES}
+        arrays["w_out"] = arrays["w_out"] * self.w_out_unit
         weights = NetworkWeights(**arrays, input_mask=self.input_mask.detach().cpu().numpy().copy())
         return weights if stored else weights.effective()
 

@@ -197,6 +197,11 @@ class TrainConfig:
         Surrogate derivative (:data:`bridge.surrogates.SURROGATES`).
     surrogate_slope : float
         Its slope (1/unit).
+    w_out_unit : float
+        Unit of the trainable readout parameter (:class:`bridge.model.PINGModel`):
+        the optimizer sees ``w_out / w_out_unit``. Weight files, Brian2 and
+        the initial draw hold the readout weights themselves. Why 10:
+        docs/training.md, "The readout's scale".
     surrogate_unit_mv : float
         Unit of the surrogate's argument ``v - v_threshold`` in mV (1000:
         volts, the default; see :mod:`bridge.surrogates` for why).
@@ -238,6 +243,7 @@ class TrainConfig:
     surrogate: str = "fast_sigmoid"
     surrogate_slope: float = 1.0
     surrogate_unit_mv: float = 1000.0
+    w_out_unit: float = 10.0
     init_w_in: str | float = "canonical"
     init_w_ei: str | float = "canonical"
     init_w_ie: str | float = "canonical"
@@ -283,6 +289,8 @@ class TrainConfig:
             fail("surrogate_slope", "must be a finite number > 0 (1/unit)")
         if not (is_number(self.surrogate_unit_mv) and self.surrogate_unit_mv > 0):
             fail("surrogate_unit_mv", "must be a finite number > 0 (mV; 1000 = volts)")
+        if not (is_number(self.w_out_unit) and self.w_out_unit > 0):
+            fail("w_out_unit", "must be a finite number > 0")
         for name in ("init_w_in", "init_w_ei", "init_w_ie"):
             value = getattr(self, name)
             if not (value in _INIT_NAMES if isinstance(value, str) else is_number(value) and value >= 0):
@@ -879,8 +887,7 @@ class _Trainer:
             "train_accuracy": correct / config.n_train,
             "grad_norm": float(np.mean([math.sqrt(sum(n * n for n in r.grad_norms.values())) for r in steps])),
             **{
-                f"grad_norm_{name}": float(np.mean([r.grad_norms[name] for r in steps]))
-                for name in steps[0].grad_norms
+                f"grad_norm_{name}": float(np.mean([r.grad_norms[name] for r in steps])) for name in steps[0].grad_norms
             },
             **{
                 f"adam_eps_dominated_{name}": float(np.mean([r.eps_dominated[name] for r in steps]))
@@ -957,6 +964,7 @@ def _build_model(config: TrainConfig, params: NetworkParams) -> PINGModel:
         engine=config.engine,
         dtype=config.torch_dtype(),
         device=config.device,
+        w_out_unit=config.w_out_unit,
     )
 
 

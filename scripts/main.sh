@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded defaults (CPU, embedded MNIST digits): the
-# Dale-pruning protocol on the CPU tier (train, validate in Brian2, draw, tabulate).
+# Dale-pruning protocol on the study tier (train, validate in Brian2, draw, tabulate).
 source "$(dirname "$0")/ensure_venv.sh"
 cd "$root"
-exec biosim protocol run dale_pruning --tier cpu "$@"
+exec biosim protocol run dale_pruning --tier study --processes 2 "$@"

@@ -161,3 +161,17 @@ def test_engine_registry():
         get_engine("jit")
     with pytest.raises(ValueError, match="unknown engine"):
         PINGModel(PARAMS, init_weights(PARAMS, seed=1), engine="jit")
+
+
+def test_readout_unit_changes_the_parameter_not_the_network(trials, weights):
+    """w_out_unit rescales the trainable readout parameter; the network and its weight export stay the same."""
+    plain = PINGModel(PARAMS, weights, dtype=torch.float64)
+    scaled = PINGModel(PARAMS, weights, dtype=torch.float64, w_out_unit=8.0)  # a power of 2: exact round trip
+    torch.testing.assert_close(scaled.w_out * 8.0, plain.w_out, rtol=0, atol=0)
+    np.testing.assert_array_equal(scaled.to_network_weights().w_out, weights.w_out)
+    x = torch.from_numpy(trials.dense(slice(0, 2)))
+    v_e = torch.as_tensor(trials.v_init_e_mv[:2], dtype=torch.float64)
+    v_i = torch.as_tensor(trials.v_init_i_mv[:2], dtype=torch.float64)
+    assert torch.equal(plain(x, v_e, v_i).scores, scaled(x, v_e, v_i).scores)
+    with pytest.raises(ValueError, match="w_out_unit"):
+        PINGModel(PARAMS, weights, w_out_unit=0.0)
