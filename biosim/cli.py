@@ -231,7 +231,14 @@ def _protocol_run(args: argparse.Namespace) -> int:
     from protocols.report import write_report
     from protocols.runner import run_protocol, summarize_statuses
 
-    protocol = get_protocol(args.name, tier=args.tier, seeds=tuple(args.seeds) if args.seeds else None)
+    overrides = {"dtype": args.dtype} if args.dtype else {}
+    protocol = get_protocol(
+        args.name,
+        tier=args.tier,
+        seeds=tuple(args.seeds) if args.seeds else None,
+        conditions=tuple(args.conditions) if args.conditions else None,
+        **overrides,
+    )
     out = Path(args.out or f"results/{args.name}_{args.tier}")
     statuses = run_protocol(
         protocol, out, processes=args.processes, workers=args.workers, scheduler=args.scheduler, progress=not args.quiet
@@ -263,6 +270,8 @@ def _add_protocol(subparsers) -> None:
         help="smoke, cpu (a quick pipeline check), study, medium, full (default: %(default)s)",
     )
     run.add_argument("--seeds", type=int, nargs="+", help="default: 42 43 44")
+    run.add_argument("--conditions", nargs="+", help="a subset of the protocol's conditions (default: all)")
+    run.add_argument("--dtype", choices=("float32", "float64"), help="training dtype (default: float32)")
     executor = run.add_mutually_exclusive_group()
     executor.add_argument("--processes", type=int, help="local process pool size (default: 1)")
     executor.add_argument("--workers", type=int, help="start a Dask LocalCluster with N workers")

@@ -190,15 +190,27 @@ def get_protocol(
     *,
     tier: str,
     seeds: tuple[int, ...] | None = None,
+    conditions: tuple[str, ...] | None = None,
     validation_backend: str = "cpp_standalone",
     **overrides: Any,
 ) -> Protocol:
-    """The protocol ``name`` (a key of :data:`PROTOCOLS`) at ``tier``."""
+    """The protocol ``name`` (a key of :data:`PROTOCOLS`) at ``tier``.
+
+    ``conditions`` selects some of the protocol's conditions (default: all);
+    ``overrides`` are TrainConfig fields applied to every run (e.g. ``dtype``).
+    """
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; valid protocols: {', '.join(PROTOCOLS)}")
+    if conditions is not None:
+        foreign = [c for c in conditions if c not in PROTOCOLS[name]]
+        if foreign:
+            raise ValueError(
+                f"condition(s) {foreign} are not part of protocol {name!r}; "
+                f"its conditions: {', '.join(PROTOCOLS[name])}"
+            )
     return Protocol(
         name=name,
-        conditions=PROTOCOLS[name],
+        conditions=tuple(conditions) if conditions else PROTOCOLS[name],
         tier=tier,
         seeds=tuple(seeds or DEFAULT_SEEDS),
         overrides=overrides,

@@ -103,3 +103,16 @@ def test_a_failed_run_is_recorded_and_does_not_stop_the_others(tmp_path):
     statuses = run_protocol(protocol, tmp_path / "out", progress=False)
     assert [s["status"] for s in statuses] == ["failed", "failed"]
     assert "no_mnist_here" in statuses[0]["error"]
+
+
+def test_a_subset_of_conditions_and_a_dtype_can_be_chosen():
+    protocol = get_protocol(
+        "dale_pruning", tier="study", seeds=(45, 46), conditions=("trainable_ping_init",), dtype="float64"
+    )
+    runs = protocol.runs()
+    assert [(r.condition, r.seed) for r in runs] == [("trainable_ping_init", 45), ("trainable_ping_init", 46)]
+    assert all(r.config.dtype == "float64" and r.config.train_w_ei for r in runs)
+    study = runs[0].config
+    assert (study.n_train, study.n_test, study.epochs, study.batch_size) == (640, 400, 3, 16)
+    with pytest.raises(ValueError, match="not part of protocol 'frozen_baseline'"):
+        get_protocol("frozen_baseline", tier="study", conditions=("trainable_zero_init",))
