@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,12 +38,62 @@ __all__ = [
 
 
 class ParameterError(ValueError):
-    """A parameter value is out of its valid range or of the wrong type."""
+    """A parameter value is out of its valid range or of the wrong type.
+
+    ``field`` is the offending field when there is one, ``detail`` the message
+    without its ``owner.field:`` prefix; :class:`NetworkParams` uses them to
+    name the section (``membrane_i.c_m_nf`` rather than ``MembraneParams.c_m_nf``).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.detail = detail if detail is not None else message
 
 
-def _check(condition: bool, owner: str, message: str) -> None:
+def _check(condition: bool, owner: str, message: str, field: str | None = None) -> None:
+    """Raise ``ParameterError("owner.field: message")`` (or ``"owner: message"``) unless ``condition``."""
     if not condition:
-        raise ParameterError(f"{owner}: {message}")
+        prefix = f"{owner}.{field}" if field else owner
+        raise ParameterError(f"{prefix}: {message}", field=field, detail=message)
+
+
+def _is_real(value: Any) -> bool:
+    """A real number that is not a bool (``True`` is an ``int`` to Python, never a parameter value)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy's bool_ is no Real
+
+
+def _check_types(obj: Any) -> None:
+    """Every field of a section is a finite number; ``int`` fields are whole numbers (never bools).
+
+    The annotation (``"float"`` or ``"int"``) says which; the message names
+    the field, the expected kind and the value found.
+    """
+    owner = type(obj).__name__
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.type == "int":
+            _check(
+                isinstance(value, numbers.Integral) and _is_real(value),
+                owner,
+                f"expected an int, got {value!r} ({type(value).__name__})",
+                f.name,
+            )
+        else:
+            _check(_is_real(value), owner, f"expected a number, got {value!r} ({type(value).__name__})", f.name)
+            _check(math.isfinite(value), owner, f"expected a finite number, got {value!r}", f.name)
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _check(value > 0, type(obj).__name__, f"must be > 0, got {value!r}", name)
+
+
+def _non_negative(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _check(value >= 0, type(obj).__name__, f"must be >= 0, got {value!r}", name)
 
 
 @dataclass(frozen=True)
@@ -70,14 +121,15 @@ class MembraneParams:
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        _check(self.c_m_nf > 0, name, f"c_m_nf must be > 0, got {self.c_m_nf}")
-        _check(self.g_leak_us > 0, name, f"g_leak_us must be > 0, got {self.g_leak_us}")
+        _check_types(self)
+        _positive(self, "c_m_nf", "g_leak_us")
         _check(
             self.v_reset_mv < self.v_threshold_mv,
             name,
-            f"v_reset_mv ({self.v_reset_mv}) must lie below v_threshold_mv ({self.v_threshold_mv})",
+            f"must lie below v_threshold_mv ({self.v_threshold_mv}), got {self.v_reset_mv}",
+            "v_reset_mv",
         )
-        _check(self.refractory_ms >= 0, name, f"refractory_ms must be >= 0, got {self.refractory_ms}")
+        _non_negative(self, "refractory_ms")
 
     @property
     def tau_m_ms(self) -> float:
@@ -99,10 +151,14 @@ class SynapseParams:
     """Decay time constant of ``gi`` (ms)."""
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-        _check(self.tau_ampa_ms > 0, name, f"tau_ampa_ms must be > 0, got {self.tau_ampa_ms}")
-        _check(self.tau_gaba_ms > 0, name, f"tau_gaba_ms must be > 0, got {self.tau_gaba_ms}")
-        _check(self.e_inh_mv < self.e_exc_mv, name, "e_inh_mv must lie below e_exc_mv")
+        _check_types(self)
+        _positive(self, "tau_ampa_ms", "tau_gaba_ms")
+        _check(
+            self.e_inh_mv < self.e_exc_mv,
+            type(self).__name__,
+            f"must lie below e_exc_mv ({self.e_exc_mv}), got {self.e_inh_mv}",
+            "e_inh_mv",
+        )
 
 
 @dataclass(frozen=True)
@@ -125,12 +181,13 @@ class ConnectivityParams:
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        _check_types(self)
         for attr in ("n_input", "n_e", "n_i", "n_classes"):
             value = getattr(self, attr)
-            _check(isinstance(value, int) and value > 0, name, f"{attr} must be a positive int, got {value!r}")
+            _check(value > 0, name, f"must be a positive int, got {value!r}", attr)
         for attr in ("p_input", "p_ei", "p_ie"):
             value = getattr(self, attr)
-            _check(0.0 < value <= 1.0, name, f"{attr} must lie in (0, 1], got {value}")
+            _check(0.0 < value <= 1.0, name, f"must lie in (0, 1], got {value!r}", attr)
 
 
 @dataclass(frozen=True)
@@ -156,10 +213,11 @@ class InitParams:
     """Std of the readout weights (dimensionless, zero-mean normal)."""
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-        for attr in ("w_ei_std_us", "w_ie_std_us", "w_in_std", "w_out_std"):
-            _check(getattr(self, attr) >= 0, name, f"{attr} must be >= 0")
-        _check(self.input_scale_us > 0, name, "input_scale_us must be > 0")
+        _check_types(self)
+        # Means too: a negative mean conductance would be mostly pruned (clamped to 0) from the start.
+        _non_negative(self, "w_ei_mean_us", "w_ie_mean_us", "w_in_mean")
+        _non_negative(self, "w_ei_std_us", "w_ie_std_us", "w_in_std", "w_out_std")
+        _positive(self, "input_scale_us")
 
 
 @dataclass(frozen=True)
@@ -169,7 +227,8 @@ class InputParams:
     max_rate_hz: float = 100.0
 
     def __post_init__(self) -> None:
-        _check(self.max_rate_hz > 0, type(self).__name__, "max_rate_hz must be > 0")
+        _check_types(self)
+        _positive(self, "max_rate_hz")
 
 
 @dataclass(frozen=True)
@@ -183,7 +242,8 @@ class ReadoutParams:
     tau_readout_ms: float = 20.0
 
     def __post_init__(self) -> None:
-        _check(self.tau_readout_ms > 0, type(self).__name__, "tau_readout_ms must be > 0")
+        _check_types(self)
+        _positive(self, "tau_readout_ms")
 
 
 @dataclass(frozen=True)
@@ -198,9 +258,20 @@ class SimulationParams:
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        _check(self.dt_ms > 0, name, "dt_ms must be > 0")
-        _check(_is_whole(self.trial_ms / self.dt_ms), name, "trial_ms must be a whole number of steps")
-        _check(0 <= self.transient_ms < self.trial_ms, name, "transient_ms must lie in [0, trial_ms)")
+        _check_types(self)
+        _positive(self, "dt_ms", "trial_ms")
+        _check(
+            _is_whole(self.trial_ms / self.dt_ms),
+            name,
+            f"must be a whole number of steps of dt_ms ({self.dt_ms}), got {self.trial_ms}",
+            "trial_ms",
+        )
+        _check(
+            0 <= self.transient_ms < self.trial_ms,
+            name,
+            f"must lie in [0, trial_ms) = [0, {self.trial_ms}), got {self.transient_ms}",
+            "transient_ms",
+        )
 
     @property
     def n_steps(self) -> int:
@@ -230,14 +301,23 @@ class NetworkParams:
     simulation: SimulationParams = field(default_factory=SimulationParams)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value, expected = getattr(self, f.name), _section_type(f)
+            if not isinstance(value, expected):
+                hint = " (plain data goes through NetworkParams.from_dict)" if isinstance(value, dict) else ""
+                raise ParameterError(
+                    f"NetworkParams.{f.name}: expected a {expected.__name__}, got {type(value).__name__} "
+                    f"{value!r}{hint}",
+                    field=f.name,
+                )
         dt = self.simulation.dt_ms
         for label, membrane in (("membrane_e", self.membrane_e), ("membrane_i", self.membrane_i)):
-            _check(
-                _is_whole(membrane.refractory_ms / dt),
-                "NetworkParams",
-                f"{label}.refractory_ms ({membrane.refractory_ms}) is not a whole number of "
-                f"time steps of {dt} ms; the mirror counts refractoriness in steps",
-            )
+            if not _is_whole(membrane.refractory_ms / dt):
+                raise ParameterError(
+                    f"{label}.refractory_ms: {membrane.refractory_ms} is not a whole number of time steps of "
+                    f"{dt} ms (simulation.dt_ms); the mirror counts refractoriness in steps",
+                    field=f"{label}.refractory_ms",
+                )
 
     def refractory_steps(self, population: str) -> int:
         """Refractory period of population ``"e"`` or ``"i"`` in time steps."""
@@ -258,10 +338,18 @@ class NetworkParams:
                 nested.setdefault(section, {})[attr] = value
             else:
                 updates[key] = value
+        sections_by_name = {f.name: f for f in dataclasses.fields(self)}
+        unknown = sorted(set(updates) - set(sections_by_name)) + sorted(set(nested) - set(sections_by_name))
+        if unknown:
+            raise ParameterError(
+                f"NetworkParams has no section(s) {unknown}; valid sections: {', '.join(sections_by_name)}"
+            )
         for section, attrs in nested.items():
-            if not hasattr(self, section):
-                raise ParameterError(f"NetworkParams has no section {section!r}")
-            updates[section] = dataclasses.replace(updates.get(section, getattr(self, section)), **attrs)
+            base = updates.get(section, getattr(self, section))
+            if not isinstance(base, _section_type(sections_by_name[section])):
+                break  # __post_init__ names the section of the wrong type
+            _check_known_fields(section, type(base), attrs)
+            updates[section] = _named(section, lambda base=base, attrs=attrs: dataclasses.replace(base, **attrs))
         return dataclasses.replace(self, **updates)
 
     # --- serialisation -------------------------------------------------
@@ -277,15 +365,20 @@ class NetworkParams:
         for f in dataclasses.fields(cls):
             if f.name not in data:
                 continue
-            section_type = f.default_factory().__class__  # type: ignore[misc]
+            section_type = _section_type(f)
             section = data[f.name]
             if not isinstance(section, dict):
-                raise ParameterError(f"section {f.name!r} must be a mapping, got {section!r}")
-            known = {g.name for g in dataclasses.fields(section_type)}
-            unknown = sorted(set(section) - known)
-            if unknown:
-                raise ParameterError(f"unknown field(s) {unknown} in section {f.name!r}; valid fields: {sorted(known)}")
-            kwargs[f.name] = section_type(**section)
+                raise ParameterError(f"section {f.name!r} must be a mapping, got {section!r}", field=f.name)
+            if not all(isinstance(key, str) for key in section):
+                raise ParameterError(
+                    f"section {f.name!r}: field names must be strings, got {sorted(map(repr, section))}"
+                )
+            _check_known_fields(f.name, section_type, section)
+            # Missing fields keep this section's defaults (membrane_i's differ from MembraneParams').
+            default = f.default_factory()  # type: ignore[misc]
+            kwargs[f.name] = _named(
+                f.name, lambda default=default, section=section: dataclasses.replace(default, **section)
+            )
         unknown_sections = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown_sections:
             raise ParameterError(f"unknown section(s) {unknown_sections} in network parameters")
@@ -293,6 +386,33 @@ class NetworkParams:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _section_type(f: dataclasses.Field) -> type:
+    """The class of a :class:`NetworkParams` section field."""
+    return type(f.default_factory())  # type: ignore[misc]
+
+
+def _check_known_fields(section: str, section_type: type, values: dict[str, Any]) -> None:
+    known = {g.name for g in dataclasses.fields(section_type)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ParameterError(f"unknown field(s) {unknown} in section {section!r}; valid fields: {sorted(known)}")
+
+
+def _named(section: str, build: Any) -> Any:
+    """``build()``, with a section's :class:`ParameterError` renamed from its class to ``section``.
+
+    ``MembraneParams.c_m_nf: must be > 0`` becomes ``membrane_i.c_m_nf: must be > 0``.
+    """
+    try:
+        return build()
+    except ParameterError as error:
+        if error.field is None:
+            raise ParameterError(f"{section}: {error.detail}", detail=error.detail) from None
+        raise ParameterError(
+            f"{section}.{error.field}: {error.detail}", field=error.field, detail=error.detail
+        ) from None
 
 
 # --- unit conversion: the one place ---------------------------------------
