@@ -20,9 +20,55 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_output", "atomic_write_text", "jsonable", "write_json", "library_versions", "write_run_record"]
+__all__ = [
+    "OutputLocationError",
+    "atomic_output",
+    "atomic_write_text",
+    "check_writable_dir",
+    "jsonable",
+    "write_json",
+    "library_versions",
+    "write_run_record",
+]
 
 _LIBRARIES = ("biosim", "numpy", "scipy", "brian2", "brian2cuda", "torch", "matplotlib", "mlxtend", "dask")
+
+
+class OutputLocationError(ValueError):
+    """An output directory cannot be created or written; the message names it and why."""
+
+
+def _write_probe(directory: Path) -> None:
+    """Create and remove a temporary file in ``directory`` (raises ``OSError`` if it cannot be written)."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=".biosim-write-check-")
+    os.close(fd)
+    os.unlink(name)
+
+
+def check_writable_dir(path: str | Path, what: str = "output directory") -> Path:
+    """Fail fast, before any work, if ``path`` cannot be used as an output directory.
+
+    Nothing is created: the deepest existing part of ``path`` must be a
+    directory in which a file can be written (a real write, so it also holds
+    for read-only mounts and for root). Raises :class:`OutputLocationError`
+    naming ``what``, ``path`` and the reason.
+    """
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "it" if existing == path else f"{existing}"
+        raise OutputLocationError(f"{what} {path}: cannot be created, {where} is a file, not a directory")
+    try:
+        _write_probe(existing)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        where = reason if existing == path else f"in {existing}: {reason}"
+        raise OutputLocationError(
+            f"{what} {path}: cannot write there ({where}); choose another location or fix its permissions"
+        ) from None
+    return path
 
 
 @contextmanager

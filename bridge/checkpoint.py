@@ -12,6 +12,7 @@ RNG state's key array is stored as a tensor for that reason.
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from biosim.records import atomic_output
 __all__ = [
     "CHECKPOINT_NAME",
     "CHECKPOINT_FORMAT",
+    "CheckpointError",
     "capture_rng_state",
     "load_checkpoint",
     "restore_rng_state",
@@ -34,6 +36,22 @@ CHECKPOINT_NAME = "checkpoint.pt"
 """File name of a run's checkpoint inside its run directory."""
 CHECKPOINT_FORMAT = 1
 """Version of the checkpoint layout written by :mod:`bridge.training`."""
+
+RECOVERY = (
+    "to recover: if the run has finished (final.json and weights.npz are present) its results do not need "
+    "the checkpoint; otherwise delete {path} and run the same command again, which restarts the run from "
+    "epoch 0 in the same directory"
+)
+"""How to recover from a damaged checkpoint (``{path}`` is filled in)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read or is not a checkpoint; the message names the file and how to recover."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: damaged checkpoint ({problem}); {RECOVERY.format(path=path)}")
+        self.path = path
+        self.problem = problem
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -57,8 +75,34 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU (``weights_only=True``)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU (``weights_only=True``).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    CheckpointError
+        ``path`` is empty, truncated, not a torch file, or holds anything but
+        plain data (which ``weights_only=True`` refuses: loading it otherwise
+        could run arbitrary code). The message names the file and how to
+        recover; torch's own message is not repeated, since it suggests
+        loading untrusted files unsafely.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        raise CheckpointError(path, "a directory, not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(path, "the file is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(path, "not a checkpoint written by biosim: the safe loader refused its content") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as error:
+        first = str(error).split(". ")[0].strip()
+        detail = "" if not first or "weights_only" in first else f": {first}"
+        raise CheckpointError(path, f"truncated or not a torch file, {type(error).__name__}{detail}") from None
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -53,7 +53,10 @@ generator seeded from ``derived(seed, 3, e)``. ``derived`` is
 Resumption: after every epoch the trainer writes an atomic checkpoint (model,
 optimizer, epoch, RNG states, retry counter, learning rate, metrics);
 ``train`` continues from it when the run directory has one, and returns the
-stored result without training when ``final.json`` exists.
+stored result without training when ``final.json`` and ``weights.npz`` exist
+(a finished run; its checkpoint is not needed then, and a damaged one is
+ignored with a warning). A damaged checkpoint of an unfinished run is an
+error that names the file and how to recover.
 
 Non-finite values (retry policy): at every batch the loss, the network state
 at the end of the batch (membrane potentials, conductances, readout), the
@@ -93,12 +96,19 @@ from biosim.analysis import gamma_peak, population_rates, population_spectrum, w
 from biosim.data import TIERS, load_split
 from biosim.inputs import TrialSet, make_trials
 from biosim.params import NetworkParams, ParameterError
-from biosim.records import atomic_write_text, library_versions, write_json
+from biosim.records import atomic_write_text, check_writable_dir, library_versions, write_json
 from biosim.results import SpikeTrains
-from biosim.weight_files import save_weights
+from biosim.weight_files import WeightFileError, load_weights, save_weights
 from biosim.weights import CONDUCTANCE_MATRICES, init_weights
 
-from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, capture_rng_state, load_checkpoint, restore_rng_state
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+)
 from .checkpoint import save_checkpoint as _save_checkpoint_file
 from .model import ENGINES, MATRICES, NetworkOutput, PINGModel
 from .surrogates import SURROGATES, get_surrogate
@@ -113,6 +123,7 @@ __all__ = [
     "TrainResult",
     "TrainingTier",
     "evaluate",
+    "is_finished",
     "load_model",
     "population_spiketrains",
     "test_trial_set",
@@ -316,6 +327,19 @@ class TrainConfig:
             fail("retry_lr_factor", "must lie in (0, 1]")
         if self.idx_directory is not None and not isinstance(self.idx_directory, str):
             fail("idx_directory", "must be a path string or None")
+        tier = TRAINING_TIERS[self.tier]
+        n_train = tier.n_train if self.n_train is None else self.n_train
+        batch_size = tier.batch_size if self.batch_size is None else self.batch_size
+        if batch_size > n_train:
+
+            def source(name: str) -> str:
+                return f" (the {self.tier} tier's)" if getattr(self, name) is None else ""
+
+            raise ConfigError(
+                f"TrainConfig.batch_size: {batch_size}{source('batch_size')} is larger than TrainConfig.n_train "
+                f"{n_train}{source('n_train')}: an epoch could not hold one full batch; "
+                "give a batch_size <= n_train"
+            )
 
     # --- derived values ------------------------------------------------------
     def resolved(self) -> TrainConfig:
@@ -711,7 +735,7 @@ class _Trainer:
     def run(self) -> TrainResult:
         config = self.config
         if self.checkpoint_path.exists():
-            checkpoint = load_checkpoint(self.checkpoint_path)
+            checkpoint = _load_run_checkpoint(self.checkpoint_path)
             _check_same_config(checkpoint["config"], config, self.checkpoint_path)
             self._restore(checkpoint)
             self._log_event("resumed", epoch=self.epoch, retries=self.retries, lr=self.lr)
@@ -737,11 +761,11 @@ class _Trainer:
             except _NonFinite as problem:
                 self._log_event("nonfinite", **problem.record)
                 if self.retries >= config.max_retries:
-                    self._restore(load_checkpoint(self.checkpoint_path))
+                    self._restore(_load_run_checkpoint(self.checkpoint_path))
                     self._log_event("diverged", **problem.record, retries=self.retries)
                     return self._finish("diverged", problem.record)
                 retries = self.retries + 1
-                self._restore(load_checkpoint(self.checkpoint_path))
+                self._restore(_load_run_checkpoint(self.checkpoint_path))
                 self.retries = retries
                 self.lr = config.lr * config.retry_lr_factor**retries
                 self._set_lr(self.lr)
@@ -991,7 +1015,8 @@ def train(
     """Train the PING network as ``config`` says, in ``run_dir`` (see the module docstring).
 
     Resumes from ``run_dir/checkpoint.pt`` if present; returns the stored
-    result without training if ``run_dir/final.json`` exists.
+    result without training if ``run_dir`` holds ``final.json`` and
+    ``weights.npz`` (:func:`is_finished`).
 
     Parameters
     ----------
@@ -1013,21 +1038,41 @@ def train(
     ------
     ConfigError
         If the config is invalid for this machine or data, or ``run_dir``
-        holds a checkpoint of a different config.
+        holds a run of a different config. Checked before ``run_dir`` is
+        created, so a failed config leaves no directory behind.
+    biosim.records.OutputLocationError
+        ``run_dir`` cannot be created or written (checked before any work).
+    bridge.checkpoint.CheckpointError
+        The checkpoint of an unfinished run is damaged (the message says how to recover).
     """
     config = config.resolved()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(run_dir, "run directory")  # before any work; creates nothing
     # Decaying conductances reach denormal floats; flushing them keeps float32 CPU math fast.
     torch.set_flush_denormal(True)
-    if (run_dir / "final.json").exists():
+    if is_finished(run_dir):
         return _finished_result(config, run_dir)
     with _deterministic_algorithms(config.deterministic):
-        return _Trainer(config, run_dir, progress, hook).run()
+        # The trainer checks device and data first; the directory exists only once they pass.
+        trainer = _Trainer(config, run_dir, progress, hook)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return trainer.run()
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a finished run: its final records ``final.json`` and ``weights.npz``.
+
+    The checkpoint is not needed (nor read) to recognise a finished run.
+    """
+    run_dir = Path(run_dir)
+    return (run_dir / "final.json").is_file() and (run_dir / WEIGHTS_NAME).is_file()
 
 
 def load_model(run_dir: str | Path, *, device: str | None = None) -> PINGModel:
     """The model of a run's last checkpoint (final weights once the run has finished).
+
+    A finished run whose checkpoint is missing or damaged gets its model from
+    ``weights.npz`` instead (the final weights, as Brian2 sees them).
 
     Parameters
     ----------
@@ -1035,25 +1080,163 @@ def load_model(run_dir: str | Path, *, device: str | None = None) -> PINGModel:
         A run directory written by :func:`train`.
     device : str, optional
         Where to put the model (default: the run's device).
+
+    Raises
+    ------
+    CheckpointError
+        The checkpoint is damaged and the run has not finished.
+    FileNotFoundError
+        No checkpoint, and the run has not finished.
     """
     run_dir = Path(run_dir)
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    try:
+        checkpoint = _load_run_checkpoint(run_dir / CHECKPOINT_NAME)
+    except (CheckpointError, FileNotFoundError) as error:
+        if not is_finished(run_dir):
+            raise
+        _warn(
+            f"{_checkpoint_problem(run_dir / CHECKPOINT_NAME, error)}; "
+            f"the run is finished: its model comes from {run_dir / WEIGHTS_NAME}"
+        )
+        config = _stored_config(run_dir, None)
+        return _model_from_weights(config, run_dir).to(device or config.device)
     config = TrainConfig.from_dict(checkpoint["config"])
+    return _model_from_checkpoint(config, checkpoint, run_dir / CHECKPOINT_NAME).to(device or config.device)
+
+
+_CHECKPOINT_KEYS = ("config", "epoch", "model", "optimizer", "rng", "retries", "lr", "metrics", "spectrum")
+
+
+def _load_run_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint, checked to be one (:class:`CheckpointError` naming the file otherwise)."""
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(path, f"expected a dict of training state, found a {type(checkpoint).__name__}")
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            path, f"expected checkpoint format {CHECKPOINT_FORMAT}, found {checkpoint.get('format')!r}"
+        )
+    missing = [key for key in _CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(path, f"entries {missing} are missing")
+    return checkpoint
+
+
+def _model_from_checkpoint(config: TrainConfig, checkpoint: dict[str, Any], path: Path) -> PINGModel:
+    """A CPU model with the checkpoint's weights (:class:`CheckpointError` if they do not fit ``config``)."""
     model = _build_model(dataclasses.replace(config, device="cpu"), config.network_params())
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device or config.device)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, KeyError, TypeError, AttributeError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(path, f"its model does not fit the run's config: {first}") from None
+    return model
+
+
+def _model_from_weights(config: TrainConfig, run_dir: Path) -> PINGModel:
+    """A CPU model holding the final weights of ``run_dir/weights.npz`` (checked against the config)."""
+    params = config.network_params()
+    loaded = load_weights(run_dir / WEIGHTS_NAME, params=params)
+    return PINGModel.from_network_weights(
+        params,
+        loaded.stored,
+        trainable=config.trainable(),
+        spike_fn=get_surrogate(config.surrogate, config.surrogate_slope, config.surrogate_unit_mv),
+        engine=config.engine,
+        dtype=config.torch_dtype(),
+        device="cpu",
+        w_out_unit=config.w_out_unit,
+    )
+
+
+def _checkpoint_problem(path: Path, error: Exception) -> str:
+    """``PATH: damaged checkpoint (why), ignored`` or ``PATH: missing, ignored``, for a finished run."""
+    if isinstance(error, CheckpointError):
+        return f"{path}: damaged checkpoint ({error.problem}), ignored"
+    return f"{path}: no checkpoint, ignored"
+
+
+def _warn(message: str) -> None:
+    print(f"[bridge.training] warning: {message}", file=sys.stderr)
+
+
+def _read_json_file(path: Path, what: str) -> Any:
+    """``json.loads`` of ``path``, with an error naming the file (:class:`ConfigError`)."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: {what} is not valid JSON ({error})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: {what} is not a text file ({error.reason})") from None
+
+
+def _stored_config(run_dir: Path, checkpoint: dict[str, Any] | None) -> TrainConfig:
+    """The config a run was started with: ``config.json``, else the checkpoint's, else the weight file's."""
+    path = run_dir / "config.json"
+    if path.is_file():
+        record = _read_json_file(path, "the run's config record")
+        if not isinstance(record, dict) or "config" not in record:
+            raise ConfigError(f"{path}: expected a JSON object with a 'config' entry (written by biosim train)")
+        try:
+            return TrainConfig.from_dict(record["config"])
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+    if checkpoint is not None:
+        return TrainConfig.from_dict(checkpoint["config"])
+    try:
+        provenance = load_weights(run_dir / WEIGHTS_NAME).metadata.get("provenance", {})
+        return TrainConfig.from_dict(provenance["config"])
+    except (KeyError, TypeError, WeightFileError, ConfigError) as error:
+        raise ConfigError(
+            f"{run_dir}: the run's config is lost ({path} is missing, the checkpoint is unreadable and "
+            f"{run_dir / WEIGHTS_NAME} does not record it: {error})"
+        ) from None
 
 
 def _finished_result(config: TrainConfig, run_dir: Path) -> TrainResult:
-    final = json.loads((run_dir / "final.json").read_text())
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    _check_same_config(checkpoint["config"], config, run_dir / CHECKPOINT_NAME)
+    """The stored result of a finished run, from ``final.json`` and ``weights.npz``.
+
+    The checkpoint, if readable, gives the exact model and metrics; if it is
+    missing or damaged the run is still finished: the model comes from
+    ``weights.npz`` and the metrics from ``metrics.jsonl`` (a warning names
+    the checkpoint).
+    """
+    final_path = run_dir / "final.json"
+    final = _read_json_file(final_path, "the run's final record")
+    if not isinstance(final, dict) or "status" not in final:
+        raise ConfigError(f"{final_path}: expected a JSON object with a 'status' entry (written by biosim train)")
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    try:
+        checkpoint = _load_run_checkpoint(checkpoint_path)
+    except (CheckpointError, FileNotFoundError) as error:
+        _warn(
+            f"{_checkpoint_problem(checkpoint_path, error)}; the run is finished: its results come from "
+            "final.json, weights.npz and metrics.jsonl"
+        )
+        checkpoint = None
+    stored = _stored_config(run_dir, checkpoint)
+    where = run_dir / "config.json" if (run_dir / "config.json").is_file() else checkpoint_path
+    _check_same_config(stored.to_dict(), config, where)
+    if checkpoint is not None:
+        model, metrics = _model_from_checkpoint(config, checkpoint, checkpoint_path), list(checkpoint["metrics"])
+    else:
+        model, metrics = _model_from_weights(config, run_dir), _stored_metrics(run_dir, final)
     return TrainResult(
         status=final["status"],
         run_dir=run_dir,
         config=config,
-        metrics=list(checkpoint["metrics"]),
-        model=load_model(run_dir),
-        retries=final["retries"],
-        diverged=final["diverged"],
+        metrics=metrics,
+        model=model.to(config.device),
+        retries=final.get("retries", 0),
+        diverged=final.get("diverged"),
     )
+
+
+def _stored_metrics(run_dir: Path, final: dict[str, Any]) -> list[dict[str, Any]]:
+    """``metrics.jsonl`` if it is readable, else the final epoch's record of ``final.json``."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        metrics = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        metrics = []
+    return metrics or [final.get("final", {})]
