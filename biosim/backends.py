@@ -32,7 +32,7 @@ from .params import NetworkParams
 from .results import SimulationResult, SpikeTrains
 from .weights import NetworkWeights
 
-__all__ = ["BACKENDS", "BackendError", "run_trials", "check_backend"]
+__all__ = ["BACKENDS", "CUDA_COMPILE_CHECK", "BackendError", "run_trials", "check_backend"]
 
 RUNTIME_BACKENDS = ("numpy", "cython")
 STANDALONE_BACKENDS = ("cpp_standalone", "cuda_standalone")
@@ -43,9 +43,31 @@ class BackendError(ValueError):
     """Unknown or unavailable backend."""
 
 
+CUDA_COMPILE_CHECK = "bash scripts/test.sh -m cuda_compile"
+"""The compile-only check of ``cuda_standalone`` (nvcc, no GPU needed; tests/test_cuda_compile.py)."""
+
+
+def _gpu_visible() -> bool:
+    from .cuda_toolchain import _gpu_visible as visible
+
+    return visible()
+
+
 def check_backend(backend: str) -> str:
+    """``backend`` if it is known and can run here; a :class:`BackendError` that says why not otherwise.
+
+    ``cuda_standalone`` needs a visible NVIDIA GPU (``nvidia-smi -L``) to run:
+    without one it fails here, before minutes of nvcc compilation. Compiling
+    alone, without a GPU, is the separate check :data:`CUDA_COMPILE_CHECK`.
+    """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if backend == "cuda_standalone" and not _gpu_visible():
+        raise BackendError(
+            "backend 'cuda_standalone' runs on an NVIDIA GPU, and none is visible here (nvidia-smi lists none); "
+            f"run it on a GPU machine (README, 'GPU install'), or, to check only that the network compiles for "
+            f"CUDA without a GPU, run `{CUDA_COMPILE_CHECK}` (tests/test_cuda_compile.py)"
+        )
     return backend
 
 
@@ -121,7 +143,8 @@ def run_trials(
     Raises
     ------
     BackendError
-        Unknown backend (the message lists the valid ones) or missing brian2cuda.
+        Unknown backend (the message lists the valid ones), ``cuda_standalone``
+        without a GPU (before anything is built) or missing brian2cuda.
     WeightShapeError, DaleLawError
         Bad weights, before anything is built.
     """

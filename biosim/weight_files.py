@@ -202,7 +202,9 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
 # --- reading ----------------------------------------------------------------
 
 
-def load_weights(path: str | Path, *, params: NetworkParams | None = None) -> LoadedWeights:
+def load_weights(
+    path: str | Path, *, params: NetworkParams | None = None, params_from: str = "the given params"
+) -> LoadedWeights:
     """Read and validate a weight file.
 
     Parameters
@@ -214,6 +216,10 @@ def load_weights(path: str | Path, *, params: NetworkParams | None = None) -> Lo
         have its shapes. To reuse weights under other non-structural
         parameters (say another ``tau_gaba_ms``), load without ``params`` and
         check ``loaded.effective.check_shapes(other_params)``.
+    params_from : str
+        Where ``params`` come from, for the error message (e.g. ``"the run's
+        config.json"``). The parameters are compared before the matrices, so
+        a file for another network size is reported as such.
 
     Returns
     -------
@@ -241,13 +247,20 @@ def load_weights(path: str | Path, *, params: NetworkParams | None = None) -> Lo
         raise WeightFileError(f"{source}: expected a weight file, found a directory or special file")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    except ValueError as error:
+        if "pickle" not in str(error):
+            raise WeightFileError(f"{source}: expected an .npz archive, found an unreadable file ({error})") from None
+        # numpy's message suggests loading with pickle: never for a weight file, which holds no objects.
+        raise WeightFileError(
+            f"{source}: expected an .npz archive, found other data (neither .npz nor .npy; refused unread)"
+        ) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as error:
         raise WeightFileError(f"{source}: expected an .npz archive, found an unreadable file ({error})") from error
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise WeightFileError(f"{source}: expected an .npz archive, found a single .npy array")
     with archive:
         arrays = {name: _read_entry(source, archive, name) for name in archive.files}
-    return _validate(source, arrays, params=params)
+    return _validate(source, arrays, params=params, params_from=params_from)
 
 
 def _read_entry(source: str, archive: Any, name: str) -> np.ndarray:
@@ -300,11 +313,17 @@ def export_for_brian2(
 # --- validation: one function for both directions ----------------------------
 
 
-def _validate(source: str, arrays: Mapping[str, np.ndarray], *, params: NetworkParams | None) -> LoadedWeights:
+def _validate(
+    source: str,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    params: NetworkParams | None,
+    params_from: str = "the given params",
+) -> LoadedWeights:
     meta = _read_metadata(source, arrays)
     file_params = _read_params(source, meta)
     if params is not None:
-        _check_params(source, file_params, params)
+        _check_params(source, file_params, params, params_from)
     shapes = expected_shapes(file_params)
     matrices = meta.get("matrices")
     if not isinstance(matrices, dict):
@@ -409,16 +428,19 @@ def _read_params(source: str, meta: dict[str, Any]) -> NetworkParams:
     return file_params
 
 
-def _check_params(source: str, found: NetworkParams, expected: NetworkParams) -> None:
+def _check_params(
+    source: str, found: NetworkParams, expected: NetworkParams, expected_from: str = "the given params"
+) -> None:
     found_fields, expected_fields = _flatten(found.to_dict()), _flatten(expected.to_dict())
     differing = [name for name in expected_fields if found_fields.get(name) != expected_fields[name]]
     if differing:
         details = "; ".join(
             f"{name}: expected {expected_fields[name]!r}, found {found_fields.get(name)!r}" for name in differing
         )
+        expected_label = "given" if expected_from == "the given params" else "there"
         raise WeightFileError(
-            f"{source}: metadata.network_params differ from the given params in {differing} "
-            f"(expected = given, found = file): {details}"
+            f"{source}: metadata.network_params differ from {expected_from} in {differing} "
+            f"(expected = {expected_label}, found = file): {details}"
         )
 
 

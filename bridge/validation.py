@@ -31,15 +31,15 @@ import numpy as np
 import torch
 
 from biosim.analysis import gamma_peak, population_spectrum
-from biosim.backends import run_trials
-from biosim.records import write_json
+from biosim.backends import check_backend, run_trials
+from biosim.records import check_writable_dir, write_json
 from biosim.results import SimulationResult
 from biosim.simulation import summarize
 from biosim.weight_files import load_weights
 
 from .crosscheck import compare_spikes
 from .simulate import run_mirror
-from .training import TrainConfig, test_trial_set
+from .training import ConfigError, TrainConfig, test_trial_set
 
 __all__ = ["Criteria", "validate", "format_report"]
 
@@ -101,17 +101,30 @@ def validate(
     ------
     FileNotFoundError
         ``run_dir`` has no ``config.json`` or ``weights.npz``.
+    bridge.training.ConfigError
+        ``config.json`` is not valid JSON or not a valid config (the message names the file).
     biosim.weight_files.WeightFileError
-        The weight file is malformed (the message names the matrix).
+        The weight file is malformed (the message names the matrix), or its
+        network parameters differ from ``config.json`` (the message names the
+        file and the fields).
+    biosim.records.OutputLocationError
+        ``run_dir`` (or ``build_dir``) cannot be written; checked before Brian2 runs.
+    biosim.backends.BackendError
+        Unknown backend, or ``cuda_standalone`` without a GPU.
     """
     run_dir = Path(run_dir)
+    check_backend(backend)  # an unknown backend, or cuda_standalone without a GPU, before any work
     config_path, weights_path = run_dir / "config.json", run_dir / "weights.npz"
     for path in (config_path, weights_path):
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: is {run_dir} a finished training run (biosim train)?")
-    config = TrainConfig.from_dict(json.loads(config_path.read_text())["config"])
-    loaded = load_weights(weights_path)
+    config = _read_config(config_path)
+    # Inputs come from the config, the network from the file: they must describe the same network.
+    loaded = load_weights(weights_path, params=config.network_params(), params_from=f"the run's {config_path}")
     params = loaded.params
+    check_writable_dir(run_dir, "run directory")  # the report goes there: fail now, not after Brian2
+    if build_dir is not None:
+        check_writable_dir(build_dir, "Brian2 build directory")
     trials = test_trial_set(config)
 
     brian = run_trials(params, loaded.effective, trials, backend=backend, build_dir=build_dir, progress=progress)
@@ -162,6 +175,24 @@ def validate(
     write_json(run_dir / f"validation_{backend}.json", report)
     _save_brian2_views(run_dir, backend, brian, params)
     return report
+
+
+def _read_config(path: Path) -> TrainConfig:
+    """The run's :class:`TrainConfig` from ``config.json``, with errors that name the file."""
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: expected the run's config record (JSON), found invalid JSON ({error})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: expected the run's config record (JSON), found binary data ({error.reason})"
+        ) from None
+    if not isinstance(record, dict) or "config" not in record:
+        raise ConfigError(f"{path}: expected a JSON object with a 'config' entry (written by biosim train)")
+    try:
+        return TrainConfig.from_dict(record["config"])
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
 
 
 def _save_brian2_views(run_dir: Path, backend: str, result: SimulationResult, params) -> None:
