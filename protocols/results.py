@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,14 +47,36 @@ class RunRecord:
 
 
 def load_runs(out_dir: str | Path) -> list[RunRecord]:
-    """Every run under ``out_dir`` that has a spec and a status, sorted by condition and seed."""
+    """Every run under ``out_dir`` that has a spec, sorted by condition and seed.
+
+    A run without a readable ``status.json`` is ``incomplete``; one whose
+    ``run_spec.json`` is damaged is left out. Both cases print a warning
+    that names the file.
+    """
     records = []
     for spec_path in sorted(Path(out_dir).glob("*/seed_*/run_spec.json")):
         run_dir = spec_path.parent
+        try:
+            spec = RunSpec.from_dict(json.loads(spec_path.read_text()))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+            _warn(f"{spec_path}: unreadable run spec ({type(error).__name__}: {error}); run left out")
+            continue
         status_path = run_dir / "status.json"
-        status = json.loads(status_path.read_text()) if status_path.exists() else {"status": "incomplete"}
-        records.append(RunRecord(run_dir, RunSpec.from_dict(json.loads(spec_path.read_text())), status))
+        status = {"status": "incomplete"}
+        if status_path.exists():
+            try:
+                status = json.loads(status_path.read_text())
+            except (OSError, UnicodeDecodeError, ValueError) as error:
+                _warn(f"{status_path}: unreadable run status ({error}); the run counts as incomplete")
+            if not isinstance(status, dict):
+                _warn(f"{status_path}: expected a JSON object; the run counts as incomplete")
+                status = {"status": "incomplete"}
+        records.append(RunRecord(run_dir, spec, status))
     return records
+
+
+def _warn(message: str) -> None:
+    print(f"[protocols.results] warning: {message}", file=sys.stderr)
 
 
 def initial_effective(record: RunRecord) -> dict[str, np.ndarray]:

@@ -9,7 +9,9 @@ Executors:
 
 Runs are idempotent. A run directory holds ``status.json`` once it has
 finished (completed, diverged or failed); a re-run skips completed and
-diverged runs and retries failed ones. Training resumes from its last
+diverged runs and retries failed ones; a damaged ``status.json`` counts as none
+(with a warning naming it), and the run's training is not repeated if its
+``final.json`` and ``weights.npz`` are intact. Training resumes from its last
 checkpoint, so a run interrupted by a crash or a killed worker loses at most
 one epoch. A failure in one run is recorded in its ``status.json`` and never
 stops the others. Every file is written atomically.
@@ -17,6 +19,8 @@ stops the others. Every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import multiprocessing
 import os
 import signal
@@ -29,13 +33,21 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from biosim.records import library_versions, write_json
+from biosim.records import check_writable_dir, library_versions, write_json
 
 from .definitions import Protocol, RunSpec
 
-__all__ = ["run_protocol", "execute_run", "run_status", "FINISHED_STATUSES"]
+__all__ = ["run_protocol", "execute_run", "run_status", "FINISHED_STATUSES", "SchedulerError"]
 
 FINISHED_STATUSES = ("completed", "diverged")
+
+SCHEDULER_CONNECT_TIMEOUT_S = 10.0
+"""How long :func:`run_protocol` tries to reach a ``scheduler`` before giving up with a :class:`SchedulerError`."""
+
+
+class SchedulerError(ValueError):
+    """The Dask scheduler given as ``scheduler`` cannot be reached; the message names its address."""
+
 
 # Fault injection for the runner's own tests: when set to a path that does not
 # exist yet, the first run to start creates it and kills its worker process.
@@ -54,10 +66,29 @@ def _maybe_kill_worker() -> None:
 
 
 def run_status(run_dir: Path) -> dict[str, Any] | None:
-    import json
+    """The run's ``status.json``, or None if it has none.
 
+    A damaged one (invalid JSON, not an object) counts as none, with a
+    warning that names it: the run is then not finished and runs again
+    (training recognises a finished run from its own records and is not
+    repeated), and its new status replaces the damaged file.
+    """
     path = run_dir / "status.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        _warn(f"{path}: unreadable run status ({error}); the run counts as not finished and runs again")
+        return None
+    if not isinstance(status, dict):
+        _warn(f"{path}: expected a JSON object, found {type(status).__name__}; the run counts as not finished")
+        return None
+    return status
+
+
+def _warn(message: str) -> None:
+    print(f"[protocols.runner] warning: {message}", file=sys.stderr)
 
 
 def _worker_build_dir(out_dir: Path) -> Path:
@@ -126,9 +157,9 @@ def validation_status(report: dict[str, Any]) -> dict[str, Any]:
     return {"backend": report["backend"], "verdict": report["verdict"], "simulators": report["simulators"]}
 
 
-def _pending(protocol: Protocol, out: Path) -> tuple[list[RunSpec], list[dict[str, Any]]]:
+def _pending(runs: list[RunSpec], out: Path) -> tuple[list[RunSpec], list[dict[str, Any]]]:
     pending, done = [], []
-    for spec in protocol.runs():
+    for spec in runs:
         status = run_status(out / spec.run_id)
         if status and status.get("status") in FINISHED_STATUSES:
             done.append(status)
@@ -203,48 +234,86 @@ def run_protocol(
     workers : int, optional
         Start a Dask ``LocalCluster`` with this many single-threaded workers.
     scheduler : str, optional
-        Address of a running Dask scheduler (``tcp://host:8786``).
+        Address of a running Dask scheduler (``tcp://host:8786``); one that
+        cannot be reached within :data:`SCHEDULER_CONNECT_TIMEOUT_S` is a
+        :class:`SchedulerError`.
+
+    Raises
+    ------
+    ValueError
+        ``processes`` or ``workers`` is not a positive int, or both
+        ``workers`` and ``scheduler`` are given.
+    bridge.training.ConfigError
+        A run's config is invalid.
+    biosim.records.OutputLocationError
+        ``out_dir`` cannot be created or written.
+    SchedulerError
+        ``scheduler`` cannot be reached.
+
+    All of these are raised before anything is written under ``out_dir``.
     """
     if workers is not None and scheduler is not None:
         raise ValueError("give either workers (a local Dask cluster) or scheduler (an existing one), not both")
+    for name, value, what in (("processes", processes, "local processes"), ("workers", workers, "Dask workers")):
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise ValueError(f"{name}: expected a positive number of {what}, got {value!r}")
+    # Every run's TrainConfig is built (and checked) here, before anything is written.
+    runs = protocol.runs()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "protocol.json", {"protocol": protocol.to_dict(), "versions": library_versions()})
-    pending, statuses = _pending(protocol, out)
-    bar = _progress_bar(len(pending) + len(statuses), len(statuses), progress)
+    check_writable_dir(out, "protocol output directory")
+    pending, statuses = _pending(runs, out)
+    with contextlib.ExitStack() as stack:
+        client = None
+        if pending and scheduler is not None:
+            client = stack.enter_context(_connect(scheduler))  # an unreachable scheduler fails before any write
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "protocol.json", {"protocol": protocol.to_dict(), "versions": library_versions()})
+        bar = stack.enter_context(
+            contextlib.closing(_progress_bar(len(pending) + len(statuses), len(statuses), progress))
+        )
 
-    def on_done(status: dict[str, Any]) -> None:
-        statuses.append(status)
-        bar.update(1)
-        bar.set_postfix_str(f"{status.get('run_id')}: {status.get('status')}")
+        def on_done(status: dict[str, Any]) -> None:
+            statuses.append(status)
+            bar.update(1)
+            bar.set_postfix_str(f"{status.get('run_id')}: {status.get('status')}")
 
-    try:
         if not pending:
             pass
-        elif scheduler is not None or workers is not None:
+        elif client is not None:
+            _run_dask(pending, out, client, on_done)
+        elif workers is not None:
             from distributed import Client, LocalCluster
 
-            if scheduler is not None:
-                with Client(scheduler) as client:
-                    _run_dask(pending, out, client, on_done)
-            else:
-                with (
-                    LocalCluster(
-                        n_workers=workers,
-                        threads_per_worker=1,
-                        processes=True,
-                        host="127.0.0.1",
-                        dashboard_address=None,
-                    ) as cluster,
-                    Client(cluster) as client,
-                ):
-                    _run_dask(pending, out, client, on_done)
+            with (
+                LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                ) as cluster,
+                Client(cluster) as local_client,
+            ):
+                _run_dask(pending, out, local_client, on_done)
         else:
             _run_local(pending, out, processes or 1, on_done)
-    finally:
-        bar.close()
-    order = {spec.run_id: k for k, spec in enumerate(protocol.runs())}
+    order = {spec.run_id: k for k, spec in enumerate(runs)}
     return sorted(statuses, key=lambda s: order.get(s.get("run_id"), len(order)))
+
+
+def _connect(scheduler: str):
+    """A Dask ``Client`` of the running cluster at ``scheduler``, or a :class:`SchedulerError` within the timeout."""
+    from distributed import Client
+
+    timeout = SCHEDULER_CONNECT_TIMEOUT_S
+    try:
+        return Client(scheduler, timeout=timeout)
+    except (OSError, TimeoutError, ValueError, TypeError) as error:
+        raise SchedulerError(
+            f"scheduler {scheduler!r}: no Dask scheduler could be reached there within {timeout:g} s "
+            f"({type(error).__name__}: {error}); start the cluster first (README, SLURM) and pass its "
+            "address, e.g. tcp://HOST:8786"
+        ) from None
 
 
 def summarize_statuses(statuses: Iterable[dict[str, Any]]) -> dict[str, int]:
