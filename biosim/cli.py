@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +15,62 @@ from .backends import BACKENDS
 __all__ = ["main"]
 
 
+# --- argument types: a bad value is an argparse error naming the flag (exit status 2) -------------
+
+
+def _int_at_least(minimum: int, expected: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    parse.__name__ = expected
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_seed = _int_at_least(0, "a non-negative integer (a seed)")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _init_spec(text: str) -> str | float:
+    """``canonical``, ``zero`` or a finite multiple >= 0 of the canonical draw."""
+    if text in ("canonical", "zero"):
+        return text
+    expected = "'canonical', 'zero' or a number >= 0 (a multiple of the canonical draw)"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """The figure formats, checked against matplotlib's before any work (a ValueError naming --formats)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    supported = sorted(FigureCanvasBase.get_supported_filetypes())
+    unknown = [f for f in formats if f not in supported]
+    if unknown:
+        raise ValueError(f"--formats: unknown figure format(s) {unknown}; supported: {', '.join(supported)}")
+    return tuple(formats)
+
+
 def _options(args: argparse.Namespace) -> dict:
     """The parsed options as plain data (for run records)."""
     return {key: value for key, value in vars(args).items() if not callable(value)}
@@ -21,13 +78,18 @@ def _options(args: argparse.Namespace) -> dict:
 
 def _simulate(args: argparse.Namespace) -> int:
     from .analysis import gamma_peak, population_spectrum
+    from .backends import check_backend
     from .params import NetworkParams
     from .plotting import raster_and_spectrum_figure
-    from .records import write_json, write_run_record
+    from .records import check_writable_dir, write_json, write_run_record
     from .simulation import simulate_test_digits
 
     params = NetworkParams()
     out = Path(args.out)
+    check_backend(args.backend)  # cuda_standalone without a GPU fails here, not after an nvcc build
+    check_writable_dir(out, "--out")  # before the simulation, so its results cannot be lost
+    if args.build_dir:
+        check_writable_dir(args.build_dir, "--build-dir")
     result, summary, _ = simulate_test_digits(
         backend=args.backend,
         n_trials=args.n_trials,
@@ -40,24 +102,26 @@ def _simulate(args: argparse.Namespace) -> int:
     )
     sim = params.simulation
     frequencies, power = population_spectrum(result.spikes_e, sim.dt_ms, sim.transient_ms)
-    figure = raster_and_spectrum_figure(
-        result,
-        frequencies,
-        power,
-        gamma_peak(frequencies, power),
-        out / f"simulate_{args.backend}.png",
-        transient_ms=sim.transient_ms,
-        title=f"untrained PING network, {args.backend}, {args.n_trials} test digits, seed {args.seed}",
-    )
+    figure = out / f"simulate_{args.backend}.png"
     metrics = {
         **summary.as_dict(),
         "backend": args.backend,
         "timings_s": result.timings_s,
         "figure": str(figure),
     }
+    # The numbers first: a failure while drawing cannot lose the simulation.
     write_json(out / f"spectrum_{args.backend}.json", {"frequency_hz": frequencies, "power": power})
     write_run_record(
         out, command="simulate", config={**_options(args), "network": params.to_dict()}, seed=args.seed, metrics=metrics
+    )
+    raster_and_spectrum_figure(
+        result,
+        frequencies,
+        power,
+        gamma_peak(frequencies, power),
+        figure,
+        transient_ms=sim.transient_ms,
+        title=f"untrained PING network, {args.backend}, {args.n_trials} test digits, seed {args.seed}",
     )
     if args.json:
         print(json.dumps(metrics, default=str))
@@ -75,8 +139,8 @@ def _add_simulate(subparsers) -> None:
     p.add_argument(
         "--backend", default="cpp_standalone", choices=BACKENDS, help="Brian2 backend (default: %(default)s)"
     )
-    p.add_argument("--n-trials", type=int, default=20, help="number of test digits (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, input spikes and initial state")
+    p.add_argument("--n-trials", type=_positive_int, default=20, help="number of test digits (default: %(default)s)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of weights, input spikes and initial state")
     p.add_argument("--tier", default="medium", help="data tier whose test digits are used (default: %(default)s)")
     p.add_argument("--idx-dir", default=None, help="directory with the MNIST IDX files (default: embedded digits)")
     p.add_argument("--out", default="results/simulate", help="output directory (default: %(default)s)")
@@ -89,8 +153,12 @@ def _add_simulate(subparsers) -> None:
 def _crosscheck(args: argparse.Namespace) -> int:
     from bridge.crosscheck import crosscheck
 
-    from .records import write_run_record
+    from .backends import check_backend
+    from .records import check_writable_dir, write_run_record
 
+    for backend in args.backend:
+        check_backend(backend)
+    check_writable_dir(args.out, "--out")
     reports = []
     for backend in args.backend:
         report = crosscheck(
@@ -123,16 +191,38 @@ def _crosscheck(args: argparse.Namespace) -> int:
 def _add_crosscheck(subparsers) -> None:
     p = subparsers.add_parser("crosscheck", help="compare Brian2 and the PyTorch mirror spike for spike (float64)")
     p.add_argument("--backend", nargs="+", default=["cpp_standalone"], choices=BACKENDS, help="Brian2 backend(s)")
-    p.add_argument("--n-trials", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-trials", type=_positive_int, default=20)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default="results/crosscheck")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_crosscheck)
 
 
+_TRAIN_FLAGS = {
+    "n_train": "--n-train",
+    "n_test": "--n-test",
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "engine": "--engine",
+    "dtype": "--dtype",
+    "device": "--device",
+    "surrogate": "--surrogate",
+    "surrogate_slope": "--surrogate-slope",
+    "surrogate_unit_mv": "--surrogate-unit-mv",
+    "grad_clip_mode": "--grad-clip-mode",
+    "w_out_unit": "--w-out-unit",
+    "tier": "--tier",
+    "seed": "--seed",
+    "init_w_ei": "--init-w-ei",
+    "init_w_ie": "--init-w-ie",
+    "idx_directory": "--idx-dir",
+}
+"""TrainConfig field -> the ``biosim train`` flag that sets it (named in config errors)."""
+
+
 def _train(args: argparse.Namespace) -> int:
-    from bridge.training import TrainConfig, train
+    from bridge.training import ConfigError, TrainConfig, train
 
     overrides = {
         key: getattr(args, key)
@@ -152,17 +242,24 @@ def _train(args: argparse.Namespace) -> int:
         )
         if getattr(args, key) is not None
     }
-    config = TrainConfig(
-        tier=args.tier,
-        seed=args.seed,
-        init_w_ei=_init_spec(args.init_w_ei),
-        init_w_ie=_init_spec(args.init_w_ie),
-        train_w_ei=args.train_loop,
-        train_w_ie=args.train_loop,
-        idx_directory=args.idx_dir,
-        **overrides,
-    )
-    result = train(config, args.run_dir, progress=not args.quiet)
+    try:
+        config = TrainConfig(
+            tier=args.tier,
+            seed=args.seed,
+            init_w_ei=args.init_w_ei,
+            init_w_ie=args.init_w_ie,
+            train_w_ei=args.train_loop,
+            train_w_ie=args.train_loop,
+            idx_directory=args.idx_dir,
+            **overrides,
+        )
+    except ConfigError as error:
+        raise ConfigError(_with_flags(str(error))) from None
+    try:
+        result = train(config, args.run_dir, progress=not args.quiet)
+    except ConfigError as error:
+        message = str(error)  # a field that does not fit the data or the machine: name its flag too
+        raise ConfigError(_with_flags(message) if message.startswith("TrainConfig.") else message) from None
     final = result.final_metrics
     summary = {
         "status": result.status,
@@ -173,8 +270,12 @@ def _train(args: argparse.Namespace) -> int:
     return 0 if result.status == "completed" else 1
 
 
-def _init_spec(text: str) -> str | float:
-    return text if text in ("canonical", "zero") else float(text)
+def _with_flags(message: str) -> str:
+    """``TrainConfig.surrogate_slope: ...`` -> ``--surrogate-slope (TrainConfig.surrogate_slope): ...``."""
+    for field, flag in _TRAIN_FLAGS.items():
+        message = message.replace(f"TrainConfig.{field}:", f"{flag} (TrainConfig.{field}):")
+        message = message.replace(f"TrainConfig.{field} ", f"{flag} (TrainConfig.{field}) ")
+    return message
 
 
 def _add_train(subparsers) -> None:
@@ -183,26 +284,37 @@ def _add_train(subparsers) -> None:
     )
     p.add_argument("run_dir", type=Path, help="output directory of the run")
     p.add_argument("--tier", default="cpu", help="training tier: smoke, cpu, medium, full (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--init-w-ei", default="canonical", help="canonical, zero or a multiple of canonical")
-    p.add_argument("--init-w-ie", default="canonical", help="canonical, zero or a multiple of canonical")
+    p.add_argument("--seed", type=_seed, default=42)
+    p.add_argument(
+        "--init-w-ei", type=_init_spec, default="canonical", help="canonical, zero or a multiple of canonical"
+    )
+    p.add_argument(
+        "--init-w-ie", type=_init_spec, default="canonical", help="canonical, zero or a multiple of canonical"
+    )
     p.add_argument("--train-loop", action="store_true", help="let W_EI and W_IE train (default: frozen loop)")
-    p.add_argument("--n-train", type=int)
-    p.add_argument("--n-test", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--engine", help="time-loop engine (eager, fused)")
+    p.add_argument("--n-train", type=_positive_int)
+    p.add_argument("--n-test", type=_positive_int)
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int, help="at most --n-train (default: the tier's)")
+    p.add_argument(
+        "--engine",
+        default="fused",
+        choices=("fused", "eager"),
+        help="time-loop engine: fused (default, 12 to 25x faster) or eager (the plain autograd loop)",
+    )
     p.add_argument("--dtype", choices=("float32", "float64"))
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--surrogate", help="fast_sigmoid (default), sigmoid, atan, triangle")
-    p.add_argument("--surrogate-slope", type=float, help="slope of the surrogate (1/unit, default 1)")
+    p.add_argument("--surrogate-slope", type=_positive_float, help="slope of the surrogate (1/unit, default 1)")
     p.add_argument(
-        "--surrogate-unit-mv", type=float, help="unit of v - v_threshold for the surrogate, in mV (default 1000)"
+        "--surrogate-unit-mv",
+        type=_positive_float,
+        help="unit of v - v_threshold for the surrogate, in mV (default 1000)",
     )
     p.add_argument(
         "--grad-clip-mode", choices=("per_matrix", "global"), help="how the norm-1 clip applies (default per_matrix)"
     )
-    p.add_argument("--w-out-unit", type=float, help="unit of the trainable readout parameter (default 10)")
+    p.add_argument("--w-out-unit", type=_positive_float, help="unit of the trainable readout parameter (default 10)")
     p.add_argument("--idx-dir", default=None, help="directory with the MNIST IDX files (default: embedded digits)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -231,6 +343,7 @@ def _protocol_run(args: argparse.Namespace) -> int:
     from protocols.report import write_report
     from protocols.runner import run_protocol, summarize_statuses
 
+    formats = _check_formats(args.formats)  # before any run, not after all of them
     overrides = {"dtype": args.dtype} if args.dtype else {}
     protocol = get_protocol(
         args.name,
@@ -243,7 +356,7 @@ def _protocol_run(args: argparse.Namespace) -> int:
     statuses = run_protocol(
         protocol, out, processes=args.processes, workers=args.workers, scheduler=args.scheduler, progress=not args.quiet
     )
-    table, figures = write_report(out, formats=tuple(args.formats))
+    table, figures = write_report(out, formats=formats)
     counts = summarize_statuses(statuses)
     print(table.read_text())
     print(f"runs: {counts}\ntable: {table} (and table.csv)\nfigures: {figures}")
@@ -253,7 +366,7 @@ def _protocol_run(args: argparse.Namespace) -> int:
 def _protocol_report(args: argparse.Namespace) -> int:
     from protocols.report import write_report
 
-    table, figures = write_report(Path(args.out), formats=tuple(args.formats))
+    table, figures = write_report(Path(args.out), formats=_check_formats(args.formats))
     print(table.read_text())
     print(f"table: {table}\nfigures: {figures}")
     return 0
@@ -269,12 +382,12 @@ def _add_protocol(subparsers) -> None:
         default="study",
         help="smoke, cpu (a quick pipeline check), study, medium, full (default: %(default)s)",
     )
-    run.add_argument("--seeds", type=int, nargs="+", help="default: 42 43 44")
+    run.add_argument("--seeds", type=_seed, nargs="+", help="default: 42 43 44")
     run.add_argument("--conditions", nargs="+", help="a subset of the protocol's conditions (default: all)")
     run.add_argument("--dtype", choices=("float32", "float64"), help="training dtype (default: float32)")
     executor = run.add_mutually_exclusive_group()
-    executor.add_argument("--processes", type=int, help="local process pool size (default: 1)")
-    executor.add_argument("--workers", type=int, help="start a Dask LocalCluster with N workers")
+    executor.add_argument("--processes", type=_positive_int, help="local process pool size (default: 1)")
+    executor.add_argument("--workers", type=_positive_int, help="start a Dask LocalCluster with N workers")
     executor.add_argument("--scheduler", help="join a running Dask cluster at this address")
     run.add_argument("--out", help="output directory (default: results/NAME_TIER)")
     run.add_argument("--formats", nargs="+", default=["png"], help="figure formats (png, pdf, svg)")
@@ -353,9 +466,9 @@ def _add_bench(subparsers) -> None:
         "bench", help="fused vs eager BPTT throughput and memory, gradient agreement, Brian2 trials/s"
     )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--batch-size", type=int, help="default 32 on CPU, 256 on CUDA")
-    p.add_argument("--n-steps", type=int, default=2000)
-    p.add_argument("--n-brian2-trials", type=int, default=400)
+    p.add_argument("--batch-size", type=_positive_int, help="default 32 on CPU, 256 on CUDA")
+    p.add_argument("--n-steps", type=_positive_int, default=2000)
+    p.add_argument("--n-brian2-trials", type=_positive_int, default=400)
     p.add_argument("--no-brian2", action="store_true", help="skip the Brian2 evaluation")
     p.add_argument("--out", help="also write bench.json here")
     p.add_argument("--json", action="store_true")
@@ -377,14 +490,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "n_trials", 1) is not None and getattr(args, "n_trials", 1) < 1:
-        parser.error("--n-trials must be >= 1")
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
-        # Bad input: one clear line, no traceback.
-        print(f"biosim {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:
+        # Bad input (a value, a file, a location that cannot be written): one clear line, no traceback.
+        print(f"biosim {args.command}: error: {_describe(error)}", file=sys.stderr)
         return 2
+
+
+def _describe(error: BaseException) -> str:
+    """The message of a user error; an ``OSError`` with the path it concerns."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        return f"{error.filename}: {error.strerror}"
+    return str(error) or type(error).__name__
 
 
 if __name__ == "__main__":
