@@ -105,7 +105,7 @@ from .surrogates import Surrogate
 if TYPE_CHECKING:  # bridge.model imports this module to register the engine
     from .model import NetworkOutput
 
-__all__ = ["FusedEngine", "kernels_available", "run_network_fused"]
+__all__ = ["PRODUCT_PATHS", "FusedEngine", "kernel_info", "kernels_available", "run_network_fused"]
 
 Derivative = Callable[[torch.Tensor], torch.Tensor]
 
@@ -131,7 +131,17 @@ _KERNEL_SOURCE = r"""
 #include <xmmintrin.h>
 #define BIOSIM_HAVE_MXCSR 1
 #endif
+// Products with the recurrent weights (float32): register-tiled panels on AVX-512 (BIOSIM_PANELS 1) or
+// AVX2 + FMA (BIOSIM_PANELS 2), MKL's packed GEMM elsewhere (BIOSIM_PANELS 0). Both panel paths sum each
+// output in the same order, one FMA per term, so they give the same bits.
 #if defined(__AVX512F__)
+#define BIOSIM_PANELS 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#define BIOSIM_PANELS 2
+#else
+#define BIOSIM_PANELS 0
+#endif
+#if BIOSIM_PANELS
 #include <immintrin.h>
 #endif
 #include <omp.h>
@@ -688,12 +698,18 @@ inline void gemm(const char* ta, const char* tb, const int64_t* m, const int64_t
   dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-#if defined(__AVX512F__)
-// float32 products with the recurrent weights on AVX-512, faster than MKL for these shapes (a few trials x
-// hundreds of neurons; MKL spends a quarter of its time copying the small operand into panels): the weights
-// are stored once per backward pass as panels of 64 postsynaptic columns, each (depth, 64) contiguous, and
-// out[b, k] (+)= sum_c l[b, c] w[k, c] runs in register tiles of up to 4 trials x 64 columns.
-constexpr int64_t kPanel = 64;
+#if BIOSIM_PANELS
+// float32 products with the recurrent weights, faster than MKL for these shapes (a few trials x hundreds of
+// neurons; MKL spends a quarter of its time copying the small operand into panels): the weights are stored
+// once per backward pass as panels of kPanel postsynaptic columns, each (depth, kPanel) contiguous, and
+// out[b, k] (+)= sum_c l[b, c] w[k, c] runs in register tiles of up to kTileRows trials x kPanel columns.
+#if BIOSIM_PANELS == 1
+constexpr int64_t kPanel = 64;  // 4 zmm vectors; tiles of 4 x 4 accumulators
+constexpr int kTileRows = 4;
+#else
+constexpr int64_t kPanel = 16;  // 2 ymm vectors; tiles of 6 x 2 accumulators (15 of the 16 registers)
+constexpr int kTileRows = 6;
+#endif
 
 int64_t panel_floats(int64_t n_post, int64_t depth) { return (n_post + kPanel - 1) / kPanel * kPanel * depth; }
 
@@ -705,48 +721,90 @@ void to_panels(const float* weight, int64_t n_post, int64_t depth, float* panels
       panels[(k / kPanel) * kPanel * depth + c * kPanel + k % kPanel] = weight[k * depth + c];
 }
 
+#if BIOSIM_PANELS == 1
+using LaneMask = __mmask16;
+constexpr int kVectors = 4;
+
+inline LaneMask lane_mask(int64_t left) {
+  return left >= 16 ? LaneMask(0xFFFF) : left > 0 ? LaneMask((1u << left) - 1) : LaneMask(0);
+}
+
 template <int kRows>
 inline void panel_tile(int64_t depth, const float* __restrict l, int64_t ldl, const float* __restrict panel,
-                       float* __restrict out, int64_t ldo, const __mmask16* mask, bool add) {
-  __m512 acc[kRows][4];
+                       float* __restrict out, int64_t ldo, const LaneMask* mask, bool add) {
+  __m512 acc[kRows][kVectors];
   for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < 4; ++v)
+    for (int v = 0; v < kVectors; ++v)
       acc[r][v] = add ? _mm512_maskz_loadu_ps(mask[v], out + r * ldo + 16 * v) : _mm512_setzero_ps();
   for (int64_t c = 0; c < depth; ++c) {
-    __m512 w[4];
-    for (int v = 0; v < 4; ++v) {
+    __m512 w[kVectors];
+    for (int v = 0; v < kVectors; ++v) {
       w[v] = _mm512_loadu_ps(panel + c * kPanel + 16 * v);
       __asm__("" : "+v"(w[v]));  // one load per vector: folded into each FMA it would load kRows times
     }
     for (int r = 0; r < kRows; ++r) {
       const __m512 x = _mm512_set1_ps(l[r * ldl + c]);
-      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
+      for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
     }
   }
   for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < 4; ++v) _mm512_mask_storeu_ps(out + r * ldo + 16 * v, mask[v], acc[r][v]);
+    for (int v = 0; v < kVectors; ++v) _mm512_mask_storeu_ps(out + r * ldo + 16 * v, mask[v], acc[r][v]);
+}
+#else
+using LaneMask = __m256i;
+constexpr int kVectors = 2;
+
+inline LaneMask lane_mask(int64_t left) {
+  alignas(32) int32_t lanes[8];
+  for (int i = 0; i < 8; ++i) lanes[i] = i < left ? -1 : 0;
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
+}
+
+template <int kRows>
+inline void panel_tile(int64_t depth, const float* __restrict l, int64_t ldl, const float* __restrict panel,
+                       float* __restrict out, int64_t ldo, const LaneMask* mask, bool add) {
+  __m256 acc[kRows][kVectors];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVectors; ++v)
+      acc[r][v] = add ? _mm256_maskload_ps(out + r * ldo + 8 * v, mask[v]) : _mm256_setzero_ps();
+  for (int64_t c = 0; c < depth; ++c) {
+    __m256 w[kVectors];
+    for (int v = 0; v < kVectors; ++v) {
+      w[v] = _mm256_loadu_ps(panel + c * kPanel + 8 * v);
+      __asm__("" : "+x"(w[v]));  // one load per vector, as above
+    }
+    for (int r = 0; r < kRows; ++r) {
+      const __m256 x = _mm256_broadcast_ss(l + r * ldl + c);
+      for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm256_fmadd_ps(x, w[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVectors; ++v) _mm256_maskstore_ps(out + r * ldo + 8 * v, mask[v], acc[r][v]);
+}
+#endif
+
+template <int kRows>
+inline void panel_rows(int64_t rows, int64_t depth, const float* l, int64_t ldl, const float* panel, float* out,
+                       int64_t ldo, const LaneMask* mask, bool add) {
+  // The remaining rows (fewer than kTileRows) in one tile of their own size.
+  if constexpr (kRows > 0) {
+    if (rows == kRows) return panel_tile<kRows>(depth, l, ldl, panel, out, ldo, mask, add);
+    panel_rows<kRows - 1>(rows, depth, l, ldl, panel, out, ldo, mask, add);
+  }
 }
 
 // out[b, :n_post] (+)= l[b, :depth] W^T for `rows` trials (row strides ldl, ldo), W given as panels.
 void panel_product(int64_t rows, int64_t n_post, int64_t depth, const float* l, int64_t ldl, const float* panels,
                    float* out, int64_t ldo, bool add) {
+  constexpr int64_t kLanes = kPanel / kVectors;
   for (int64_t k0 = 0; k0 < n_post; k0 += kPanel) {
-    __mmask16 mask[4];
-    for (int v = 0; v < 4; ++v) {
-      const int64_t left = n_post - k0 - 16 * v;
-      mask[v] = left >= 16 ? __mmask16(0xFFFF) : left > 0 ? __mmask16((1u << left) - 1) : __mmask16(0);
-    }
+    LaneMask mask[kVectors];
+    for (int v = 0; v < kVectors; ++v) mask[v] = lane_mask(n_post - k0 - kLanes * v);
     const float* panel = panels + k0 * depth;
     int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) panel_tile<4>(depth, l + r * ldl, ldl, panel, out + r * ldo + k0, ldo, mask, add);
-    const float* l_rest = l + r * ldl;
-    float* out_rest = out + r * ldo + k0;
-    switch (rows - r) {
-      case 3: panel_tile<3>(depth, l_rest, ldl, panel, out_rest, ldo, mask, add); break;
-      case 2: panel_tile<2>(depth, l_rest, ldl, panel, out_rest, ldo, mask, add); break;
-      case 1: panel_tile<1>(depth, l_rest, ldl, panel, out_rest, ldo, mask, add); break;
-      default: break;
-    }
+    for (; r + kTileRows <= rows; r += kTileRows)
+      panel_tile<kTileRows>(depth, l + r * ldl, ldl, panel, out + r * ldo + k0, ldo, mask, add);
+    panel_rows<kTileRows - 1>(rows - r, depth, l + r * ldl, ldl, panel, out + r * ldo + k0, ldo, mask, add);
   }
 }
 #endif
@@ -776,7 +834,7 @@ void spike_adjoints(const Network& net, const AdjointBuffers& buf, const ChunkEx
     if (extra.packed_e != nullptr && extra.packed_i != nullptr) {
       const auto* packed_e = static_cast<const float*>(extra.packed_e);
       const auto* packed_i = static_cast<const float*>(extra.packed_i);
-#if defined(__AVX512F__)
+#if BIOSIM_PANELS
       panel_product(rows, n_e, n_eo, leo, n_eo, packed_e, ls_e, n_e, extra.g_counts_e != nullptr);
       panel_product(rows, n_i, n_e, lgi, n_e, packed_i, ls_i, n_i, extra.g_counts_i != nullptr);
 #else
@@ -792,10 +850,10 @@ void spike_adjoints(const Network& net, const AdjointBuffers& buf, const ChunkEx
 }
 
 // Bytes of the packed [w_ei, w_out] and w_ie (float32), for products with up to `rows` trials: panels on
-// AVX-512, MKL's packed format elsewhere.
+// AVX-512 and AVX2, MKL's packed format elsewhere.
 void packed_sizes(const Network& net, int64_t rows, int64_t* sizes) {
   const int64_t n_eo = net.n_i + net.n_classes;
-#if defined(__AVX512F__)
+#if BIOSIM_PANELS
   sizes[0] = static_cast<int64_t>(sizeof(float)) * panel_floats(net.n_e, n_eo);
   sizes[1] = static_cast<int64_t>(sizeof(float)) * panel_floats(net.n_i, net.n_e);
 #else
@@ -806,7 +864,7 @@ void packed_sizes(const Network& net, int64_t rows, int64_t* sizes) {
 
 void pack_weights(const Network& net, int64_t rows, void* packed_e, void* packed_i) {
   const int64_t n_eo = net.n_i + net.n_classes;
-#if defined(__AVX512F__)
+#if BIOSIM_PANELS
   to_panels(static_cast<const float*>(net.w_e_out), net.n_e, n_eo, static_cast<float*>(packed_e));
   to_panels(static_cast<const float*>(net.w_ie), net.n_i, net.n_e, static_cast<float*>(packed_i));
 #else
@@ -850,6 +908,7 @@ int64_t biosim_control_word() {
   return -1;
 #endif
 }
+int64_t biosim_product_path() { return BIOSIM_PANELS; }
 void biosim_packed_sizes(const Network* net, int64_t rows, int64_t* sizes) { packed_sizes(*net, rows, sizes); }
 void biosim_surrogate_f32(const Network* net, int64_t n, float* x, const uint8_t* integrating) {
   Surrogate<float>(*net).masked(n, x, integrating);
@@ -989,6 +1048,8 @@ class _KernelLibrary:
     control_word: Any
     """The calling thread's floating-point control word (flush-to-zero), -1 where there is none."""
     path: str
+    product_path: str
+    """How the float32 products with the recurrent weights run: a key of :data:`PRODUCT_PATHS`."""
 
 
 def _cpu_description() -> str:
@@ -1017,6 +1078,32 @@ _MKL_SYMBOLS = (
 """What the kernels call in the MKL that ``libtorch_cpu`` carries."""
 
 
+PRODUCT_PATHS = {
+    "avx512": "AVX-512 register tiles (panels of 64 columns, 4 x 4 zmm accumulators)",
+    "avx2": "AVX2 + FMA register tiles (panels of 16 columns, 6 x 2 ymm accumulators)",
+    "mkl": "MKL packed GEMM (cblas_sgemm_compute)",
+}
+"""The float32 product paths of the kernels; the two tiled ones give the same bits."""
+_PRODUCT_PATH_CODES = {1: "avx512", 2: "avx2", 0: "mkl"}
+_KERNEL_ISA_ENV = "BIOSIM_KERNEL_ISA"
+_KERNEL_ISA_FLAGS = {"native": (), "avx2": ("-mno-avx512f",)}
+"""``BIOSIM_KERNEL_ISA``: ``native`` (default) or ``avx2``, which builds without AVX-512 (to test the
+AVX2 path on an AVX-512 machine)."""
+
+
+def kernel_info() -> dict[str, Any]:
+    """Which CPU kernels this process uses: ``{"available", "product_path", "description", "library"}``."""
+    library = _kernel_library()
+    if library is None:
+        return {"available": False, "product_path": None, "description": "torch operations", "library": None}
+    return {
+        "available": True,
+        "product_path": library.product_path,
+        "description": PRODUCT_PATHS[library.product_path],
+        "library": library.path,
+    }
+
+
 @functools.cache
 def _kernel_library() -> _KernelLibrary | None:
     """Build (once per machine and source version) and load the CPU kernels; ``None`` if unavailable.
@@ -1037,7 +1124,10 @@ def _kernel_library() -> _KernelLibrary | None:
         return None
     if compiler is None:
         return None
-    flags = [*_COMPILER_FLAGS, "-march=native"]
+    isa = os.environ.get(_KERNEL_ISA_ENV, "native")
+    if isa not in _KERNEL_ISA_FLAGS:
+        raise ValueError(f"{_KERNEL_ISA_ENV}={isa!r}: expected one of {', '.join(_KERNEL_ISA_FLAGS)}")
+    flags = [*_COMPILER_FLAGS, "-march=native", *_KERNEL_ISA_FLAGS[isa]]
     link = [f"-L{torch_cpu.parent}", "-Wl,--no-as-needed", "-ltorch_cpu", f"-Wl,-rpath,{torch_cpu.parent}"]
     # -march=native: the cached library belongs to this kind of CPU as well.
     key = hashlib.sha256(
@@ -1091,6 +1181,7 @@ def _kernel_library() -> _KernelLibrary | None:
             library.biosim_pack_weights, pointer(_Network), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p
         ),
         path=str(target),
+        product_path=_PRODUCT_PATH_CODES[_function(library.biosim_product_path, restype=ctypes.c_int64)()],
     )
 
 

@@ -325,9 +325,9 @@ def test_a_surrogate_the_kernels_do_not_know_runs_on_torch_operations(trials, st
 
 
 @pytest.mark.skipif(not kernels_available(), reason="CPU kernels cannot be built here")
-@pytest.mark.parametrize("count", [1, 5, 7, 10])
+@pytest.mark.parametrize("count", [1, 3, 4, 5, 7, 10])
 def test_float32_kernel_products_for_every_block_shape(stored_weights, count):
-    """Blocks of up to 8 trials in register tiles of up to 4: batches that leave 1, 2 and 3 trials over."""
+    """Blocks of up to 8 trials in register tiles of up to 4 (AVX-512) or 6 (AVX2): every remainder."""
     split = load_split("smoke")
     trials = make_trials(split.train.images[:count], split.train.labels[:count], PARAMS, seed=4)
     _, expected = bptt(run_network, trials, stored_weights, get_surrogate(), dtype=torch.float32, count=count)
@@ -375,3 +375,48 @@ def test_mirror_spike_trains_are_identical_on_both_engines(trials, stored_weight
         run_mirror(PARAMS, stored_weights, trials, engine="fused", record_v={"e": [0]})
     with pytest.raises(ValueError, match="valid engines"):
         run_mirror(PARAMS, stored_weights, trials, engine="nosuch")
+
+
+_GRADIENT_DIGEST = """
+import hashlib, json, sys, torch
+sys.path.insert(0, {tests!r})
+import test_fast_engine as t
+from biosim.weights import init_weights
+from bridge.fast_engine import FusedEngine, kernel_info
+from bridge.surrogates import get_surrogate
+torch.set_num_threads(1)
+split = t.load_split("smoke")
+trials = t.make_trials(split.train.images[:7], split.train.labels[:7], t.PARAMS, seed=4)
+_, grads = t.bptt(FusedEngine(implementation="kernels"), trials, init_weights(t.PARAMS, seed=1), get_surrogate(),
+                  dtype=torch.float32, count=7)
+digest = hashlib.sha256(b"".join(g.numpy().tobytes() for g in grads)).hexdigest()
+print(json.dumps({{"path": kernel_info()["product_path"], "digest": digest}}))
+"""
+
+
+@pytest.mark.skipif(not kernels_available(), reason="CPU kernels cannot be built here")
+def test_avx2_product_path_gives_the_native_paths_bits(tmp_path):
+    """BIOSIM_KERNEL_ISA=avx2 builds the AVX2 tiles even on an AVX-512 machine; both tiled paths sum alike."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bridge.fast_engine import kernel_info
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if " avx2" not in flags or " fma" not in flags:
+        pytest.skip("this CPU has no AVX2 + FMA")
+    code = _GRADIENT_DIGEST.format(tests=str(Path(__file__).parent))
+
+    def digest(isa: str) -> dict:
+        env = {**os.environ, "BIOSIM_KERNEL_ISA": isa}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    native, avx2 = digest("native"), digest("avx2")
+    assert avx2["path"] == "avx2"
+    assert native["path"] == kernel_info()["product_path"]
+    if native["path"] in ("avx512", "avx2"):
+        assert native["digest"] == avx2["digest"]
