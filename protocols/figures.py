@@ -7,7 +7,7 @@
   the first seed: what is drawn is what Brian2 simulated with the trained weights.
 - Weight-distribution card: histograms of effective W_EI and W_IE (stored
   values below 0 shown as 0), initial as an outline, trained as a fill, pooled
-  over seeds; the legend gives the post-clamp mean and the pruned fraction.
+  over seeds; the legend gives the post-clamp mean and the fraction of edges at 0 (pruned or never grown).
 
 Across conditions:
 
@@ -128,7 +128,8 @@ def diagnostic_card(condition: str, records: list[RunRecord], path: Path) -> Pat
 
 
 def _legend_label(prefix: str, values: np.ndarray) -> str:
-    return f"{prefix}: mean {values.mean() * 1e3:.3g} nS, pruned {np.mean(values <= 0) * 100:.1f} %"
+    # Effective values cannot tell a pruned edge (stored < 0) from a stored zero: report both as "at 0".
+    return f"{prefix}: mean {values.mean() * 1e3:.3g} nS, at 0: {np.mean(values <= 0) * 100:.1f} %"
 
 
 def weight_card(condition: str, records: list[RunRecord], path: Path) -> Path:

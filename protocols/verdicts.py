@@ -7,26 +7,33 @@ weights run in the Brian2 network on the test digits, see
 (``status["final"]``). The criteria, checked in this order, are the fields
 of :class:`VerdictCriteria`:
 
-1. ``"loop dismantled"``: I-population rate < 1 Hz, OR more than half of the
-   E -> I edges pruned (``w_ei_pruned_fraction`` > 0.5, pruned = stored
-   weight < 0, so effective weight 0).
+1. ``"loop dismantled"``: the I-population rate is below 1 Hz. The
+   interneurons are silent, so the E -> I -> E loop carries nothing.
 2. ``"PING kept"``: I-population rate >= 5 Hz, AND the E-population gamma
    peak frequency lies in 25-80 Hz (inclusive), AND the peak stands out:
    ``gamma_relative_power`` (peak power over the median power in the
    20-100 Hz band, see :func:`biosim.analysis.spectra.gamma_peak`) >= 3.
-3. ``"changed"``: anything else (the loop survives but is no longer a clear
-   PING rhythm, or the rhythm left the 25-80 Hz band).
+3. ``"changed"``: anything else (the interneurons fire, but there is no
+   clear PING rhythm, or it has left the 25-80 Hz band).
+
+Function and structure are kept apart. A kept or changed loop that has lost
+more than half of its E -> I edges (``w_ei_pruned_fraction`` > 0.5; pruned =
+stored weight < 0) gets ", rewired" appended: ``"PING kept, rewired"``,
+``"changed, rewired"``. The pruned fraction alone never declares the loop
+dismantled. On the study tier, gradient descent pruned 60 to 70 % of W_EI
+and doubled the remaining edges, and Brian2 still showed I at 33 to 37 Hz
+with a 41 Hz gamma peak: the loop had been rewired, not taken apart
+(docs/training.md).
 
 A quantity that is missing or undefined (NaN: no gamma peak in a silent
-network) satisfies no comparison, so it can neither dismantle nor keep the
-loop on its own. A diverged run's verdict is ``"diverged"``; a run without a
-Brian2 validation (failed, unfinished, or validated only in the mirror) has
-no verdict (``None``).
+network) satisfies no comparison. A diverged run's verdict is
+``"diverged"``; a run without a Brian2 validation (failed, unfinished, or
+validated only in the mirror) has no verdict (``None``).
 
 For ``trainable_zero_init``, whose E-I loop starts at zero, nothing can be
 "kept" or "dismantled": there ``"PING kept"`` means PING is present at the
 end of training (the loop grew into a gamma rhythm) and ``"loop dismantled"``
-means it is absent (the loop stayed silent or pruned).
+means it is absent.
 
 A condition's verdict (:func:`condition_verdict`) is the most frequent run
 verdict with how many seeds agree, e.g. ``"PING kept (3/3)"``; a tie lists
@@ -46,6 +53,7 @@ __all__ = [
     "LOOP_DISMANTLED",
     "CHANGED",
     "DIVERGED",
+    "REWIRED",
     "run_verdict",
     "condition_verdict",
     "describe_criteria",
@@ -56,6 +64,8 @@ PING_KEPT = "PING kept"
 LOOP_DISMANTLED = "loop dismantled"
 CHANGED = "changed"
 DIVERGED = "diverged"
+REWIRED = ", rewired"
+"""Appended to a kept or changed verdict when more than half of W_EI is pruned."""
 
 
 @dataclass(frozen=True)
@@ -70,8 +80,8 @@ class VerdictCriteria:
     """PING kept: gamma peak power at least this multiple of the band median (dimensionless)."""
     dismantled_max_rate_i_hz: float = 1.0
     """Loop dismantled: I-population rate below this (Hz)."""
-    dismantled_min_w_ei_pruned_fraction: float = 0.5
-    """Loop dismantled: fraction of E -> I edges pruned above this (0 to 1)."""
+    rewired_min_w_ei_pruned_fraction: float = 0.5
+    """", rewired": fraction of E -> I edges pruned above this (0 to 1)."""
 
 
 DEFAULT_CRITERIA = VerdictCriteria()
@@ -135,16 +145,16 @@ def run_verdict(status: dict[str, Any], criteria: VerdictCriteria = VerdictCrite
     relative_power = _number(brian.get("gamma_relative_power"))
     pruned = _number((status.get("final") or {}).get("w_ei_pruned_fraction"))
     # NaN compares False both ways: an undefined quantity decides nothing.
-    if rate_i_hz < criteria.dismantled_max_rate_i_hz or pruned > criteria.dismantled_min_w_ei_pruned_fraction:
+    if rate_i_hz < criteria.dismantled_max_rate_i_hz:
         return LOOP_DISMANTLED
     low_hz, high_hz = criteria.kept_gamma_band_hz
-    if (
+    kept = (
         rate_i_hz >= criteria.kept_min_rate_i_hz
         and low_hz <= gamma_hz <= high_hz
         and relative_power >= criteria.kept_min_relative_power
-    ):
-        return PING_KEPT
-    return CHANGED
+    )
+    verdict = PING_KEPT if kept else CHANGED
+    return f"{verdict}{REWIRED}" if pruned > criteria.rewired_min_w_ei_pruned_fraction else verdict
 
 
 def condition_verdict(verdicts: list[str | None]) -> str:
@@ -184,10 +194,10 @@ def describe_criteria(criteria: VerdictCriteria = VerdictCriteria()) -> str:
     low_hz, high_hz = criteria.kept_gamma_band_hz
     return (
         f'Verdict per run (Brian2 on the test digits, trained weights): "{LOOP_DISMANTLED}" if I rate < '
-        f"{_hz(criteria.dismantled_max_rate_i_hz)} or W_EI pruned > "
-        f'{criteria.dismantled_min_w_ei_pruned_fraction * 100:g} %; else "{PING_KEPT}" if I rate >= '
+        f'{_hz(criteria.dismantled_max_rate_i_hz)}; else "{PING_KEPT}" if I rate >= '
         f"{_hz(criteria.kept_min_rate_i_hz)} and gamma peak in {low_hz:g}-{high_hz:g} Hz and peak >= "
-        f'{criteria.kept_min_relative_power:g} x band median; else "{CHANGED}". Per condition: the most '
-        'frequent run verdict (seeds agreeing / completed seeds); for trainable_zero_init "kept" / '
-        '"dismantled" mean PING present / absent at the end.'
+        f'{criteria.kept_min_relative_power:g} x band median; else "{CHANGED}"; "{REWIRED.lstrip(", ")}" is '
+        f"added when more than {criteria.rewired_min_w_ei_pruned_fraction * 100:g} % of W_EI is pruned. "
+        "Per condition: the most frequent run verdict (seeds agreeing / completed seeds); for "
+        'trainable_zero_init "kept" / "dismantled" mean PING present / absent at the end.'
     )

@@ -24,6 +24,7 @@ from protocols.verdicts import (
     DIVERGED,
     LOOP_DISMANTLED,
     PING_KEPT,
+    REWIRED,
     VerdictCriteria,
     condition_verdict,
     describe_criteria,
@@ -95,15 +96,18 @@ def test_relative_power_threshold(relative_power, expected):
 
 
 @pytest.mark.parametrize(
-    ("pruned", "expected"), [(0.5, PING_KEPT), (0.51, LOOP_DISMANTLED), (1.0, LOOP_DISMANTLED), (None, PING_KEPT)]
+    ("pruned", "expected"),
+    [(0.5, PING_KEPT), (0.51, PING_KEPT + REWIRED), (1.0, PING_KEPT + REWIRED), (None, PING_KEPT)],
 )
-def test_w_ei_pruned_fraction_threshold(pruned, expected):
+def test_w_ei_pruned_fraction_marks_a_rewired_loop(pruned, expected):
     assert run_verdict(_status(w_ei_pruned_fraction=pruned)) == expected
 
 
-def test_dismantled_is_checked_before_kept():
-    # A clear gamma rhythm with most E -> I edges pruned is still a dismantled loop.
-    assert run_verdict(_status(w_ei_pruned_fraction=0.9)) == LOOP_DISMANTLED
+def test_pruning_alone_never_dismantles_a_loop_that_still_fires():
+    # Most E -> I edges pruned, but the interneurons fire in a clear gamma rhythm: rewired, not taken apart.
+    assert run_verdict(_status(w_ei_pruned_fraction=0.9)) == "PING kept, rewired"
+    assert run_verdict(_status(w_ei_pruned_fraction=0.97, gamma_relative_power=1.2)) == "changed, rewired"
+    assert run_verdict(_status(w_ei_pruned_fraction=0.9, rate_i_hz=0.5)) == LOOP_DISMANTLED
 
 
 def test_a_silent_network_is_dismantled_even_without_a_gamma_peak():
@@ -134,7 +138,7 @@ def test_criteria_are_changeable_frozen_and_described():
         strict.kept_min_rate_i_hz = 1.0  # type: ignore[misc]
     text = describe_criteria(VerdictCriteria())
     assert "\n" not in text
-    for part in ("< 1 Hz", "> 50 %", ">= 5 Hz", "25-80 Hz", ">= 3 x band median", "trainable_zero_init"):
+    for part in ("< 1 Hz", "more than 50 %", ">= 5 Hz", "25-80 Hz", ">= 3 x band median", "trainable_zero_init"):
         assert part in text, part
     assert ">= 40 Hz" in describe_criteria(strict) and "30-46 Hz" in describe_criteria(strict)
 
@@ -188,7 +192,7 @@ def _protocol() -> Protocol:
 FAKE_RUNS = {
     ("frozen_ping", 42): (37.8, 38.0, 6.0, 0.0, PING_KEPT),
     ("frozen_ping", 43): (36.9, 40.0, 5.5, 0.0, PING_KEPT),
-    ("trainable_ping_init", 42): (12.0, 35.0, 4.0, 0.7, LOOP_DISMANTLED),
+    ("trainable_ping_init", 42): (0.5, 35.0, 4.0, 0.7, LOOP_DISMANTLED),
     ("trainable_ping_init", 43): (30.0, 91.0, 4.0, 0.2, CHANGED),
 }
 
@@ -264,7 +268,7 @@ def test_report_states_the_verdicts_in_table_and_comparison_figure(tmp_path):
     assert describe_criteria(VerdictCriteria()) in text
     assert "Per-run verdicts:" in text
     assert "- frozen_ping seed 42: PING kept (I 37.8 Hz, gamma 38 Hz at 6 x median, W_EI pruned 0 %)" in text
-    assert "- trainable_ping_init seed 42: loop dismantled (I 12 Hz, gamma 35 Hz at 4 x median, W_EI pruned 70 %)" in (
+    assert "- trainable_ping_init seed 42: loop dismantled (I 0.5 Hz, gamma 35 Hz at 4 x median, W_EI pruned 70 %)" in (
         text
     )
     assert "- trainable_ping_init seed 43: changed (I 30 Hz, gamma 91 Hz at 4 x median, W_EI pruned 20 %)" in text
