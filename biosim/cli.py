@@ -372,11 +372,33 @@ def _protocol_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _protocol_list(args: argparse.Namespace) -> int:
+    from protocols.definitions import DEFAULT_SEEDS, PROTOCOL_TIERS, PROTOCOLS, estimated_minutes
+
+    tiers = [t for t in PROTOCOL_TIERS if t != "smoke"]  # smoke is the tests' tier, with a scaled-down network
+    lines = [
+        f"Estimated wall time with seeds {', '.join(map(str, DEFAULT_SEEDS))} on 2 CPU cores, two runs at a time "
+        "(rough: per-trial costs measured on the project's machine; full needs the IDX files and a GPU):"
+    ]
+    for name, conditions in PROTOCOLS.items():
+        cost = ", ".join(f"{t} {_duration(estimated_minutes(name, t))}" for t in tiers)
+        lines.append(f"\n{name}: {len(conditions)} conditions x {len(DEFAULT_SEEDS)} seeds; {cost}")
+        lines += [f"  {c.name:<40} {c.description}" for c in conditions]
+    print("\n".join(lines))
+    return 0
+
+
+def _duration(minutes: float) -> str:
+    if minutes < 90:
+        return f"{minutes:.0f} min"
+    return f"{minutes / 60:.0f} h" if minutes < 48 * 60 else f"{minutes / 1440:.0f} days"
+
+
 def _add_protocol(subparsers) -> None:
     p = subparsers.add_parser("protocol", help="run an experiment protocol and draw its figures and table")
     actions = p.add_subparsers(dest="action", required=True)
     run = actions.add_parser("run", help="train, validate in Brian2, draw and tabulate every run")
-    run.add_argument("name", help="protocol: dale_pruning, frozen_baseline")
+    run.add_argument("name", help="protocol (biosim protocol list): dale_pruning, frozen_baseline, tau_gaba, basin_map")
     run.add_argument(
         "--tier",
         default="study",
@@ -397,6 +419,8 @@ def _add_protocol(subparsers) -> None:
     report.add_argument("out")
     report.add_argument("--formats", nargs="+", default=["png"])
     report.set_defaults(handler=_protocol_report)
+    listing = actions.add_parser("list", help="every protocol with its conditions and estimated cost per tier")
+    listing.set_defaults(handler=_protocol_list)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -433,6 +457,15 @@ def _bench_summary(r: dict[str, Any]) -> str:
         f"{r['eager_sample_steps_per_s']:.0f} sample-steps/s; batch {s['batch_size']}, {s['n_steps']} steps, "
         f"threads {r['fused_threads']} / {r['eager_threads']})",
     ]
+    if "roofline_fraction" in r:
+        lines.append(
+            f"roofline_fraction  {r['roofline_fraction']:.2f}  (4 n_e n_i flops per trial-step at "
+            f"{r['fused_sample_steps_per_s']:.0f} sample-steps/s, against a measured FMA peak of "
+            f"{r['fma_peak_flops'] / 1e9:.0f} GFLOP/s on {r['fused_threads']} threads)"
+        )
+    path = r.get("machine", {}).get("fused_product_path")
+    if path is not None:
+        lines.append(f"fused products     {path}  (float32 products with the recurrent weights; BIOSIM_KERNEL_ISA)")
     if "memory_ratio" in r:
         lines.append(
             f"memory_ratio       {r['memory_ratio']:.3f}  (fused {r['fused_peak_memory_bytes'] / 2**20:.0f} MiB vs "

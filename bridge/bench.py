@@ -536,6 +536,7 @@ def run_benchmark(
             "processor": _processor_name(),
             "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
             "fused_cpu_kernels": fast_engine.kernels_available() if device == "cpu" else False,
+            "fused_product_path": fast_engine.kernel_info()["product_path"] if device == "cpu" else None,
             "load_average_start": _load_average(),
         },
         "versions": library_versions(),
@@ -568,6 +569,19 @@ def run_benchmark(
         seconds_per_batch={engine: {str(t): v for t, v in by_threads.items()} for engine, by_threads in times.items()},
     )
     say(f"  speedup {result['speedup']:.1f}x")
+    if device == "cpu":
+        # Roofline: only the work the adjoint cannot avoid, the two dense products with the loop
+        # matrices (n_e x n_i each, one multiply and one add per entry) per trial-step.
+        params = _params(n_steps)
+        useful_flops = 4 * params.connectivity.n_e * params.connectivity.n_i
+        peak = fast_engine.fma_peak_flops(result["fused_threads"])
+        if peak is not None:
+            result.update(
+                fma_peak_flops=peak,
+                useful_flops_per_sample_step=useful_flops,
+                roofline_fraction=rate["fused"] * useful_flops / peak,
+            )
+            say(f"  roofline fraction {result['roofline_fraction']:.2f} (FMA peak {peak / 1e9:.0f} GFLOP/s)")
 
     # (b) memory
     if measure_memory:

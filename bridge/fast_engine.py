@@ -89,6 +89,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -105,7 +106,7 @@ from .surrogates import Surrogate
 if TYPE_CHECKING:  # bridge.model imports this module to register the engine
     from .model import NetworkOutput
 
-__all__ = ["PRODUCT_PATHS", "FusedEngine", "kernel_info", "kernels_available", "run_network_fused"]
+__all__ = ["PRODUCT_PATHS", "FusedEngine", "fma_peak_flops", "kernel_info", "kernels_available", "run_network_fused"]
 
 Derivative = Callable[[torch.Tensor], torch.Tensor]
 
@@ -909,6 +910,47 @@ int64_t biosim_control_word() {
 #endif
 }
 int64_t biosim_product_path() { return BIOSIM_PANELS; }
+// Floating-point operations of `iterations` rounds of independent float32 FMA chains in each of `threads`
+// threads (the caller times it): the machine's FMA peak at this vector width, for the benchmark's roofline.
+double biosim_fma_peak(int64_t iterations, int64_t threads) {
+  double total = 0.0;
+#pragma omp parallel num_threads(static_cast<int>(threads)) reduction(+ : total)
+  {
+    constexpr int kChains = 12;  // > FMA latency x FMA ports: the units never wait for a result
+#if BIOSIM_PANELS == 1
+    __m512 acc[kChains];
+    const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
+    for (int k = 0; k < kChains; ++k) acc[k] = _mm512_set1_ps(1.0f + k);
+    for (int64_t i = 0; i < iterations; ++i)
+      for (int k = 0; k < kChains; ++k) acc[k] = _mm512_fmadd_ps(acc[k], x, y);
+    float lanes[16];
+    for (int k = 1; k < kChains; ++k) acc[0] = _mm512_add_ps(acc[0], acc[k]);
+    _mm512_storeu_ps(lanes, acc[0]);
+    const double width = 16;
+#elif BIOSIM_PANELS == 2
+    __m256 acc[kChains];
+    const __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
+    for (int k = 0; k < kChains; ++k) acc[k] = _mm256_set1_ps(1.0f + k);
+    for (int64_t i = 0; i < iterations; ++i)
+      for (int k = 0; k < kChains; ++k) acc[k] = _mm256_fmadd_ps(acc[k], x, y);
+    float lanes[8];
+    for (int k = 1; k < kChains; ++k) acc[0] = _mm256_add_ps(acc[0], acc[k]);
+    _mm256_storeu_ps(lanes, acc[0]);
+    const double width = 8;
+#else
+    float acc[kChains];
+    for (int k = 0; k < kChains; ++k) acc[k] = 1.0f + k;
+    for (int64_t i = 0; i < iterations; ++i)
+      for (int k = 0; k < kChains; ++k) acc[k] = std::fma(acc[k], 0.999999f, 1e-7f);
+    float lanes[1] = {acc[0]};
+    const double width = 1;
+#endif
+    volatile float sink = lanes[0];  // keeps the loop from being optimised away
+    (void)sink;
+    total += 2.0 * width * kChains * static_cast<double>(iterations);
+  }
+  return total;
+}
 void biosim_packed_sizes(const Network* net, int64_t rows, int64_t* sizes) { packed_sizes(*net, rows, sizes); }
 void biosim_surrogate_f32(const Network* net, int64_t n, float* x, const uint8_t* integrating) {
   Surrogate<float>(*net).masked(n, x, integrating);
@@ -1048,6 +1090,8 @@ class _KernelLibrary:
     control_word: Any
     """The calling thread's floating-point control word (flush-to-zero), -1 where there is none."""
     path: str
+    fma_peak: Any
+    """``(iterations, threads) -> flops`` of independent FMA chains (:func:`fma_peak_flops` times it)."""
     product_path: str
     """How the float32 products with the recurrent weights run: a key of :data:`PRODUCT_PATHS`."""
 
@@ -1091,6 +1135,25 @@ _KERNEL_ISA_FLAGS = {"native": (), "avx2": ("-mno-avx512f",)}
 AVX2 path on an AVX-512 machine)."""
 
 
+def fma_peak_flops(threads: int, seconds: float = 0.3) -> float | None:
+    """Measured float32 FMA peak of this machine (flop/s) with ``threads`` threads; None without the kernels.
+
+    Independent FMA chains at the kernels' vector width, timed over about
+    ``seconds``: the ceiling of the benchmark's roofline (:mod:`bridge.bench`).
+    """
+    library = _kernel_library()
+    if library is None:
+        return None
+    iterations = 1 << 16
+    while True:
+        start = time.perf_counter()
+        flops = library.fma_peak(iterations, threads)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds or iterations >= 1 << 34:
+            return flops / elapsed
+        iterations *= 2
+
+
 def kernel_info() -> dict[str, Any]:
     """Which CPU kernels this process uses: ``{"available", "product_path", "description", "library"}``."""
     library = _kernel_library()
@@ -1116,14 +1179,19 @@ def _kernel_library() -> _KernelLibrary | None:
         return None
     torch_cpu = _torch_library_directory() / "libtorch_cpu.so"
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+    def unavailable(reason: str) -> None:
+        warnings.warn(f"fused engine: CPU kernels unavailable ({reason}); using torch operations", stacklevel=3)
+
     try:
         exports = ctypes.CDLL(str(torch_cpu))
-        for symbol in _MKL_SYMBOLS:
-            getattr(exports, symbol)  # AttributeError without MKL
-    except (OSError, AttributeError):
-        return None
+    except OSError as error:
+        return unavailable(f"cannot load {torch_cpu}: {error}")
+    missing = [symbol for symbol in _MKL_SYMBOLS if not hasattr(exports, symbol)]
+    if missing:
+        return unavailable(f"this torch build exports no MKL {', '.join(missing)}")
     if compiler is None:
-        return None
+        return unavailable("no C++ compiler: set CXX or install g++")
     isa = os.environ.get(_KERNEL_ISA_ENV, "native")
     if isa not in _KERNEL_ISA_FLAGS:
         raise ValueError(f"{_KERNEL_ISA_ENV}={isa!r}: expected one of {', '.join(_KERNEL_ISA_FLAGS)}")
@@ -1151,9 +1219,8 @@ def _kernel_library() -> _KernelLibrary | None:
                 os.replace(output, target)  # atomic: concurrent builds cannot leave a partial file
         library = ctypes.CDLL(str(target))
     except (OSError, subprocess.CalledProcessError) as error:
-        detail = getattr(error, "stderr", "") or str(error)
-        warnings.warn(f"fused engine: CPU kernels unavailable, using torch operations ({detail[-500:]})", stacklevel=3)
-        return None
+        detail = (getattr(error, "stderr", "") or str(error)).strip().splitlines()
+        return unavailable(f"the build failed: {' | '.join(detail[:5])}")
 
     def bind(name: str, *argtypes: Any) -> dict[torch.dtype, Any]:
         functions = {}
@@ -1181,6 +1248,7 @@ def _kernel_library() -> _KernelLibrary | None:
             library.biosim_pack_weights, pointer(_Network), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p
         ),
         path=str(target),
+        fma_peak=_function(library.biosim_fma_peak, ctypes.c_int64, ctypes.c_int64, restype=ctypes.c_double),
         product_path=_PRODUCT_PATH_CODES[_function(library.biosim_product_path, restype=ctypes.c_int64)()],
     )
 

@@ -1,14 +1,30 @@
-"""Protocol definitions: the Dale-pruning experiment of SPEC section 4.
+"""Protocol definitions: conditions x seeds at a tier, as data.
 
-A protocol is a set of conditions (how the E-I loop is initialised and whether
-it may train) crossed with seeds, at a tier (data size and epochs). Every run
-is described completely by its :class:`~bridge.training.TrainConfig`, which is
-saved in the run's directory, so any run can be rebuilt from there.
+A protocol is a set of named conditions crossed with seeds, at a tier (data
+size and epochs). A condition is a mapping of settings: any field of
+:class:`~bridge.training.TrainConfig` (``init_w_ei``, ``train_w_ie``,
+``w_out_unit``, ...) or any network parameter, written
+``network.SECTION.FIELD`` (``network.synapse.tau_gaba_ms``). A grid of
+settings expands into named conditions (:func:`grid`). Every run is
+described completely by its TrainConfig, which is saved in the run's
+directory, so any run can be rebuilt from there.
+
+Protocols (:data:`PROTOCOLS`):
+
+- ``dale_pruning`` (SPEC section 4): is the PING loop learnable? Four
+  initialisations of the E-I loop, frozen or trainable.
+- ``frozen_baseline``: the frozen control alone.
+- ``tau_gaba`` (SPEC section 6): tau_GABA of 4, 6, 8, 12 and 16 ms, each with
+  the loop frozen and trainable.
+- ``basin_map`` (SPEC section 6): initial W_EI x W_IE, each at 0, 0.25, 0.5,
+  1 and 2 x canonical, loop trainable: which end state each start reaches.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,30 +38,115 @@ __all__ = [
     "CONDITIONS",
     "PROTOCOL_TIERS",
     "PROTOCOLS",
+    "estimated_minutes",
     "get_protocol",
+    "grid",
 ]
+
+_NETWORK_PREFIX = "network."
 
 
 @dataclass(frozen=True)
 class Condition:
-    """How ``W_EI`` and ``W_IE`` start and whether they train (input and readout always train)."""
+    """One named set of settings; the input and readout always train.
+
+    Attributes
+    ----------
+    name : str
+    description : str
+    settings : mapping
+        TrainConfig fields, or network parameters as ``network.SECTION.FIELD``.
+    """
 
     name: str
-    init_w_ei: str | float
-    init_w_ie: str | float
-    loop_trainable: bool
     description: str
+    settings: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        known = {f.name for f in dataclasses.fields(TrainConfig)} - {"network", "seed"}
+        for key in self.settings:
+            if key.startswith(_NETWORK_PREFIX):
+                if key.count(".") != 2:
+                    raise ValueError(f"condition {self.name!r}: {key!r} must read network.SECTION.FIELD")
+            elif key not in known:
+                raise ValueError(
+                    f"condition {self.name!r}: unknown setting {key!r}; valid: TrainConfig fields "
+                    f"({', '.join(sorted(known))}) or network.SECTION.FIELD"
+                )
+
+    def apply(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """``fields`` (TrainConfig keyword arguments) with this condition's settings applied."""
+        fields = {**fields, "network": {k: dict(v) for k, v in fields.get("network", {}).items()}}
+        for key, value in self.settings.items():
+            if key.startswith(_NETWORK_PREFIX):
+                _, section, name = key.split(".")
+                fields["network"].setdefault(section, {})[name] = value
+            else:
+                fields[key] = value
+        return fields
 
 
-CONDITIONS: dict[str, Condition] = {
-    c.name: c
-    for c in (
-        Condition("frozen_ping", "canonical", "canonical", False, "control: canonical loop, frozen"),
-        Condition("trainable_ping_init", "canonical", "canonical", True, "canonical loop, trainable"),
-        Condition("trainable_zero_init", "zero", "zero", True, "loop starts at zero, trainable"),
-        Condition("trainable_small_init", 0.1, 0.1, True, "loop starts at 0.1 x canonical, trainable"),
+def _loop(name: str, description: str, init: str | float, trainable: bool, **extra: Any) -> Condition:
+    settings = {"init_w_ei": init, "init_w_ie": init, "train_w_ei": trainable, "train_w_ie": trainable, **extra}
+    return Condition(name, description, settings)
+
+
+def _number_text(value: float) -> str:
+    return f"{value:g}".replace(".", "p")
+
+
+def grid(prefix: str, description: str, axes: Mapping[str, tuple[Any, ...]], **fixed: Any) -> tuple[Condition, ...]:
+    """Every combination of the values of ``axes`` as a named condition.
+
+    >>> [c.name for c in grid("tau", "", {"network.synapse.tau_gaba_ms": (4.0, 8.0)})]
+    ['tau_tau_gaba_ms_4', 'tau_tau_gaba_ms_8']
+    """
+    conditions = []
+    for values in itertools.product(*axes.values()):
+        settings = dict(zip(axes, values, strict=True))
+        parts = [
+            f"{key.rsplit('.', 1)[-1]}_{_number_text(v) if isinstance(v, float) else v}" for key, v in settings.items()
+        ]
+        label = ", ".join(f"{key.rsplit('.', 1)[-1]} = {v}" for key, v in settings.items())
+        conditions.append(Condition(f"{prefix}_{'__'.join(parts)}", f"{description} ({label})", {**fixed, **settings}))
+    return tuple(conditions)
+
+
+DALE_PRUNING = (
+    _loop("frozen_ping", "control: canonical loop, frozen", "canonical", False),
+    _loop("trainable_ping_init", "canonical loop, trainable", "canonical", True),
+    _loop("trainable_zero_init", "loop starts at zero, trainable", "zero", True),
+    _loop("trainable_small_init", "loop starts at 0.1 x canonical, trainable", 0.1, True),
+)
+TAU_GABA = tuple(
+    _loop(
+        f"tau_gaba_{_number_text(tau)}_{'trainable' if trainable else 'frozen'}",
+        f"tau_GABA = {tau:g} ms, loop {'trainable' if trainable else 'frozen'}",
+        "canonical",
+        trainable,
+        **{"network.synapse.tau_gaba_ms": tau},
     )
+    for tau in (4.0, 6.0, 8.0, 12.0, 16.0)
+    for trainable in (False, True)
+)
+BASIN_MAP = grid(
+    "basin",
+    "loop trainable from an initial multiple of canonical",
+    {"init_w_ei": (0.0, 0.25, 0.5, 1.0, 2.0), "init_w_ie": (0.0, 0.25, 0.5, 1.0, 2.0)},
+    train_w_ei=True,
+    train_w_ie=True,
+)
+
+PROTOCOLS: dict[str, tuple[Condition, ...]] = {
+    "dale_pruning": DALE_PRUNING,
+    "frozen_baseline": DALE_PRUNING[:1],
+    "tau_gaba": TAU_GABA,
+    "basin_map": BASIN_MAP,
 }
+"""Each protocol's conditions."""
+
+CONDITIONS: dict[str, Condition] = {c.name: c for conditions in PROTOCOLS.values() for c in conditions}
+"""Every condition of every protocol, by name (names are unique across protocols)."""
 
 
 @dataclass(frozen=True)
@@ -153,14 +254,10 @@ class Protocol:
                     "engine": tier.engine,
                     **self.overrides,  # e.g. a smaller network, another device or engine
                     "seed": seed,
-                    "init_w_ei": condition.init_w_ei,
-                    "init_w_ie": condition.init_w_ie,
                     "train_w_in": True,
                     "train_w_out": True,
-                    "train_w_ei": condition.loop_trainable,
-                    "train_w_ie": condition.loop_trainable,
                 }
-                config = TrainConfig(**fields)
+                config = TrainConfig(**condition.apply(fields))
                 specs.append(RunSpec(self.name, name, seed, config, self.validation_backend))
         return specs
 
@@ -179,12 +276,6 @@ class Protocol:
         )
 
 
-PROTOCOLS = {
-    "dale_pruning": tuple(CONDITIONS),
-    "frozen_baseline": ("frozen_ping",),
-}
-
-
 def get_protocol(
     name: str,
     *,
@@ -201,18 +292,45 @@ def get_protocol(
     """
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; valid protocols: {', '.join(PROTOCOLS)}")
+    own = tuple(c.name for c in PROTOCOLS[name])
     if conditions is not None:
-        foreign = [c for c in conditions if c not in PROTOCOLS[name]]
+        foreign = [c for c in conditions if c not in own]
         if foreign:
             raise ValueError(
-                f"condition(s) {foreign} are not part of protocol {name!r}; "
-                f"its conditions: {', '.join(PROTOCOLS[name])}"
+                f"condition(s) {foreign} are not part of protocol {name!r}; its conditions: {', '.join(own)}"
             )
     return Protocol(
         name=name,
-        conditions=tuple(conditions) if conditions else PROTOCOLS[name],
+        conditions=tuple(conditions) if conditions else own,
         tier=tier,
         seeds=tuple(seeds or DEFAULT_SEEDS),
         overrides=overrides,
         validation_backend=validation_backend,
     )
+
+
+# Measured on the project's 2-core machine (AMD EPYC, AVX2; fused engine, float32, two runs at a time):
+# seconds of one process (one thread) per training trial (forward + backward), per evaluated test trial,
+# per Brian2 build, and per validated test trial (Brian2 and the float64 and float32 mirrors).
+_SECONDS_PER_TRAIN_TRIAL = 0.094
+_SECONDS_PER_TEST_TRIAL = 0.018
+_SECONDS_PER_BRIAN2_BUILD = 30.0
+_SECONDS_PER_VALIDATED_TRIAL = 0.12
+_CORES = 2
+
+
+def estimated_minutes(name: str, tier: str, n_seeds: int = len(DEFAULT_SEEDS)) -> float:
+    """Rough wall time (min) of protocol ``name`` at ``tier`` on 2 cores, from per-trial costs measured here.
+
+    Training trials, test evaluations after every epoch and one Brian2 validation per
+    run, two runs at a time. GPU tiers (``full``) are estimated as if run on this CPU.
+    """
+    t = PROTOCOL_TIERS[tier]
+    per_run = (
+        t.epochs * t.n_train * _SECONDS_PER_TRAIN_TRIAL
+        + (t.epochs + 1) * t.n_test * _SECONDS_PER_TEST_TRIAL
+        + t.n_train * _SECONDS_PER_TEST_TRIAL  # the untrained network on the training digits (epoch 0)
+        + _SECONDS_PER_BRIAN2_BUILD
+        + t.n_test * _SECONDS_PER_VALIDATED_TRIAL
+    )
+    return len(PROTOCOLS[name]) * n_seeds * per_run / _CORES / 60.0

@@ -39,6 +39,7 @@ from .verdicts import condition_verdict, run_verdict
 __all__ = ["diagnostic_card", "weight_card", "comparison_figure", "draw_all"]
 
 SEED_ALPHA = 0.35
+MAX_COMPARISON_COLUMNS = 10
 FINISHED = ("completed", "diverged")
 """Run statuses that have something to draw."""
 
@@ -286,7 +287,11 @@ def comparison_figure(records: list[RunRecord], path: Path) -> Path:
 
 
 def draw_all(records: list[RunRecord], figure_dir: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
-    """Both cards for every condition with at least one finished run, and the comparison figure."""
+    """Both cards for every condition with at least one finished run, and the comparison figure.
+
+    The comparison figure has one column per condition; protocols with more than
+    :data:`MAX_COMPARISON_COLUMNS` conditions (grids) need figures of their own.
+    """
     paths = []
     for condition in _ordered_conditions(records):
         finished = _finished_runs(records, condition)
@@ -295,7 +300,8 @@ def draw_all(records: list[RunRecord], figure_dir: Path, formats: tuple[str, ...
         for fmt in formats:
             paths.append(diagnostic_card(condition, finished, figure_dir / f"{condition}_diagnostic.{fmt}"))
             paths.append(weight_card(condition, finished, figure_dir / f"{condition}_weights.{fmt}"))
-    if any(r.status.get("status") in FINISHED for r in records):
+    drawn = [c for c in _ordered_conditions(records) if _finished_runs(records, c)]
+    if drawn and len(drawn) <= MAX_COMPARISON_COLUMNS:
         for fmt in formats:
             paths.append(comparison_figure(records, figure_dir / f"comparison.{fmt}"))
     return paths

@@ -29,6 +29,12 @@ def test_bench_reports_every_figure_and_records_the_run(tmp_path, capsys):
     assert record["config"]["batch_size"] == 2 and record["metrics"]["speedup"] == result["speedup"]
     summary = _bench_summary(result)
     assert "speedup" in summary and "3 trials on cpp_standalone" in summary and "mirror's: yes" in summary
+    if result["machine"]["fused_cpu_kernels"]:
+        # The roofline counts 4 n_e n_i flops per trial-step against the machine's measured FMA peak.
+        assert result["useful_flops_per_sample_step"] == 4 * 1024 * 256
+        assert result["fma_peak_flops"] > 1e9 and 0 < result["roofline_fraction"] < 1
+        assert result["machine"]["fused_product_path"] in ("avx512", "avx2", "mkl")
+        assert "roofline_fraction" in summary and "fused products" in summary
 
 
 def test_the_baseline_loop_is_the_model():

@@ -420,3 +420,17 @@ def test_avx2_product_path_gives_the_native_paths_bits(tmp_path):
     assert native["path"] == kernel_info()["product_path"]
     if native["path"] in ("avx512", "avx2"):
         assert native["digest"] == avx2["digest"]
+
+
+def test_kernels_that_cannot_be_built_say_why(tmp_path, monkeypatch):
+    """No compiler: one warning naming the cause, and the torch implementation runs instead."""
+    from bridge import fast_engine
+
+    monkeypatch.setenv("BIOSIM_KERNEL_CACHE", str(tmp_path))  # nothing cached there
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.warns(UserWarning, match=r"CPU kernels unavailable \(the build failed: .*no-such-compiler"):
+        assert fast_engine._kernel_library.__wrapped__() is None
+    monkeypatch.setattr(fast_engine.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX")
+    with pytest.warns(UserWarning, match="no C.. compiler: set CXX or install g.."):
+        assert fast_engine._kernel_library.__wrapped__() is None

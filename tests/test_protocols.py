@@ -6,7 +6,16 @@ import os
 import pytest
 
 from biosim.params import NetworkParams
-from protocols.definitions import CONDITIONS, PROTOCOLS, Protocol, get_protocol
+from protocols.definitions import (
+    CONDITIONS,
+    PROTOCOLS,
+    Condition,
+    Protocol,
+    RunSpec,
+    estimated_minutes,
+    get_protocol,
+    grid,
+)
 from protocols.report import write_report
 from protocols.runner import KILL_ONCE_ENV, run_protocol, run_status
 
@@ -29,7 +38,7 @@ def _tiny(conditions=("frozen_ping", "trainable_zero_init"), seeds=(42, 43)) -> 
 
 
 def test_conditions_match_the_spec():
-    assert PROTOCOLS["dale_pruning"] == (
+    assert tuple(c.name for c in PROTOCOLS["dale_pruning"]) == (
         "frozen_ping",
         "trainable_ping_init",
         "trainable_zero_init",
@@ -51,7 +60,7 @@ def test_protocol_round_trips_and_rejects_unknown_names():
         Protocol(name="x", conditions=("no_such",), tier="cpu")
     with pytest.raises(ValueError, match="valid tiers"):
         get_protocol("dale_pruning", tier="huge")
-    assert set(CONDITIONS) == set(PROTOCOLS["dale_pruning"])
+    assert {c.name for c in PROTOCOLS["dale_pruning"]} <= set(CONDITIONS)
 
 
 def test_local_pool_runs_records_and_skips_finished(tmp_path):
@@ -116,3 +125,45 @@ def test_a_subset_of_conditions_and_a_dtype_can_be_chosen():
     assert (study.n_train, study.n_test, study.epochs, study.batch_size) == (640, 400, 3, 16)
     with pytest.raises(ValueError, match="not part of protocol 'frozen_baseline'"):
         get_protocol("frozen_baseline", tier="study", conditions=("trainable_zero_init",))
+
+
+def test_conditions_are_data_and_grids_expand_into_named_runs():
+    conditions = grid("g", "test grid", {"init_w_ei": (0.5, 2.0), "network.synapse.tau_gaba_ms": (4.0, 8.0)})
+    assert [c.name for c in conditions] == [
+        "g_init_w_ei_0p5__tau_gaba_ms_4",
+        "g_init_w_ei_0p5__tau_gaba_ms_8",
+        "g_init_w_ei_2__tau_gaba_ms_4",
+        "g_init_w_ei_2__tau_gaba_ms_8",
+    ]
+    fields = conditions[1].apply({"seed": 1, "network": {"connectivity": {"n_e": 64}}})
+    assert fields["init_w_ei"] == 0.5
+    assert fields["network"] == {"connectivity": {"n_e": 64}, "synapse": {"tau_gaba_ms": 8.0}}
+    with pytest.raises(ValueError, match="unknown setting 'init_w_xx'"):
+        Condition("bad", "", {"init_w_xx": 1.0})
+    with pytest.raises(ValueError, match="network.SECTION.FIELD"):
+        Condition("bad", "", {"network.tau_gaba_ms": 1.0})
+
+
+def test_follow_up_protocols_set_tau_gaba_and_the_loop_start():
+    tau = {r.condition: r.config for r in get_protocol("tau_gaba", tier="study", seeds=(42,)).runs()}
+    assert len(tau) == 10
+    assert tau["tau_gaba_16_trainable"].network_params().synapse.tau_gaba_ms == 16.0
+    assert tau["tau_gaba_16_trainable"].train_w_ei and not tau["tau_gaba_4_frozen"].train_w_ie
+    basin = {r.condition: r.config for r in get_protocol("basin_map", tier="study", seeds=(42,)).runs()}
+    assert len(basin) == 25
+    start = basin["basin_init_w_ei_0p25__init_w_ie_2"]
+    assert (start.init_w_ei, start.init_w_ie, start.train_w_ei, start.train_w_ie) == (0.25, 2.0, True, True)
+    assert RunSpec.from_dict(get_protocol("basin_map", tier="study", seeds=(42,)).runs()[3].to_dict()).config == (
+        get_protocol("basin_map", tier="study", seeds=(42,)).runs()[3].config
+    )
+
+
+def test_protocol_list_prints_every_protocol_with_conditions_and_cost(capsys):
+    from biosim.cli import main
+
+    assert main(["protocol", "list"]) == 0
+    text = capsys.readouterr().out
+    for name, conditions in PROTOCOLS.items():
+        assert f"{name}: {len(conditions)} conditions x 3 seeds; cpu " in text
+        assert all(c.name in text for c in conditions)
+    assert estimated_minutes("dale_pruning", "study") < 60
