@@ -113,19 +113,29 @@ def run_mirror(
         )
 
 
-def _spike_trains(parts: list[tuple[np.ndarray, ...]], n_neurons: int, n_trials: int, n_steps: int) -> SpikeTrains:
-    return SpikeTrains.from_arrays(
-        *(np.concatenate([p[k] for p in parts]) for k in range(3)),
-        n_neurons=n_neurons,
-        n_trials=n_trials,
-        n_steps=n_steps,
+def _result(params, trials, spikes, scores, elapsed_s, dtype, device, *, traces) -> SimulationResult:
+    """A :class:`SimulationResult` from per-batch ``(trial, step, neuron)`` spike parts and scores."""
+    c, n_steps = params.connectivity, params.simulation.n_steps
+
+    def trains(population: str, n_neurons: int) -> SpikeTrains:
+        parts = spikes[population]
+        arrays = (np.concatenate([p[k] for p in parts]) for k in range(3))
+        return SpikeTrains.from_arrays(*arrays, n_neurons=n_neurons, n_trials=trials.n_trials, n_steps=n_steps)
+
+    return SimulationResult(
+        spikes_e=trains("e", c.n_e),
+        spikes_i=trains("i", c.n_i),
+        scores=np.concatenate(scores),
+        dt_ms=params.simulation.dt_ms,
+        simulator=f"mirror:{torch.device(device).type}:{str(dtype).replace('torch.', '')}",
+        timings_s={"simulate": elapsed_s},
+        traces=traces,
     )
 
 
 def _run_fused(params, weights, trials, *, dtype, device, batch_size) -> SimulationResult:
     from .fast_engine import FusedEngine
 
-    c, n_steps = params.connectivity, params.simulation.n_steps
     constants = make_constants(params)
     w = torch_weights(weights, dtype=dtype, device=device)
     engine = FusedEngine()
@@ -142,16 +152,7 @@ def _run_fused(params, weights, trials, *, dtype, device, batch_size) -> Simulat
             step_index, trial, neuron = np.nonzero(raster.cpu().numpy())  # (step, batch, neuron)
             spikes[population].append((trial + start, step_index, neuron))
         scores.append(batch_scores.cpu().numpy())
-    elapsed = time.perf_counter() - t0
-    return SimulationResult(
-        spikes_e=_spike_trains(spikes["e"], c.n_e, trials.n_trials, n_steps),
-        spikes_i=_spike_trains(spikes["i"], c.n_i, trials.n_trials, n_steps),
-        scores=np.concatenate(scores),
-        dt_ms=params.simulation.dt_ms,
-        simulator=f"mirror:{torch.device(device).type}:{str(dtype).replace('torch.', '')}",
-        timings_s={"simulate": elapsed},
-        traces={},
-    )
+    return _result(params, trials, spikes, scores, time.perf_counter() - t0, dtype, device, traces={})
 
 
 def _run_mirror(params, weights, trials, *, dtype, device, batch_size, record_v) -> SimulationResult:
@@ -187,13 +188,5 @@ def _run_mirror(params, weights, trials, *, dtype, device, batch_size, record_v)
             traces[key].append(torch.stack(values, dim=1).cpu().numpy())
         scores.append((state.score_sum / n_steps).cpu().numpy())
     elapsed = time.perf_counter() - t0
-
-    return SimulationResult(
-        spikes_e=_spike_trains(spikes["e"], c.n_e, trials.n_trials, n_steps),
-        spikes_i=_spike_trains(spikes["i"], c.n_i, trials.n_trials, n_steps),
-        scores=np.concatenate(scores),
-        dt_ms=params.simulation.dt_ms,
-        simulator=f"mirror:{torch.device(device).type}:{str(dtype).replace('torch.', '')}",
-        timings_s={"simulate": elapsed},
-        traces={key: np.concatenate(values) for key, values in traces.items()},
-    )
+    traces = {key: np.concatenate(values) for key, values in traces.items()}
+    return _result(params, trials, spikes, scores, elapsed, dtype, device, traces=traces)

@@ -126,6 +126,7 @@ __all__ = [
     "is_finished",
     "load_model",
     "population_spiketrains",
+    "read_run_config",
     "test_trial_set",
     "train",
 ]
@@ -1170,17 +1171,35 @@ def _read_json_file(path: Path, what: str) -> Any:
         raise ConfigError(f"{path}: {what} is not a text file ({error.reason})") from None
 
 
+def read_run_config(path: Path) -> TrainConfig:
+    """The :class:`TrainConfig` of a run's ``config.json``, with errors that name the file.
+
+    Raises
+    ------
+    ConfigError
+        The file is not JSON, not a config record, or holds an invalid config.
+    """
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: expected the run's config record (JSON), found invalid JSON ({error})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: expected the run's config record (JSON), found binary data ({error.reason})"
+        ) from None
+    if not isinstance(record, dict) or "config" not in record:
+        raise ConfigError(f"{path}: expected a JSON object with a 'config' entry (written by biosim train)")
+    try:
+        return TrainConfig.from_dict(record["config"])
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
 def _stored_config(run_dir: Path, checkpoint: dict[str, Any] | None) -> TrainConfig:
     """The config a run was started with: ``config.json``, else the checkpoint's, else the weight file's."""
     path = run_dir / "config.json"
     if path.is_file():
-        record = _read_json_file(path, "the run's config record")
-        if not isinstance(record, dict) or "config" not in record:
-            raise ConfigError(f"{path}: expected a JSON object with a 'config' entry (written by biosim train)")
-        try:
-            return TrainConfig.from_dict(record["config"])
-        except ConfigError as error:
-            raise ConfigError(f"{path}: {error}") from None
+        return read_run_config(path)
     if checkpoint is not None:
         return TrainConfig.from_dict(checkpoint["config"])
     try:

@@ -20,7 +20,6 @@ trial (the network is chaotic), so only the statistics are expected to agree.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from biosim.weight_files import load_weights
 
 from .crosscheck import compare_spikes
 from .simulate import run_mirror
-from .training import ConfigError, TrainConfig, test_trial_set
+from .training import read_run_config, test_trial_set
 
 __all__ = ["Criteria", "validate", "format_report"]
 
@@ -118,7 +117,7 @@ def validate(
     for path in (config_path, weights_path):
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: is {run_dir} a finished training run (biosim train)?")
-    config = _read_config(config_path)
+    config = read_run_config(config_path)
     # Inputs come from the config, the network from the file: they must describe the same network.
     loaded = load_weights(weights_path, params=config.network_params(), params_from=f"the run's {config_path}")
     params = loaded.params
@@ -175,24 +174,6 @@ def validate(
     write_json(run_dir / f"validation_{backend}.json", report)
     _save_brian2_views(run_dir, backend, brian, params)
     return report
-
-
-def _read_config(path: Path) -> TrainConfig:
-    """The run's :class:`TrainConfig` from ``config.json``, with errors that name the file."""
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}: expected the run's config record (JSON), found invalid JSON ({error})") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(
-            f"{path}: expected the run's config record (JSON), found binary data ({error.reason})"
-        ) from None
-    if not isinstance(record, dict) or "config" not in record:
-        raise ConfigError(f"{path}: expected a JSON object with a 'config' entry (written by biosim train)")
-    try:
-        return TrainConfig.from_dict(record["config"])
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from None
 
 
 def _save_brian2_views(run_dir: Path, backend: str, result: SimulationResult, params) -> None:
