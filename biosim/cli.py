@@ -352,7 +352,7 @@ def _protocol_run(args: argparse.Namespace) -> int:
         conditions=tuple(args.conditions) if args.conditions else None,
         **overrides,
     )
-    out = Path(args.out or f"results/{args.name}_{args.tier}")
+    out = Path(args.out or f"results/{args.name}_{protocol.tier}")
     statuses = run_protocol(
         protocol, out, processes=args.processes, workers=args.workers, scheduler=args.scheduler, progress=not args.quiet
     )
@@ -373,16 +373,20 @@ def _protocol_report(args: argparse.Namespace) -> int:
 
 
 def _protocol_list(args: argparse.Namespace) -> int:
-    from protocols.definitions import DEFAULT_SEEDS, PROTOCOL_TIERS, PROTOCOLS, estimated_minutes
+    from protocols.definitions import PROTOCOL_DEFAULTS, PROTOCOL_TIERS, PROTOCOLS, estimated_minutes
 
     tiers = [t for t in PROTOCOL_TIERS if t != "smoke"]  # smoke is the tests' tier, with a scaled-down network
     lines = [
-        f"Estimated wall time with seeds {', '.join(map(str, DEFAULT_SEEDS))} on 2 CPU cores, two runs at a time "
+        "Estimated wall time with each protocol's default seeds on 2 CPU cores, two runs at a time "
         "(rough: per-trial costs measured on the project's machine; full needs the IDX files and a GPU):"
     ]
     for name, conditions in PROTOCOLS.items():
+        defaults = PROTOCOL_DEFAULTS[name]
         cost = ", ".join(f"{t} {_duration(estimated_minutes(name, t))}" for t in tiers)
-        lines.append(f"\n{name}: {len(conditions)} conditions x {len(DEFAULT_SEEDS)} seeds; {cost}")
+        seeds = " ".join(map(str, defaults.seeds))
+        lines.append(
+            f"\n{name}: {len(conditions)} conditions x seeds {seeds}; default tier {defaults.tier}; {cost}"
+        )
         lines += [f"  {c.name:<40} {c.description}" for c in conditions]
     print("\n".join(lines))
     return 0
@@ -401,10 +405,10 @@ def _add_protocol(subparsers) -> None:
     run.add_argument("name", help="protocol (biosim protocol list): dale_pruning, frozen_baseline, tau_gaba, basin_map")
     run.add_argument(
         "--tier",
-        default="study",
-        help="smoke, cpu (a quick pipeline check), study, medium, full (default: %(default)s)",
+        help="smoke, cpu (a quick pipeline check), study, survey, medium, full "
+        "(default: the protocol's, see biosim protocol list)",
     )
-    run.add_argument("--seeds", type=_seed, nargs="+", help="default: 42 43 44")
+    run.add_argument("--seeds", type=_seed, nargs="+", help="default: the protocol's (biosim protocol list)")
     run.add_argument("--conditions", nargs="+", help="a subset of the protocol's conditions (default: all)")
     run.add_argument("--dtype", choices=("float32", "float64"), help="training dtype (default: float32)")
     executor = run.add_mutually_exclusive_group()

@@ -36,8 +36,10 @@ __all__ = [
     "Protocol",
     "RunSpec",
     "CONDITIONS",
+    "PROTOCOL_DEFAULTS",
     "PROTOCOL_TIERS",
     "PROTOCOLS",
+    "ProtocolDefaults",
     "estimated_minutes",
     "get_protocol",
     "grid",
@@ -175,12 +177,33 @@ PROTOCOL_TIERS: dict[str, ProtocolTier] = {
         # digits) while the whole protocol, Brian2 validation included, fits in an hour on 2 cores.
         # 120 Adam steps per run; why these numbers: docs/training.md, "The study tier".
         ProtocolTier("study", n_train=640, n_test=400, epochs=3, batch_size=16, data_tier="medium"),
+        # The follow-up sweeps (tens of conditions, one seed each): half the study tier's digits, 60 Adam
+        # steps per run, so that a 25-condition grid fits in an hour on 2 cores.
+        ProtocolTier("survey", n_train=320, n_test=200, epochs=3, batch_size=16, data_tier="medium"),
         ProtocolTier("medium", n_train=1600, n_test=400, epochs=100, batch_size=256, data_tier="medium"),
         ProtocolTier("full", n_train=60_000, n_test=10_000, epochs=20, batch_size=256, data_tier="full"),
     )
 }
 
 DEFAULT_SEEDS = (42, 43, 44)
+
+
+@dataclass(frozen=True)
+class ProtocolDefaults:
+    """What ``biosim protocol run NAME`` uses when no tier or seeds are given."""
+
+    tier: str
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+
+
+PROTOCOL_DEFAULTS: dict[str, ProtocolDefaults] = {
+    "dale_pruning": ProtocolDefaults("study"),
+    "frozen_baseline": ProtocolDefaults("study"),
+    # Sweeps: one seed per grid point at the survey tier; more seeds or tiers on request (--seeds, --tier).
+    "tau_gaba": ProtocolDefaults("survey", (42,)),
+    "basin_map": ProtocolDefaults("survey", (42,)),
+}
+"""Default tier and seeds of each protocol; each default finishes in an hour on 2 cores."""
 
 
 @dataclass(frozen=True)
@@ -279,7 +302,7 @@ class Protocol:
 def get_protocol(
     name: str,
     *,
-    tier: str,
+    tier: str | None = None,
     seeds: tuple[int, ...] | None = None,
     conditions: tuple[str, ...] | None = None,
     validation_backend: str = "cpp_standalone",
@@ -287,11 +310,13 @@ def get_protocol(
 ) -> Protocol:
     """The protocol ``name`` (a key of :data:`PROTOCOLS`) at ``tier``.
 
+    ``tier`` and ``seeds`` default to the protocol's (:data:`PROTOCOL_DEFAULTS`);
     ``conditions`` selects some of the protocol's conditions (default: all);
     ``overrides`` are TrainConfig fields applied to every run (e.g. ``dtype``).
     """
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; valid protocols: {', '.join(PROTOCOLS)}")
+    defaults = PROTOCOL_DEFAULTS[name]
     own = tuple(c.name for c in PROTOCOLS[name])
     if conditions is not None:
         foreign = [c for c in conditions if c not in own]
@@ -302,8 +327,8 @@ def get_protocol(
     return Protocol(
         name=name,
         conditions=tuple(conditions) if conditions else own,
-        tier=tier,
-        seeds=tuple(seeds or DEFAULT_SEEDS),
+        tier=defaults.tier if tier is None else tier,
+        seeds=tuple(seeds or defaults.seeds),
         overrides=overrides,
         validation_backend=validation_backend,
     )
@@ -319,12 +344,15 @@ _SECONDS_PER_VALIDATED_TRIAL = 0.12
 _CORES = 2
 
 
-def estimated_minutes(name: str, tier: str, n_seeds: int = len(DEFAULT_SEEDS)) -> float:
+def estimated_minutes(name: str, tier: str, n_seeds: int | None = None) -> float:
     """Rough wall time (min) of protocol ``name`` at ``tier`` on 2 cores, from per-trial costs measured here.
 
     Training trials, test evaluations after every epoch and one Brian2 validation per
     run, two runs at a time. GPU tiers (``full``) are estimated as if run on this CPU.
+    ``n_seeds`` defaults to the protocol's default seeds.
     """
+    if n_seeds is None:
+        n_seeds = len(PROTOCOL_DEFAULTS[name].seeds)
     t = PROTOCOL_TIERS[tier]
     per_run = (
         t.epochs * t.n_train * _SECONDS_PER_TRAIN_TRIAL

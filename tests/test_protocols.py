@@ -8,6 +8,7 @@ import pytest
 from biosim.params import NetworkParams
 from protocols.definitions import (
     CONDITIONS,
+    PROTOCOL_DEFAULTS,
     PROTOCOLS,
     Condition,
     Protocol,
@@ -164,6 +165,16 @@ def test_protocol_list_prints_every_protocol_with_conditions_and_cost(capsys):
     assert main(["protocol", "list"]) == 0
     text = capsys.readouterr().out
     for name, conditions in PROTOCOLS.items():
-        assert f"{name}: {len(conditions)} conditions x 3 seeds; cpu " in text
+        defaults = PROTOCOL_DEFAULTS[name]
+        seeds = " ".join(map(str, defaults.seeds))
+        assert f"{name}: {len(conditions)} conditions x seeds {seeds}; default tier {defaults.tier}; cpu " in text
         assert all(c.name in text for c in conditions)
-    assert estimated_minutes("dale_pruning", "study") < 60
+        # Every protocol's default finishes within the hour on the 2-core machine.
+        assert estimated_minutes(name, defaults.tier) < 60, name
+
+
+def test_protocol_defaults_apply_when_tier_and_seeds_are_not_given():
+    sweep = get_protocol("basin_map")
+    assert (sweep.tier, sweep.seeds) == ("survey", (42,))
+    assert get_protocol("basin_map", tier="study", seeds=(1, 2)).seeds == (1, 2)
+    assert get_protocol("dale_pruning").tier == "study"
