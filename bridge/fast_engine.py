@@ -212,6 +212,7 @@ struct ForwardBuffers {
   void *counts_e, *counts_i;         // (batch, n): spikes per neuron, zero on entry
   void *population_e, *population_i; // (batch, n_steps): spikes per step, out
   State checkpoints;                 // (n_chunks, batch, n) each; null pointers: not saved
+  void* readout_trace;               // (batch, n_steps, n_classes): u after each step, out
 };
 
 struct ChunkBuffers {
@@ -232,12 +233,14 @@ struct AdjointBuffers {
   void *lgi_e, *lge_e;               // (2, batch, n_e): adjoint at time t in ring slot t % 2; lge_e may be null
   void* leo;                         // (2, batch, n_i + n_classes): [l_ge_i, l_u], ring slots likewise
   const void* g_sum;                 // (batch, n_classes): dL/dscore_sum
+  const void* g_trace;               // (batch, n_steps, n_classes): dL/du after each step, or null
 };
 
 struct ChunkExtras {
   const void *g_counts_e, *g_counts_i;  // (batch, n): dL/dcount, or null
   void *grad_in, *grad_ie, *grad_e_out; // the block's own weight-gradient accumulators, or null
   const void *packed_e, *packed_i;      // float32: [w_ei, w_out] and w_ie packed for cblas_sgemm_compute, or null
+  const void* g_population_e;           // (batch, n_steps): dL/d(E spikes of the step), or null
 };
 
 // For the guard's lifetime, this thread gets the caller's floating-point control word (flush-to-zero of
@@ -500,6 +503,7 @@ void forward(const Network& net, const ForwardBuffers& buf) {
     T* counts_i = static_cast<T*>(buf.counts_i) + b * n_i;
     T* population_e = static_cast<T*>(buf.population_e) + b * net.n_steps;
     T* population_i = static_cast<T*>(buf.population_i) + b * net.n_steps;
+    T* trace = static_cast<T*>(buf.readout_trace) + b * net.n_steps * n_classes;
     std::vector<T> total(n_e), growth(n_e);
     Propagation<T> propagation(net);
     for (int64_t t = 0; t < net.n_steps; ++t) {
@@ -522,6 +526,7 @@ void forward(const Network& net, const ForwardBuffers& buf) {
       reset(k_e, t, propagation.spiking_e.data(), count_e, s.v_e, s.ready_e);
       reset(k_i, t, propagation.spiking_i.data(), count_i, s.v_i, s.ready_i);
       for (int64_t c = 0; c < n_classes; ++c) score_sum[c] = score_sum[c] + u[c];
+      std::memcpy(trace + t * n_classes, u, sizeof(T) * n_classes);
     }
   });
 }
@@ -682,10 +687,11 @@ void adjoint_trial(const Network& net, const AdjointBuffers& buf, const ChunkExt
   population_adjoint<T>(n_i, fired_i, at(buf.ls_i, b * n_i), buf.s_i != nullptr ? at(buf.s_i, i_row) : nullptr,
                         at(buf.cv_i, i_row), at_mutable(buf.lv_i, b * n_i), decay_ampa, leo_next,
                         at(buf.cge_i, i_row), at_mutable(buf.leo, now * n_eo), T(0), nullptr, nullptr, nullptr);
-  // readout: l_u = decay l_u' + dL/dscore_sum
+  // readout: l_u = decay l_u' + dL/dscore_sum (+ dL/du of the trace: u at time t is the one step t - 1 made)
   const T* g_sum = at(buf.g_sum, b * n_classes);
   T* lu = at_mutable(buf.leo, now * n_eo + n_i);
   for (int64_t c = 0; c < n_classes; ++c) lu[c] = leo_next[n_i + c] * decay_readout + g_sum[c];
+  if (buf.g_trace != nullptr && t > 0) add_row(n_classes, lu, at(buf.g_trace, (b * net.n_steps + t - 1) * n_classes));
 }
 
 inline void gemm(const char* ta, const char* tb, const int64_t* m, const int64_t* n, const int64_t* k,
@@ -811,7 +817,7 @@ void panel_product(int64_t rows, int64_t n_post, int64_t depth, const float* l, 
 #endif
 
 // Spike adjoints of step first + j for trials [b0, b1):
-//   ls_e = [l_ge_i, l_u](slot j + 1) [w_ei, w_out]^T (+ dL/dcount_e),
+//   ls_e = [l_ge_i, l_u](slot j + 1) [w_ei, w_out]^T (+ dL/dcount_e) (+ dL/dpopulation_e(t), every neuron),
 //   ls_i = l_gi_e(slot j + 1) w_ie^T (+ dL/dcount_i).
 // With MKL: row-major (trials, n) blocks are column-major (n, trials): ls^T = W lambda^T, with W stored
 // row-major (post, pre), which is column-major (pre, post), hence "T".
@@ -822,10 +828,22 @@ void spike_adjoints(const Network& net, const AdjointBuffers& buf, const ChunkEx
   const T one = T(1);
   T* ls_e = static_cast<T*>(buf.ls_e) + b0 * n_e;
   T* ls_i = static_cast<T*>(buf.ls_i) + b0 * n_i;
-  const T beta_e = extra.g_counts_e != nullptr ? T(1) : T(0);
+  const bool bias_e = extra.g_counts_e != nullptr || extra.g_population_e != nullptr;
+  const T beta_e = bias_e ? T(1) : T(0);
   const T beta_i = extra.g_counts_i != nullptr ? T(1) : T(0);
   if (extra.g_counts_e != nullptr)
     std::memcpy(ls_e, static_cast<const T*>(extra.g_counts_e) + b0 * n_e, sizeof(T) * rows * n_e);
+  if (extra.g_population_e != nullptr) {  // the population count is the sum of the step's E spikes
+    const T* g_population = static_cast<const T*>(extra.g_population_e);
+    for (int64_t r = 0; r < rows; ++r) {
+      const T g = g_population[(b0 + r) * net.n_steps + buf.first + j];
+      T* row = ls_e + r * n_e;
+      if (extra.g_counts_e != nullptr)
+        for (int64_t k = 0; k < n_e; ++k) row[k] += g;
+      else
+        std::fill(row, row + n_e, g);
+    }
+  }
   if (extra.g_counts_i != nullptr)
     std::memcpy(ls_i, static_cast<const T*>(extra.g_counts_i) + b0 * n_i, sizeof(T) * rows * n_i);
   const int64_t next = ((buf.first + j + 1) & 1) * batch + b0;  // ring slot of time t + 1
@@ -836,7 +854,7 @@ void spike_adjoints(const Network& net, const AdjointBuffers& buf, const ChunkEx
       const auto* packed_e = static_cast<const float*>(extra.packed_e);
       const auto* packed_i = static_cast<const float*>(extra.packed_i);
 #if BIOSIM_PANELS
-      panel_product(rows, n_e, n_eo, leo, n_eo, packed_e, ls_e, n_e, extra.g_counts_e != nullptr);
+      panel_product(rows, n_e, n_eo, leo, n_eo, packed_e, ls_e, n_e, bias_e);
       panel_product(rows, n_i, n_e, lgi, n_e, packed_i, ls_i, n_i, extra.g_counts_i != nullptr);
 #else
       cblas_sgemm_compute(kColumnMajor, kPacked, kNoTrans, n_e, rows, n_eo, packed_e, n_eo, leo, n_eo, beta_e, ls_e,
@@ -1029,6 +1047,7 @@ class _ForwardBuffers(ctypes.Structure):
         [("state", _State)]
         + _pointers("u", "score_sum", "raster_e", "raster_i", "counts_e", "counts_i", "population_e", "population_i")
         + [("checkpoints", _State)]
+        + _pointers("readout_trace")
     )
 
 
@@ -1041,7 +1060,9 @@ class _ChunkBuffers(ctypes.Structure):
 
 
 class _ChunkExtras(ctypes.Structure):
-    _fields_ = _pointers("g_counts_e", "g_counts_i", "grad_in", "grad_ie", "grad_e_out", "packed_e", "packed_i")
+    _fields_ = _pointers(
+        "g_counts_e", "g_counts_i", "grad_in", "grad_ie", "grad_e_out", "packed_e", "packed_i", "g_population_e"
+    )
 
 
 class _AdjointBuffers(ctypes.Structure):
@@ -1063,6 +1084,7 @@ class _AdjointBuffers(ctypes.Structure):
         "lge_e",
         "leo",
         "g_sum",
+        "g_trace",
     )
 
 
@@ -1483,7 +1505,7 @@ def _initial_state(problem: _Problem) -> dict[str, torch.Tensor]:
     }
 
 
-def _forward_kernels(problem: _Problem, w_in, w_ie, w_e_out, u, score_sum, raster_e, raster_i, checkpoints):
+def _forward_kernels(problem: _Problem, w_in, w_ie, w_e_out, u, score_sum, trace, raster_e, raster_i, checkpoints):
     """The whole time loop in the CPU kernels; returns the final state, spike counts and population counts."""
     state = _initial_state(problem)
     batch, n_steps, _ = problem.x.shape
@@ -1496,12 +1518,13 @@ def _forward_kernels(problem: _Problem, w_in, w_ie, w_e_out, u, score_sum, raste
         _address(population["e"]),
         _address(population["i"]),
         _state_struct(checkpoints),
+        _address(trace),
     )
     problem.library.forward[u.dtype](ctypes.byref(network), ctypes.byref(buffers))
     return state, counts["e"], counts["i"], population["e"], population["i"]
 
 
-def _forward_torch(problem: _Problem, w_in, w_ie, w_e_out, u, score_sum, raster_e, raster_i, checkpoints):
+def _forward_torch(problem: _Problem, w_in, w_ie, w_e_out, u, score_sum, trace, raster_e, raster_i, checkpoints):
     """The whole time loop in torch operations; returns what :func:`_forward_kernels` returns."""
     x, constants, k_e, k_i = problem.x, problem.constants, problem.constants.e, problem.constants.i
     dt, chunk, sparse = constants.dt, problem.chunk_steps, problem.sparse
@@ -1540,6 +1563,7 @@ def _forward_torch(problem: _Problem, w_in, w_ie, w_e_out, u, score_sum, raster_
             ready_e = ready_e.masked_fill(fired_e, t + k_e.refractory_steps)
             ready_i = ready_i.masked_fill(fired_i, t + k_i.refractory_steps)
             score_sum.add_(u)
+            trace[:, t] = u
             raster_e[t] = fired_e
             raster_i[t] = fired_i
     state = dict(zip(_STATE_NAMES, (v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i), strict=True))
@@ -1558,6 +1582,7 @@ def _run_forward(problem: _Problem, w_in, w_ie, w_e_out, n_classes: int):
         problem.saved["input_events"] = _InputEvents.from_raster(problem.x)
     u = torch.zeros(batch, n_classes, dtype=dtype, device=device)
     score_sum = torch.zeros_like(u)
+    trace = torch.empty(batch, n_steps, n_classes, dtype=dtype, device=device)
     raster_e = torch.empty(n_steps, batch, n_e, dtype=torch.bool, device=device)
     raster_i = torch.empty(n_steps, batch, n_i, dtype=torch.bool, device=device)
     checkpoints = None
@@ -1567,8 +1592,8 @@ def _run_forward(problem: _Problem, w_in, w_ie, w_e_out, n_classes: int):
             for name, value in _initial_state(problem).items()
         }
     run = _forward_kernels if problem.library is not None else _forward_torch
-    outputs = run(problem, w_in, w_ie, w_e_out, u, score_sum, raster_e, raster_i, checkpoints)
-    return (checkpoints, raster_e, raster_i, u, score_sum, *outputs)
+    outputs = run(problem, w_in, w_ie, w_e_out, u, score_sum, trace, raster_e, raster_i, checkpoints)
+    return (checkpoints, raster_e, raster_i, u, score_sum, trace, *outputs)
 
 
 class _FusedNetwork(torch.autograd.Function):
@@ -1579,7 +1604,7 @@ class _FusedNetwork(torch.autograd.Function):
         n_steps = problem.x.shape[1]
         w_in, w_ie = w_in.contiguous(), w_ie.contiguous()
         w_e_out = torch.cat([w_ei, w_out], dim=1)  # E spikes feed ge_i and the readout: one gather serves both
-        checkpoints, raster_e, raster_i, u, score_sum, state, counts_e, counts_i, population_e, population_i = (
+        checkpoints, raster_e, raster_i, u, score_sum, trace, state, counts_e, counts_i, population_e, population_i = (
             _run_forward(problem, w_in, w_ie, w_e_out, w_out.shape[1])
         )
         # Countdown after the last step, as the eager engine keeps it: max(ready - (T - 1), 0).
@@ -1590,7 +1615,7 @@ class _FusedNetwork(torch.autograd.Function):
             ctx.problem = problem
             ctx.save_for_backward(w_in, w_ie, w_out)
         ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(refractory_e, refractory_i, population_e, population_i)
+        ctx.mark_non_differentiable(refractory_e, refractory_i, population_i)
         return (
             score_sum / n_steps,
             counts_e,
@@ -1607,13 +1632,16 @@ class _FusedNetwork(torch.autograd.Function):
             refractory_i,
             population_e,
             population_i,
+            trace,
         )
 
     @staticmethod
     @once_differentiable  # first derivatives only: the adjoint itself is not differentiated
     def backward(ctx, *grads):  # type: ignore[override]
         w_in, w_ie, w_out = ctx.saved_tensors
-        adjoint = _Adjoint(ctx.problem, w_in, w_ie, w_out, grads[:11], ctx.needs_input_grad[1:5])
+        adjoint = _Adjoint(
+            ctx.problem, w_in, w_ie, w_out, (*grads[:11], grads[13], grads[15]), ctx.needs_input_grad[1:5]
+        )
         return (None, *adjoint.run())
 
 
@@ -1628,7 +1656,8 @@ class _Adjoint:
     """
 
     def __init__(self, problem: _Problem, w_in, w_ie, w_out, grads, needs) -> None:
-        g_scores, g_counts_e, g_counts_i, g_v_e, g_ge_e, g_gi_e, g_v_i, g_ge_i, _, g_u, g_score_sum = grads
+        g_scores, g_counts_e, g_counts_i, g_v_e, g_ge_e, g_gi_e, g_v_i, g_ge_i, _, g_u, g_score_sum = grads[:11]
+        g_population_e, g_trace = grads[11:]
         self.problem = problem
         self.need_in, self.need_ei, self.need_ie, self.need_out = needs
         self.w_in, self.w_ie, self.w_out = w_in, w_ie, w_out
@@ -1645,11 +1674,14 @@ class _Adjoint:
             self.g_sum += g_scores.to(self.dtype) / self.n_steps
         # The membrane chain has a source only through a surrogate or a loss on the state or the counts.
         self.full = problem.derivative is not None or any(
-            g is not None for g in (g_counts_e, g_counts_i, g_v_e, g_ge_e, g_gi_e, g_v_i, g_ge_i)
+            g is not None for g in (g_counts_e, g_counts_i, g_v_e, g_ge_e, g_gi_e, g_v_i, g_ge_i, g_population_e)
         )
         self.want_ge_e = self.need_in and self.full
         self.g_counts_e = None if g_counts_e is None else g_counts_e.to(self.dtype).contiguous()
         self.g_counts_i = None if g_counts_i is None else g_counts_i.to(self.dtype).contiguous()
+        # Losses on the per-step outputs: the E population count of each step and the readout trace.
+        self.g_population_e = None if g_population_e is None else g_population_e.to(self.dtype).contiguous()
+        self.g_trace = None if g_trace is None else g_trace.to(self.dtype).contiguous()
 
         # Adjoint buffers, with the adjoints of the final state (time T) in their slot. The kernels keep two
         # ring slots (time t in slot t % 2) and add the weight gradients as they go; the torch
@@ -1661,6 +1693,8 @@ class _Adjoint:
         self.leo = self._empty(slots, batch, n_i + n_classes)  # [l_ge_i, l_u]
         self.leo[last_slot, :, :n_i] = self._zeros_or(g_ge_i, (batch, n_i))
         self.leo[last_slot, :, n_i:] = self._zeros_or(g_u, (batch, n_classes)) + self.g_sum
+        if self.g_trace is not None:  # the final u is the trace's last entry
+            self.leo[last_slot, :, n_i:] += self.g_trace[:, -1]
         self.lgi_e = self.lge_e = None
         if self.full:
             self.lv_e = self._zeros_or(g_v_e, (batch, n_e))
@@ -1747,19 +1781,29 @@ class _Adjoint:
         n_i, decay = self.n_i, self.problem.constants.decay_readout
         for j in range(last - first - 1, -1, -1):
             torch.mul(self.leo[j + 1, :, n_i:], decay, out=self.leo[j, :, n_i:]).add_(self.g_sum)
+            self._add_trace_gradient(self.leo[j, :, n_i:], first + j)
         self.leo[: last - first, :, :n_i] = 0.0
 
-    def _spike_adjoints(self, j: int, out_e: torch.Tensor | None = None, out_i: torch.Tensor | None = None):
-        """``l_s_e = [l_ge_i, l_u](slot j + 1) [w_ei, w_out]^T + dL/dcount_e`` and ``l_s_i = l_gi_e w_ie^T + ...``."""
+    def _add_trace_gradient(self, l_u: torch.Tensor, t: int) -> None:
+        """``l_u(t) += dL/dtrace[t - 1]``: the u of time ``t`` is the trace entry that step ``t - 1`` made."""
+        if self.g_trace is not None and t > 0:
+            l_u.add_(self.g_trace[:, t - 1])
+
+    def _spike_adjoints(self, j: int, t: int):
+        """``l_s_e = [l_ge_i, l_u](slot j + 1) [w_ei, w_out]^T + dL/dcount_e + dL/dpopulation_e(t)``, ``l_s_i = ...``.
+
+        ``l_s_i = l_gi_e(slot j + 1) w_ie^T + dL/dcount_i``; ``t`` is the step of slot ``j``.
+        """
+        bias_e = self.g_counts_e
+        if self.g_population_e is not None:  # the step's population count is the sum of its E spikes
+            population = self.g_population_e[:, t : t + 1]
+            bias_e = population.expand(-1, self.n_e) if bias_e is None else bias_e + population
         product = []
-        for bias, adjoint, weight, out in (
-            (self.g_counts_e, self.leo[j + 1], self.w_e_out, out_e),
-            (self.g_counts_i, self.lgi_e[j + 1], self.w_ie, out_i),
+        for bias, adjoint, weight in (
+            (bias_e, self.leo[j + 1], self.w_e_out),
+            (self.g_counts_i, self.lgi_e[j + 1], self.w_ie),
         ):
-            if bias is None:
-                product.append(torch.mm(adjoint, weight.t(), out=out))
-            else:
-                product.append(torch.addmm(bias, adjoint, weight.t(), out=out))
+            product.append(torch.mm(adjoint, weight.t()) if bias is None else torch.addmm(bias, adjoint, weight.t()))
         return product
 
     # --- CPU kernels -------------------------------------------------------------
@@ -1816,6 +1860,7 @@ class _Adjoint:
                 *(_address(t) for t in (self.g_counts_e, self.g_counts_i)),
                 *(_address(accumulators.get(name)) for name in ("grad_in", "grad_ie", "grad_e_out")),
                 *(_address(t) for t in self.packed),
+                _address(self.g_population_e),
             )
             rasters = _address(saved["raster_e"]), _address(saved["raster_i"])
             for index, first, last in self._chunk_bounds():
@@ -1848,6 +1893,7 @@ class _Adjoint:
             *(_address(t) for t in (self.ls_e, self.ls_i, self.lv_e, self.lv_i, self.lgi_e, self.lge_e)),
             _address(self.leo),
             _address(self.g_sum),
+            _address(self.g_trace),
         )
 
     # --- torch operations --------------------------------------------------------
@@ -1862,7 +1908,7 @@ class _Adjoint:
         fired_e, fired_i = problem.saved["raster_e"][first:last], problem.saved["raster_i"][first:last]
         leo, lgi_e, lge_e = self.leo, self.lgi_e, self.lge_e
         for j in range(last - first - 1, -1, -1):
-            lambda_s_e, lambda_s_i = self._spike_adjoints(j)
+            lambda_s_e, lambda_s_i = self._spike_adjoints(j, first + j)
             # E: the reset cuts the adjoint where a spike fired; the spike adds the surrogate path.
             lambda_v1_e = self.lv_e.masked_fill_(fired_e[j], 0.0)
             if s_e is not None:
@@ -1879,6 +1925,7 @@ class _Adjoint:
             self.lv_i = lambda_v1_i.mul_(cv_i[j])
             # readout: u(t) enters score_sum at the step that makes it, and u(t + 1) through the decay
             torch.mul(leo[j + 1, :, n_i:], constants.decay_readout, out=leo[j, :, n_i:]).add_(self.g_sum)
+            self._add_trace_gradient(leo[j, :, n_i:], first + j)
 
     def _recompute_torch(self, index: int, first: int, last: int) -> tuple[torch.Tensor, ...]:
         """States at the start of every step of a chunk, from its checkpoint and the saved spikes.
@@ -1990,6 +2037,7 @@ class FusedEngine:
         spike_fn: SpikeFunction = heaviside,
         *,
         record_population: bool = False,
+        record_readout: bool = False,
     ) -> NetworkOutput:
         """Run whole trials; see :func:`run_network_fused`."""
         from .model import NetworkOutput, run_network
@@ -2000,13 +2048,22 @@ class FusedEngine:
             surrogate = spike_fn
         else:
             # Neither its forward nor its derivative is ours to assume.
-            return run_network(x, v_init_e, v_init_i, weights, constants, spike_fn, record_population=record_population)
+            return run_network(
+                x,
+                v_init_e,
+                v_init_i,
+                weights,
+                constants,
+                spike_fn,
+                record_population=record_population,
+                record_readout=record_readout,
+            )
         save = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
         problem = self._problem(x, v_init_e, v_init_i, weights, constants, surrogate, save)
         outputs = _FusedNetwork.apply(problem, *weights)
         scores, counts_e, counts_i = outputs[:3]
         v_e, ge_e, gi_e, v_i, ge_i, gi_i, u, score_sum, refractory_e, refractory_i = outputs[3:13]
-        population_e, population_i = outputs[13:]
+        population_e, population_i, trace = outputs[13:]
         return NetworkOutput(
             scores=scores,
             spike_counts_e=counts_e,
@@ -2014,6 +2071,7 @@ class FusedEngine:
             final_state=NetworkState(v_e, ge_e, gi_e, refractory_e, v_i, ge_i, gi_i, refractory_i, u, score_sum),
             population_e=population_e if record_population else None,
             population_i=population_i if record_population else None,
+            readout_trace=trace if record_readout else None,
         )
 
     def _problem(self, x, v_init_e, v_init_i, weights: Weights, constants, surrogate, save: bool) -> _Problem:
@@ -2072,6 +2130,7 @@ def run_network_fused(
     spike_fn: SpikeFunction = heaviside,
     *,
     record_population: bool = False,
+    record_readout: bool = False,
 ) -> NetworkOutput:
     """Run whole trials with the fused engine: a drop-in for :func:`bridge.model.run_network`.
 
@@ -2092,16 +2151,19 @@ def run_network_fused(
         :class:`bridge.surrogates.Surrogate`, whose ``derivative`` the
         adjoint uses. Any other callable runs on the eager engine instead.
     record_population : bool
-        Also return the E and I spike counts per step (detached).
+        Also return the E and I spike counts per step.
+    record_readout : bool
+        Also return the readout potentials after each step.
 
     Returns
     -------
     NetworkOutput
         As :func:`bridge.model.run_network`, with the same spikes. ``scores``,
-        ``spike_counts_e``/``_i`` and the floating-point fields of
-        ``final_state`` are differentiable with respect to the weights, with
-        the gradients of the eager engine's autograd graph; the refractory
-        counters and population counts are not.
+        ``spike_counts_e``/``_i``, the floating-point fields of
+        ``final_state``, the E population counts and the readout trace are
+        differentiable with respect to the weights, with the gradients of the
+        eager engine's autograd graph; the refractory counters and the I
+        population counts are not.
 
     Notes
     -----
@@ -2109,4 +2171,13 @@ def run_network_fused(
     where they apply (see the module docstring) and torch operations
     elsewhere; :class:`FusedEngine` chooses explicitly.
     """
-    return _DEFAULT_ENGINE(x, v_init_e, v_init_i, weights, constants, spike_fn, record_population=record_population)
+    return _DEFAULT_ENGINE(
+        x,
+        v_init_e,
+        v_init_i,
+        weights,
+        constants,
+        spike_fn,
+        record_population=record_population,
+        record_readout=record_readout,
+    )

@@ -59,9 +59,15 @@ class NetworkOutput(NamedTuple):
         diverged simulation even when the scores are finite (a NaN membrane
         never crosses threshold, so it cannot reach the readout).
     population_e : Tensor (batch, n_steps) or None
-        E spikes per step (detached), when requested; for rates and spectra.
+        E spikes per step, when requested; for rates and spectra, and
+        differentiable through the surrogate (a loss on the population
+        rhythm, :mod:`bridge.regularisers`).
     population_i : Tensor (batch, n_steps) or None
         I spikes per step (detached), when requested.
+    readout_trace : Tensor (batch, n_steps, n_classes) or None
+        The readout potentials after each step, when requested
+        (differentiable; ``scores`` is their mean over all steps). Readouts
+        over windows of a trial are means over slices of it.
     """
 
     scores: torch.Tensor
@@ -70,6 +76,7 @@ class NetworkOutput(NamedTuple):
     final_state: NetworkState
     population_e: torch.Tensor | None = None
     population_i: torch.Tensor | None = None
+    readout_trace: torch.Tensor | None = None
 
 
 Engine = Callable[..., NetworkOutput]
@@ -84,6 +91,7 @@ def run_network(
     spike_fn: SpikeFunction = heaviside,
     *,
     record_population: bool = False,
+    record_readout: bool = False,
 ) -> NetworkOutput:
     """Run whole trials by calling :func:`bridge.dynamics.step` once per time step ("eager" engine).
 
@@ -103,7 +111,9 @@ def run_network(
     spike_fn : callable
         Heaviside forward; a :class:`bridge.surrogates.Surrogate` to train.
     record_population : bool
-        Also return the E and I spike counts per step (detached).
+        Also return the E and I spike counts per step (E differentiable, I detached).
+    record_readout : bool
+        Also return the readout potentials after each step.
 
     Returns
     -------
@@ -117,13 +127,16 @@ def run_network(
     counts_i = torch.zeros_like(v_init_i)
     population_e: list[torch.Tensor] = []
     population_i: list[torch.Tensor] = []
+    trace: list[torch.Tensor] = []
     for t in range(n_steps):
         spikes_e, spikes_i, state = step(x[:, t].to(dtype), state, constants, weights, spike_fn)
         counts_e = counts_e + spikes_e
         counts_i = counts_i + spikes_i
         if record_population:
-            population_e.append(spikes_e.detach().sum(dim=1))
+            population_e.append(spikes_e.sum(dim=1))
             population_i.append(spikes_i.detach().sum(dim=1))
+        if record_readout:
+            trace.append(state.u)
     return NetworkOutput(
         scores=state.score_sum / n_steps,
         spike_counts_e=counts_e,
@@ -131,6 +144,7 @@ def run_network(
         final_state=state,
         population_e=torch.stack(population_e, dim=1) if record_population else None,
         population_i=torch.stack(population_i, dim=1) if record_population else None,
+        readout_trace=torch.stack(trace, dim=1) if record_readout else None,
     )
 
 
@@ -266,7 +280,13 @@ class PINGModel(nn.Module):
         return weights if stored else weights.effective()
 
     def forward(
-        self, x: torch.Tensor, v_init_e: torch.Tensor, v_init_i: torch.Tensor, *, record_population: bool = False
+        self,
+        x: torch.Tensor,
+        v_init_e: torch.Tensor,
+        v_init_i: torch.Tensor,
+        *,
+        record_population: bool = False,
+        record_readout: bool = False,
     ) -> NetworkOutput:
         """Simulate a batch of trials.
 
@@ -278,6 +298,8 @@ class PINGModel(nn.Module):
             Initial membrane potentials (mV); cast to the model's dtype.
         record_population : bool
             Also return per-step population spike counts.
+        record_readout : bool
+            Also return the readout potentials after each step.
         """
         dtype = self.w_out.dtype
         return get_engine(self.engine)(
@@ -288,4 +310,5 @@ class PINGModel(nn.Module):
             self.constants,
             self.spike_fn,
             record_population=record_population,
+            record_readout=record_readout,
         )

@@ -111,6 +111,7 @@ from .checkpoint import (
 )
 from .checkpoint import save_checkpoint as _save_checkpoint_file
 from .model import ENGINES, MATRICES, NetworkOutput, PINGModel
+from .regularisers import gamma_shortfall, w_ei_distance
 from .surrogates import SURROGATES, get_surrogate
 
 __all__ = [
@@ -223,6 +224,13 @@ class TrainConfig:
     train_w_in, train_w_ei, train_w_ie, train_w_out : bool
         Trainable flag of each matrix. The defaults are the frozen-loop
         control: input and readout train, the E-I loop does not.
+    reg_w_ei_distance : float
+        Strength lambda of the anti-pruning penalty on the stored W_EI's
+        distance from the canonical draw (:func:`bridge.regularisers.w_ei_distance`);
+        0 = off. Needs ``train_w_ei``.
+    reg_gamma_power : float
+        Strength lambda of the penalty on low gamma-band power of the E
+        population (:func:`bridge.regularisers.gamma_shortfall`); 0 = off.
     seed : int
         Seed of the weights, the input spikes and the sample order.
     dtype : str
@@ -263,6 +271,8 @@ class TrainConfig:
     train_w_ei: bool = False
     train_w_ie: bool = False
     train_w_out: bool = True
+    reg_w_ei_distance: float = 0.0
+    reg_gamma_power: float = 0.0
     seed: int = 42
     dtype: str = "float32"
     device: str = "cpu"
@@ -310,6 +320,11 @@ class TrainConfig:
         for name in ("train_w_in", "train_w_ei", "train_w_ie", "train_w_out", "deterministic"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "must be a bool")
+        for name in ("reg_w_ei_distance", "reg_gamma_power"):
+            if not (is_number(getattr(self, name)) and getattr(self, name) >= 0):
+                fail(name, "must be a finite number >= 0 (0 = off)")
+        if self.reg_w_ei_distance > 0 and not self.train_w_ei:
+            fail("reg_w_ei_distance", "penalises W_EI, which does not train (train_w_ei is False)")
         if not (is_int(self.seed) and self.seed >= 0):
             fail("seed", "must be a non-negative int")
         if self.dtype not in _DTYPES:
@@ -454,6 +469,8 @@ class _StepRecord:
     """Gradient norm of each trainable matrix before clipping."""
     eps_dominated: dict[str, float]
     """Per matrix, the fraction of Adam steps set by eps (:func:`_eps_dominated_fractions`)."""
+    penalties: dict[str, float] = field(default_factory=dict)
+    """Value of each active regulariser (before its lambda)."""
 
 
 class _NonFinite(Exception):
@@ -680,6 +697,11 @@ class _Trainer:
         self.train_labels = train_set.labels[: config.n_train]
         self.test_trials = test_trial_set(config)
         self.model = _build_model(config, self.params)
+        # The anti-pruning reference: the canonical W_EI of the run's seed (the start of a canonical run).
+        self.w_ei_reference = None
+        if config.reg_w_ei_distance > 0:
+            canonical = init_weights(self.params, config.seed).w_ei
+            self.w_ei_reference = torch.as_tensor(canonical, dtype=self.dtype, device=self.device)
         self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
         self.epoch = 0
         self.retries = 0
@@ -838,8 +860,9 @@ class _Trainer:
         """One optimizer step: loss, correct predictions and per-matrix gradient diagnostics."""
         trials = self._train_trials(epoch, indices)
         x, v_init_e, v_init_i, labels = _batch_tensors(trials, np.arange(len(indices)), self.dtype, self.device)
-        output = self.model(x, v_init_e, v_init_i)
-        loss = functional.cross_entropy(output.scores, labels)
+        output = self.model(x, v_init_e, v_init_i, record_population=self.config.reg_gamma_power > 0)
+        cross_entropy = functional.cross_entropy(output.scores, labels)
+        loss, penalties = self._regularised(cross_entropy, output)
         if self.hook is not None:
             context = BatchContext(epoch=epoch, step=step, model=self.model, loss=loss, output=output)
             self.hook(context)
@@ -864,7 +887,22 @@ class _Trainer:
             correct=int((output.scores.argmax(dim=1) == labels).sum()),
             grad_norms=norms,
             eps_dominated=_eps_dominated_fractions(self.optimizer, trainable, self.model.input_mask),
+            penalties=penalties,
         )
+
+    def _regularised(self, loss: torch.Tensor, output: NetworkOutput) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss with the active regularisers (:mod:`bridge.regularisers`) added; their values."""
+        config, penalties = self.config, {}
+        if config.reg_w_ei_distance > 0:
+            distance = w_ei_distance(self.model.w_ei, self.w_ei_reference)
+            loss = loss + config.reg_w_ei_distance * distance
+            penalties["w_ei_distance"] = float(distance.detach())
+        if config.reg_gamma_power > 0:
+            simulation = self.params.simulation
+            shortfall = gamma_shortfall(output.population_e, simulation.dt_ms, transient_ms=simulation.transient_ms)
+            loss = loss + config.reg_gamma_power * shortfall
+            penalties["gamma_shortfall"] = float(shortfall.detach())
+        return loss, penalties
 
     def _epoch_zero(self) -> dict[str, Any]:
         """Metrics of the untrained network: the training digits (epoch-0 inputs) and the test digits."""
@@ -918,6 +956,7 @@ class _Trainer:
                 f"adam_eps_dominated_{name}": float(np.mean([r.eps_dominated[name] for r in steps]))
                 for name in steps[0].eps_dominated
             },
+            **{f"penalty_{name}": float(np.mean([r.penalties[name] for r in steps])) for name in steps[0].penalties},
             "optimizer_steps": epoch * len(batches),
             **self._test_metrics(epoch),
             **_weight_metrics(self.model),
@@ -994,7 +1033,12 @@ def _build_model(config: TrainConfig, params: NetworkParams) -> PINGModel:
 
 
 def _check_same_config(stored: dict[str, Any], config: TrainConfig, where: Path) -> None:
+    # A field that an older config lacks has its default, which is what the older code did.
     current = config.to_dict()
+    try:
+        stored = TrainConfig.from_dict(stored).to_dict()
+    except (ConfigError, TypeError):
+        pass  # reported below as differing fields
     differing = sorted(key for key in set(stored) | set(current) if stored.get(key) != current.get(key))
     if differing:
         raise ConfigError(

@@ -65,7 +65,7 @@ def leaf_weights(weights, dtype=torch.float64) -> Weights:
 def bptt(engine, trials, weights, spike_fn, *, dtype=torch.float64, count=N_TRIALS, loss_fn=None):
     """Forward + backward of a loss; returns (output, gradients of the four weight matrices)."""
     w = leaf_weights(weights, dtype)
-    output = engine(*inputs(trials, dtype, count), w, CONSTANTS, spike_fn, record_population=True)
+    output = engine(*inputs(trials, dtype, count), w, CONSTANTS, spike_fn, record_population=True, record_readout=True)
     labels = torch.as_tensor(trials.labels[:count])
     loss = torch.nn.functional.cross_entropy(output.scores, labels) if loss_fn is None else loss_fn(output, labels)
     loss.backward()
@@ -98,6 +98,8 @@ def assert_same_forward(expected, actual) -> None:
     assert torch.equal(expected.spike_counts_i, actual.spike_counts_i)
     assert torch.equal(expected.population_e, actual.population_e)
     assert torch.equal(expected.population_i, actual.population_i)
+    if expected.readout_trace is not None:
+        assert torch.equal(expected.readout_trace, actual.readout_trace)
     for name in expected.final_state._fields:
         assert torch.equal(getattr(expected.final_state, name), getattr(actual.final_state, name)), name
 
@@ -156,6 +158,34 @@ def test_gradients_through_counts_and_final_state(
     engine = FusedEngine(chunk_steps=64, implementation=implementation)
     _, actual = bptt(engine, trials, stored_weights, get_surrogate(), loss_fn=state_and_count_loss)
     for name, a, b in zip(Weights._fields, eager_state_and_count_gradients, actual, strict=True):
+        assert relative_difference(a, b) < 1e-6, name
+
+
+def per_step_loss(output, labels):
+    """Losses on the per-step outputs: a rhythm of the E population and readouts over two windows of the trial."""
+    n_steps = output.population_e.shape[1]
+    phase = torch.arange(n_steps, dtype=output.population_e.dtype) * (2 * torch.pi / 25.0)
+    rhythm = (output.population_e * torch.cos(phase)).sum(dim=1).pow(2).mean()
+    half = n_steps // 2
+    windows = [output.readout_trace[:, :half].mean(dim=1), output.readout_trace[:, half:].mean(dim=1)]
+    return 1e-2 * rhythm + sum(torch.nn.functional.cross_entropy(w, labels) for w in windows)
+
+
+@pytest.fixture(scope="module")
+def eager_per_step_gradients(trials, stored_weights):
+    return bptt(run_network, trials, stored_weights, get_surrogate(), loss_fn=per_step_loss)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_gradients_through_population_and_readout_trace(trials, stored_weights, eager_per_step_gradients, implementation):
+    """dL/dpopulation_e(t) and dL/du(t) enter the adjoint at their own step, as autograd's graph has them."""
+    expected_output, expected = eager_per_step_gradients
+    engine = FusedEngine(chunk_steps=37, implementation=implementation)
+    output, actual = bptt(engine, trials, stored_weights, get_surrogate(), loss_fn=per_step_loss)
+    assert_same_forward(expected_output, output)
+    assert torch.allclose(output.readout_trace.mean(dim=1), output.scores, rtol=1e-12, atol=0)
+    for name, a, b in zip(Weights._fields, expected, actual, strict=True):
+        assert a is not None and float(a.abs().max()) > 0, name
         assert relative_difference(a, b) < 1e-6, name
 
 
