@@ -18,6 +18,10 @@ Protocols (:data:`PROTOCOLS`):
   the loop frozen and trainable.
 - ``basin_map`` (SPEC section 6): initial W_EI x W_IE, each at 0, 0.25, 0.5,
   1 and 2 x canonical, loop trainable: which end state each start reaches.
+- ``anti_pruning`` (SPEC section 6): the canonical loop trainable, with a
+  penalty on W_EI's distance from canonical or on low E gamma-band power
+  (:mod:`bridge.regularisers`), lambda on a log grid: how strong must it be
+  to keep the loop?
 """
 
 from __future__ import annotations
@@ -139,11 +143,31 @@ BASIN_MAP = grid(
     train_w_ie=True,
 )
 
+ANTI_PRUNING_LAMBDAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
+ANTI_PRUNING = (
+    _loop("anti_pruning_off", "canonical loop, trainable, no penalty", "canonical", True),
+    *grid(
+        "anti_pruning",
+        "canonical loop, trainable, W_EI distance from canonical penalised",
+        {"reg_w_ei_distance": ANTI_PRUNING_LAMBDAS},
+        train_w_ei=True,
+        train_w_ie=True,
+    ),
+    *grid(
+        "anti_pruning",
+        "canonical loop, trainable, low E gamma-band power penalised",
+        {"reg_gamma_power": ANTI_PRUNING_LAMBDAS},
+        train_w_ei=True,
+        train_w_ie=True,
+    ),
+)
+
 PROTOCOLS: dict[str, tuple[Condition, ...]] = {
     "dale_pruning": DALE_PRUNING,
     "frozen_baseline": DALE_PRUNING[:1],
     "tau_gaba": TAU_GABA,
     "basin_map": BASIN_MAP,
+    "anti_pruning": ANTI_PRUNING,
 }
 """Each protocol's conditions."""
 
@@ -202,6 +226,7 @@ PROTOCOL_DEFAULTS: dict[str, ProtocolDefaults] = {
     # Sweeps: one seed per grid point at the survey tier; more seeds or tiers on request (--seeds, --tier).
     "tau_gaba": ProtocolDefaults("survey", (42,)),
     "basin_map": ProtocolDefaults("survey", (42,)),
+    "anti_pruning": ProtocolDefaults("survey", (42,)),
 }
 """Default tier and seeds of each protocol; each default finishes in an hour on 2 cores."""
 

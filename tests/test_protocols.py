@@ -178,3 +178,14 @@ def test_protocol_defaults_apply_when_tier_and_seeds_are_not_given():
     assert (sweep.tier, sweep.seeds) == ("survey", (42,))
     assert get_protocol("basin_map", tier="study", seeds=(1, 2)).seeds == (1, 2)
     assert get_protocol("dale_pruning").tier == "study"
+
+
+def test_anti_pruning_sweeps_each_penalty_over_lambda_with_the_loop_trainable():
+    runs = {r.condition: r.config for r in get_protocol("anti_pruning").runs()}
+    off = runs.pop("anti_pruning_off")
+    assert (off.reg_w_ei_distance, off.reg_gamma_power, off.train_w_ei, off.train_w_ie) == (0.0, 0.0, True, True)
+    distance = sorted(c.reg_w_ei_distance for c in runs.values() if c.reg_w_ei_distance > 0)
+    gamma = sorted(c.reg_gamma_power for c in runs.values() if c.reg_gamma_power > 0)
+    assert distance == gamma == [0.1, 1.0, 10.0, 100.0, 1000.0]
+    assert all(c.train_w_ei and c.train_w_ie and c.init_w_ei == "canonical" for c in runs.values())
+    assert not any(c.reg_w_ei_distance > 0 and c.reg_gamma_power > 0 for c in runs.values())
