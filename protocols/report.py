@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .figures import draw_all
 from .results import load_runs
+from .sweep_figures import draw_sweep_figures
 from .table import write_tables
 
 __all__ = ["write_report"]
@@ -15,6 +16,9 @@ __all__ = ["write_report"]
 def write_report(out_dir: Path, *, formats: tuple[str, ...] = ("png",)) -> tuple[Path, Path]:
     """Draw every card into ``out_dir/figures`` and write ``table.md`` / ``table.csv``.
 
+    Sweeps (``basin_map``, ``tau_gaba``, ``anti_pruning``) also get their figures
+    across the grid (:func:`protocols.sweep_figures.draw_sweep_figures`).
+
     Returns the Markdown table's path and the figure directory.
     """
     records = load_runs(out_dir)
@@ -22,10 +26,13 @@ def write_report(out_dir: Path, *, formats: tuple[str, ...] = ("png",)) -> tuple
         raise FileNotFoundError(f"no runs under {out_dir} (expected CONDITION/seed_N/run_spec.json)")
     protocol_path = out_dir / "protocol.json"
     title = "protocol"
+    name, conditions = None, None
     if protocol_path.exists():
         protocol = json.loads(protocol_path.read_text())["protocol"]
+        name, conditions = protocol["name"], protocol["conditions"]
         title = f"{protocol['name']}, tier {protocol['tier']}, seeds {', '.join(map(str, protocol['seeds']))}"
     figure_dir = out_dir / "figures"
     draw_all(records, figure_dir, formats)
+    draw_sweep_figures(records, figure_dir, formats, protocol_name=name, conditions=conditions, title=title)
     table, _ = write_tables(records, out_dir, title=title)
     return table, figure_dir
