@@ -8,10 +8,11 @@ on the test digits with the trained weights, and the final weight metrics:
 verdicts are :func:`protocols.verdicts.run_verdict` and
 :func:`~protocols.verdicts.condition_verdict`.
 
-- ``basin_map``: :func:`basin_map_figure` (``basin_map.<format>``), a row of
-  heatmaps over the (initial W_EI, initial W_IE) grid of the final I rate,
-  gamma peak frequency and relative power, W_EI pruned fraction and test
-  accuracy, with the condition verdict in each cell; and
+- ``basin_map``: :func:`basin_map_figure` (``basin_map.<format>``), five
+  heatmaps (two rows of three panels, the sixth a key) over the (initial W_EI,
+  initial W_IE) grid of the final I rate, gamma peak frequency and relative
+  power, W_EI pruned fraction and test accuracy, with the condition verdict in
+  each cell; cells without a completed run are hatched, never drawn as 0; and
   :func:`basin_arrows_figure` (``basin_map_arrows.<format>``): an arrow from
   each start to its end in the (effective W_EI mean, effective W_IE mean)
   plane, coloured by verdict. ``basin_map.json``: the cells.
@@ -66,6 +67,7 @@ __all__ = [
     "TAU_GABA_KEY",
     "BasinGrid",
     "basin_grid",
+    "basin_cells",
     "basin_map_figure",
     "basin_arrows_figure",
     "tau_gaba_figure",
@@ -79,6 +81,8 @@ __all__ = [
     "short_verdict",
     "sweep_kind",
     "draw_sweep_figures",
+    "SWEEP_FIGURES",
+    "VERDICT_COLORS",
 ]
 
 TAU_GABA_KEY = "network.synapse.tau_gaba_ms"
