@@ -196,6 +196,7 @@ struct Network {
   const void* w_e_out;           // (n_e, n_i + n_classes): [w_ei, w_out]
   int64_t surrogate;             // sigma' the kernels evaluate (Surrogate below); kNoSurrogate: none
   double surrogate_slope, surrogate_unit_mv;
+  double membrane_grad_scale;    // factor on the membrane adjoint handed to the step before (1: exact)
 };
 
 struct State {  // (batch, n) rows; ready = first step at which a neuron integrates again
@@ -613,31 +614,32 @@ template <typename T, bool kSurrogate, bool kSecond>
 void population_adjoint(int64_t n, const uint8_t* __restrict fired, const T* __restrict ls, const T* __restrict s,
                         const T* __restrict cv, T* __restrict lv, T decay_1, const T* __restrict next_1,
                         const T* __restrict c_1, T* __restrict out_1, T decay_2, const T* __restrict next_2,
-                        const T* __restrict c_2, T* __restrict out_2) {
+                        const T* __restrict c_2, T* __restrict out_2, T damping) {
   for (int64_t k = 0; k < n; ++k) {
     T lv1 = fired[k] ? T(0) : lv[k];
     if constexpr (kSurrogate) lv1 = lv1 + ls[k] * s[k];
     out_1[k] = next_1[k] * decay_1 + lv1 * c_1[k];
     if constexpr (kSecond) out_2[k] = next_2[k] * decay_2 + lv1 * c_2[k];
-    lv[k] = lv1 * cv[k];
+    lv[k] = lv1 * cv[k] * damping;  // (lv1 cv) x 1 is exact: undamped gradients are unchanged
   }
 }
 
 template <typename T>
 void population_adjoint(int64_t n, const uint8_t* fired, const T* ls, const T* s, const T* cv, T* lv, T decay_1,
-                        const T* next_1, const T* c_1, T* out_1, T decay_2, const T* next_2, const T* c_2, T* out_2) {
+                        const T* next_1, const T* c_1, T* out_1, T decay_2, const T* next_2, const T* c_2, T* out_2,
+                        T damping) {
   if (s != nullptr && out_2 != nullptr)
     population_adjoint<T, true, true>(n, fired, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2, next_2, c_2,
-                                      out_2);
+                                      out_2, damping);
   else if (s != nullptr)
     population_adjoint<T, true, false>(n, fired, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2, next_2, c_2,
-                                       out_2);
+                                       out_2, damping);
   else if (out_2 != nullptr)
     population_adjoint<T, false, true>(n, fired, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2, next_2, c_2,
-                                       out_2);
+                                       out_2, damping);
   else
     population_adjoint<T, false, false>(n, fired, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2, next_2, c_2,
-                                        out_2);
+                                        out_2, damping);
 }
 
 // grad[c] += lambda[c] over a row: the weight gradient of one presynaptic spike.
@@ -656,6 +658,7 @@ void adjoint_trial(const Network& net, const AdjointBuffers& buf, const ChunkExt
   const int64_t n_e = net.n_e, n_i = net.n_i, n_classes = net.n_classes, n_eo = n_i + n_classes, batch = net.batch;
   const T decay_ampa = static_cast<T>(net.decay_ampa), decay_gaba = static_cast<T>(net.decay_gaba);
   const T decay_readout = static_cast<T>(net.decay_readout);
+  const T damping = static_cast<T>(net.membrane_grad_scale);
   const int64_t t = buf.first + j, now = (t & 1) * batch + b, next = ((t + 1) & 1) * batch + b;
   auto at = [](const void* base, int64_t offset) { return static_cast<const T*>(base) + offset; };
   auto at_mutable = [](void* base, int64_t offset) { return static_cast<T*>(base) + offset; };
@@ -681,12 +684,13 @@ void adjoint_trial(const Network& net, const AdjointBuffers& buf, const ChunkExt
   population_adjoint<T>(n_e, fired_e, at(buf.ls_e, b * n_e), buf.s_e != nullptr ? at(buf.s_e, e_row) : nullptr,
                         at(buf.cv_e, e_row), at_mutable(buf.lv_e, b * n_e), decay_gaba, lgi_next,
                         at(buf.cgi_e, e_row), at_mutable(buf.lgi_e, now * n_e), decay_ampa, lge_next,
-                        with_ge ? at(buf.cge_e, e_row) : nullptr, with_ge ? at_mutable(buf.lge_e, now * n_e) : nullptr);
+                        with_ge ? at(buf.cge_e, e_row) : nullptr, with_ge ? at_mutable(buf.lge_e, now * n_e) : nullptr,
+                        damping);
   // I: ge_i lives in the first n_i columns of [l_ge_i, l_u].
   const int64_t i_row = (j * batch + b) * n_i;
   population_adjoint<T>(n_i, fired_i, at(buf.ls_i, b * n_i), buf.s_i != nullptr ? at(buf.s_i, i_row) : nullptr,
                         at(buf.cv_i, i_row), at_mutable(buf.lv_i, b * n_i), decay_ampa, leo_next,
-                        at(buf.cge_i, i_row), at_mutable(buf.leo, now * n_eo), T(0), nullptr, nullptr, nullptr);
+                        at(buf.cge_i, i_row), at_mutable(buf.leo, now * n_eo), T(0), nullptr, nullptr, nullptr, damping);
   // readout: l_u = decay l_u' + dL/dscore_sum (+ dL/du of the trace: u at time t is the one step t - 1 made)
   const T* g_sum = at(buf.g_sum, b * n_classes);
   T* lu = at_mutable(buf.leo, now * n_eo + n_i);
@@ -1023,6 +1027,7 @@ class _Network(ctypes.Structure):
         + [("e", _Population), ("i", _Population), ("n_input", ctypes.c_int64)]
         + _pointers("x", "w_in", "w_ie", "w_e_out")
         + [("surrogate", ctypes.c_int64), ("surrogate_slope", ctypes.c_double), ("surrogate_unit_mv", ctypes.c_double)]
+        + [("membrane_grad_scale", ctypes.c_double)]
     )
 
 
@@ -1448,6 +1453,8 @@ class _Problem:
     sparse: bool
     save: bool
     library: _KernelLibrary | None
+    membrane_grad_scale: float = 1.0
+    """Factor on the membrane adjoint at every step (:func:`run_network_fused`)."""
     saved: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -1481,6 +1488,7 @@ class _Problem:
             _address(w_ie),
             _address(w_e_out),
             *_surrogate_fields(self.surrogate),
+            self.membrane_grad_scale,
         )
 
 
@@ -1900,6 +1908,7 @@ class _Adjoint:
     def _chunk_torch(self, index: int, first: int, last: int) -> None:
         problem, constants, n_i = self.problem, self.problem.constants, self.n_i
         k_e, k_i, dt, derivative = constants.e, constants.i, constants.dt, problem.derivative
+        damping = problem.membrane_grad_scale
         v_e, ge_e, gi_e, integrating_e, v_i, ge_i, gi_i, integrating_i = self._recompute_torch(index, first, last)
         s_e, cv_e, cge_e, cgi_e = _adjoint_coefficients(
             v_e, ge_e, gi_e, integrating_e, k_e, dt, derivative, self.want_ge_e, True
@@ -1917,12 +1926,16 @@ class _Adjoint:
             if lge_e is not None:
                 torch.mul(lge_e[j + 1], constants.decay_ampa, out=lge_e[j]).addcmul_(lambda_v1_e, cge_e[j])
             self.lv_e = lambda_v1_e.mul_(cv_e[j])
+            if damping != 1.0:
+                self.lv_e.mul_(damping)
             # I
             lambda_v1_i = self.lv_i.masked_fill_(fired_i[j], 0.0)
             if s_i is not None:
                 lambda_v1_i.addcmul_(lambda_s_i, s_i[j])
             torch.mul(leo[j + 1, :, :n_i], constants.decay_ampa, out=leo[j, :, :n_i]).addcmul_(lambda_v1_i, cge_i[j])
             self.lv_i = lambda_v1_i.mul_(cv_i[j])
+            if damping != 1.0:
+                self.lv_i.mul_(damping)
             # readout: u(t) enters score_sum at the step that makes it, and u(t + 1) through the decay
             torch.mul(leo[j + 1, :, n_i:], constants.decay_readout, out=leo[j, :, n_i:]).add_(self.g_sum)
             self._add_trace_gradient(leo[j, :, n_i:], first + j)
@@ -2038,6 +2051,7 @@ class FusedEngine:
         *,
         record_population: bool = False,
         record_readout: bool = False,
+        membrane_grad_scale: float = 1.0,
     ) -> NetworkOutput:
         """Run whole trials; see :func:`run_network_fused`."""
         from .model import NetworkOutput, run_network
@@ -2057,9 +2071,11 @@ class FusedEngine:
                 spike_fn,
                 record_population=record_population,
                 record_readout=record_readout,
+                membrane_grad_scale=membrane_grad_scale,
             )
         save = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
         problem = self._problem(x, v_init_e, v_init_i, weights, constants, surrogate, save)
+        problem.membrane_grad_scale = float(membrane_grad_scale)
         outputs = _FusedNetwork.apply(problem, *weights)
         scores, counts_e, counts_i = outputs[:3]
         v_e, ge_e, gi_e, v_i, ge_i, gi_i, u, score_sum, refractory_e, refractory_i = outputs[3:13]
@@ -2100,22 +2116,32 @@ class FusedEngine:
 
     @torch.no_grad()
     def spike_rasters(
-        self, x: torch.Tensor, v_init_e: torch.Tensor, v_init_i: torch.Tensor, weights: Weights, constants: Constants
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self,
+        x: torch.Tensor,
+        v_init_e: torch.Tensor,
+        v_init_i: torch.Tensor,
+        weights: Weights,
+        constants: Constants,
+        *,
+        readout_trace: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """The forward pass alone, with every spike: ``(scores, raster_e, raster_i)``.
 
         The rasters are bool tensors of shape ``(n_steps, batch, n_e)`` and
         ``(n_steps, batch, n_i)``: the spikes of :func:`run_network_fused`,
         which are those of the eager engine (and, in float64, of Brian2).
         Used to validate trained networks without the eager engine's
-        per-step overhead.
+        per-step overhead. With ``readout_trace``, a fourth element: the
+        readout potentials after each step, ``(batch, n_steps, n_classes)``
+        (the readout windows of digit streams, :mod:`biosim.streams`).
         """
         problem = self._problem(x, v_init_e, v_init_i, weights, constants, None, save=False)
         w_e_out = torch.cat([weights.w_ei, weights.w_out], dim=1)
-        _, raster_e, raster_i, _, score_sum, *_ = _run_forward(
+        _, raster_e, raster_i, _, score_sum, trace, *_ = _run_forward(
             problem, weights.w_in.contiguous(), weights.w_ie.contiguous(), w_e_out, weights.w_out.shape[1]
         )
-        return score_sum / x.shape[1], raster_e, raster_i
+        rasters = (score_sum / x.shape[1], raster_e, raster_i)
+        return (*rasters, trace) if readout_trace else rasters
 
 
 _DEFAULT_ENGINE = FusedEngine()
@@ -2131,6 +2157,7 @@ def run_network_fused(
     *,
     record_population: bool = False,
     record_readout: bool = False,
+    membrane_grad_scale: float = 1.0,
 ) -> NetworkOutput:
     """Run whole trials with the fused engine: a drop-in for :func:`bridge.model.run_network`.
 
@@ -2154,6 +2181,9 @@ def run_network_fused(
         Also return the E and I spike counts per step.
     record_readout : bool
         Also return the readout potentials after each step.
+    membrane_grad_scale : float
+        As in :func:`bridge.model.run_network`: the membrane adjoint is
+        multiplied by it at every step (1: exact gradients).
 
     Returns
     -------
@@ -2180,4 +2210,5 @@ def run_network_fused(
         spike_fn,
         record_population=record_population,
         record_readout=record_readout,
+        membrane_grad_scale=membrane_grad_scale,
     )

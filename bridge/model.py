@@ -82,6 +82,19 @@ class NetworkOutput(NamedTuple):
 Engine = Callable[..., NetworkOutput]
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the gradient times ``factor`` backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad * ctx.factor, None
+
+
 def run_network(
     x: torch.Tensor,
     v_init_e: torch.Tensor,
@@ -92,6 +105,7 @@ def run_network(
     *,
     record_population: bool = False,
     record_readout: bool = False,
+    membrane_grad_scale: float = 1.0,
 ) -> NetworkOutput:
     """Run whole trials by calling :func:`bridge.dynamics.step` once per time step ("eager" engine).
 
@@ -114,6 +128,12 @@ def run_network(
         Also return the E and I spike counts per step (E differentiable, I detached).
     record_readout : bool
         Also return the readout potentials after each step.
+    membrane_grad_scale : float
+        Factor on the gradient of every membrane potential a step hands to
+        the next (E and I; 1: exact BPTT). Below 1 it damps the gradient's
+        path along the membranes through time, as the reference study's
+        trainer did ("v-grad dampen 1000" is 1e-3); the forward pass is
+        unchanged. See docs/training.md, "Membrane-gradient damping".
 
     Returns
     -------
@@ -128,7 +148,13 @@ def run_network(
     population_e: list[torch.Tensor] = []
     population_i: list[torch.Tensor] = []
     trace: list[torch.Tensor] = []
+    damped = membrane_grad_scale != 1.0
     for t in range(n_steps):
+        if damped and t > 0:
+            state = state._replace(
+                v_e=_ScaleGradient.apply(state.v_e, membrane_grad_scale),
+                v_i=_ScaleGradient.apply(state.v_i, membrane_grad_scale),
+            )
         spikes_e, spikes_i, state = step(x[:, t].to(dtype), state, constants, weights, spike_fn)
         counts_e = counts_e + spikes_e
         counts_i = counts_i + spikes_i
@@ -192,6 +218,8 @@ class PINGModel(nn.Module):
         an optimizer step in the readout (Adam moves a parameter by about
         ``lr`` per step, so ``w_out`` moves by about ``lr x w_out_unit``).
         See docs/training.md, "The readout's scale".
+    membrane_grad_scale : float
+        Damping of the membrane gradient through time (:func:`run_network`).
 
     Attributes
     ----------
@@ -214,8 +242,12 @@ class PINGModel(nn.Module):
         engine: str = "eager",
         dtype: torch.dtype = torch.float32,
         w_out_unit: float = 1.0,
+        membrane_grad_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if not (isinstance(membrane_grad_scale, (int, float)) and 0 < membrane_grad_scale <= 1):
+            raise ValueError(f"membrane_grad_scale must lie in (0, 1], got {membrane_grad_scale!r}")
+        self.membrane_grad_scale = float(membrane_grad_scale)
         if not (isinstance(w_out_unit, (int, float)) and math.isfinite(w_out_unit) and w_out_unit > 0):
             raise ValueError(f"w_out_unit must be a finite number > 0, got {w_out_unit!r}")
         self.w_out_unit = float(w_out_unit)
@@ -247,10 +279,18 @@ class PINGModel(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         w_out_unit: float = 1.0,
+        membrane_grad_scale: float = 1.0,
     ) -> PINGModel:
         """Build a model from stored numpy weights and move it to ``device``."""
         model = cls(
-            params, weights, trainable=trainable, spike_fn=spike_fn, engine=engine, dtype=dtype, w_out_unit=w_out_unit
+            params,
+            weights,
+            trainable=trainable,
+            spike_fn=spike_fn,
+            engine=engine,
+            dtype=dtype,
+            w_out_unit=w_out_unit,
+            membrane_grad_scale=membrane_grad_scale,
         )
         return model.to(device)
 
@@ -311,4 +351,5 @@ class PINGModel(nn.Module):
             self.spike_fn,
             record_population=record_population,
             record_readout=record_readout,
+            membrane_grad_scale=self.membrane_grad_scale,
         )

@@ -224,6 +224,10 @@ class TrainConfig:
     train_w_in, train_w_ei, train_w_ie, train_w_out : bool
         Trainable flag of each matrix. The defaults are the frozen-loop
         control: input and readout train, the E-I loop does not.
+    membrane_grad_scale : float
+        Factor on the membrane-potential gradient at every step, in (0, 1]
+        (:func:`bridge.model.run_network`); 1 = exact BPTT, 1e-3 = the
+        reference study's "v-grad dampen 1000". See docs/training.md.
     reg_w_ei_distance : float
         Strength lambda of the anti-pruning penalty on the stored W_EI's
         distance from the canonical draw (:func:`bridge.regularisers.w_ei_distance`);
@@ -264,6 +268,7 @@ class TrainConfig:
     surrogate_slope: float = 1.0
     surrogate_unit_mv: float = 1000.0
     w_out_unit: float = 10.0
+    membrane_grad_scale: float = 1.0
     init_w_in: str | float = "canonical"
     init_w_ei: str | float = "canonical"
     init_w_ie: str | float = "canonical"
@@ -313,6 +318,8 @@ class TrainConfig:
             fail("surrogate_unit_mv", "must be a finite number > 0 (mV; 1000 = volts)")
         if not (is_number(self.w_out_unit) and self.w_out_unit > 0):
             fail("w_out_unit", "must be a finite number > 0")
+        if not (is_number(self.membrane_grad_scale) and 0 < self.membrane_grad_scale <= 1):
+            fail("membrane_grad_scale", "must lie in (0, 1] (1 = exact BPTT)")
         for name in ("init_w_in", "init_w_ei", "init_w_ie"):
             value = getattr(self, name)
             if not (value in _INIT_NAMES if isinstance(value, str) else is_number(value) and value >= 0):
@@ -1029,6 +1036,7 @@ def _build_model(config: TrainConfig, params: NetworkParams) -> PINGModel:
         dtype=config.torch_dtype(),
         device=config.device,
         w_out_unit=config.w_out_unit,
+        membrane_grad_scale=config.membrane_grad_scale,
     )
 
 

@@ -189,6 +189,35 @@ def test_gradients_through_population_and_readout_trace(trials, stored_weights, 
         assert relative_difference(a, b) < 1e-6, name
 
 
+@pytest.fixture(scope="module")
+def eager_damped_gradients(trials, stored_weights):
+    def damped(*args, **kwargs):
+        return run_network(*args, **kwargs, membrane_grad_scale=1e-3)
+
+    return bptt(damped, trials, stored_weights, get_surrogate())
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_membrane_gradient_damping_matches_eager_autograd(
+    trials, stored_weights, eager_damped_gradients, eager_per_step_gradients, implementation
+):
+    """The reference's "v-grad dampen 1000": the membrane adjoint x 1e-3 per step, in both engines alike."""
+    expected_output, expected = eager_damped_gradients
+    engine = FusedEngine(chunk_steps=37, implementation=implementation)
+
+    def damped(*args, **kwargs):
+        return engine(*args, **kwargs, membrane_grad_scale=1e-3)
+
+    output, actual = bptt(damped, trials, stored_weights, get_surrogate())
+    assert_same_forward(expected_output, output)  # the forward pass does not change
+    _, exact = eager_bptt(trials, stored_weights, key="canonical")
+    for name, a, b, undamped in zip(Weights._fields, expected, actual, exact, strict=True):
+        assert a is not None and float(a.abs().max()) > 0, name
+        assert relative_difference(a, b) < 1e-6, name
+        if name != "w_out":  # the readout's gradient does not pass through a membrane; the others' do
+            assert relative_difference(undamped, a) > 1e-3, name
+
+
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_zero_initialised_loop_and_batch_of_one(trials, stored_weights, implementation):
     zero = init_weights(PARAMS, seed=1, w_ei="zero", w_ie="zero")
