@@ -22,6 +22,9 @@ Protocols (:data:`PROTOCOLS`):
   penalty on W_EI's distance from canonical or on low E gamma-band power
   (:mod:`bridge.regularisers`), lambda on a log grid: how strong must it be
   to keep the loop?
+- ``membrane_damping``: the four ``dale_pruning`` conditions, exact and with
+  the reference study's membrane-gradient damping (SPEC section 3): does
+  the stabiliser change the answer?
 """
 
 from __future__ import annotations
@@ -143,6 +146,17 @@ BASIN_MAP = grid(
     train_w_ie=True,
 )
 
+REFERENCE_DAMPING = 1e-3
+"""The reference study's membrane-gradient damping ("v-grad dampen 1000"), SPEC section 3."""
+MEMBRANE_DAMPING = DALE_PRUNING + tuple(
+    Condition(
+        f"damped_{c.name}",
+        f"{c.description}; membrane gradient x {REFERENCE_DAMPING:g} per step",
+        {**c.settings, "membrane_grad_scale": REFERENCE_DAMPING},
+    )
+    for c in DALE_PRUNING
+)
+
 ANTI_PRUNING_LAMBDAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
 ANTI_PRUNING = (
     _loop("anti_pruning_off", "canonical loop, trainable, no penalty", "canonical", True),
@@ -168,6 +182,7 @@ PROTOCOLS: dict[str, tuple[Condition, ...]] = {
     "tau_gaba": TAU_GABA,
     "basin_map": BASIN_MAP,
     "anti_pruning": ANTI_PRUNING,
+    "membrane_damping": MEMBRANE_DAMPING,
 }
 """Each protocol's conditions."""
 
@@ -227,6 +242,7 @@ PROTOCOL_DEFAULTS: dict[str, ProtocolDefaults] = {
     "tau_gaba": ProtocolDefaults("survey", (42,)),
     "basin_map": ProtocolDefaults("survey", (42,)),
     "anti_pruning": ProtocolDefaults("survey", (42,)),
+    "membrane_damping": ProtocolDefaults("survey", (42,)),
 }
 """Default tier and seeds of each protocol; each default finishes in an hour on 2 cores."""
 

@@ -1,5 +1,6 @@
 """The protocol runner end to end on a tiny tier: local pool and a real Dask LocalCluster."""
 
+import dataclasses
 import json
 import os
 
@@ -189,3 +190,11 @@ def test_anti_pruning_sweeps_each_penalty_over_lambda_with_the_loop_trainable():
     assert distance == gamma == [0.1, 1.0, 10.0, 100.0, 1000.0]
     assert all(c.train_w_ei and c.train_w_ie and c.init_w_ei == "canonical" for c in runs.values())
     assert not any(c.reg_w_ei_distance > 0 and c.reg_gamma_power > 0 for c in runs.values())
+
+
+def test_membrane_damping_pairs_each_dale_condition_with_its_damped_twin():
+    runs = {r.condition: r.config for r in get_protocol("membrane_damping").runs()}
+    for name in ("frozen_ping", "trainable_ping_init", "trainable_zero_init", "trainable_small_init"):
+        exact, damped = runs[name], runs[f"damped_{name}"]
+        assert exact.membrane_grad_scale == 1.0 and damped.membrane_grad_scale == 1e-3
+        assert dataclasses.replace(damped, membrane_grad_scale=1.0) == exact
