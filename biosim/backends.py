@@ -113,6 +113,7 @@ def run_trials(
     backend: str = "cpp_standalone",
     build_dir: str | Path | None = None,
     record_v: dict[str, np.ndarray] | None = None,
+    record_readout: bool = False,
     progress: bool = True,
 ) -> SimulationResult:
     """Simulate all ``trials`` in Brian2 on ``backend``.
@@ -131,6 +132,9 @@ def run_trials(
         removed afterwards.
     record_v : dict, optional
         Neurons whose membrane potential is recorded, see :func:`build_network`.
+    record_readout : bool
+        Record the readout potentials after every step: ``traces["readout"]``
+        of shape (n_trials, n_steps, n_classes) (digit streams, :mod:`biosim.streams`).
     progress : bool
         Report simulation progress on stderr.
 
@@ -159,7 +163,7 @@ def run_trials(
     try:
         with _device(backend, build_path):
             t0 = time.perf_counter()
-            built = build_network(params, weights, trials, record_v=record_v)
+            built = build_network(params, weights, trials, record_v=record_v, record_readout=record_readout)
             if backend in STANDALONE_BACKENDS:
                 # No Brian2 report here: with one, the standalone binary reads a CPU-time clock before
                 # every object on every step (Brian2 2.8), which doubled a 400-trial run (12 s -> 26 s).
@@ -215,6 +219,9 @@ def _collect(params: NetworkParams, trials: TrialSet, monitors, backend: str) ->
         if key in monitors:
             v = np.asarray(monitors[key].v_).T[: n_trials * n_steps] * 1e3  # mV
             traces[key] = v.reshape(n_trials, n_steps, -1)
+    if "readout" in monitors:  # dimensionless; the extra boundary step dropped
+        u = np.asarray(monitors["readout"].u).T[: n_trials * n_steps]
+        traces["readout"] = u.reshape(n_trials, n_steps, c.n_classes)
     return SimulationResult(
         spikes_e=_spike_trains(monitors["spikes_e"], c.n_e, n_trials, n_steps, dt_s),
         spikes_i=_spike_trains(monitors["spikes_i"], c.n_i, n_trials, n_steps, dt_s),

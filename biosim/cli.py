@@ -212,6 +212,8 @@ _TRAIN_FLAGS = {
     "surrogate_unit_mv": "--surrogate-unit-mv",
     "grad_clip_mode": "--grad-clip-mode",
     "w_out_unit": "--w-out-unit",
+    "stream_digits": "--stream-digits",
+    "stream_settle_ms": "--stream-settle-ms",
     "tier": "--tier",
     "seed": "--seed",
     "init_w_ei": "--init-w-ei",
@@ -239,6 +241,8 @@ def _train(args: argparse.Namespace) -> int:
             "surrogate_unit_mv",
             "grad_clip_mode",
             "w_out_unit",
+            "stream_digits",
+            "stream_settle_ms",
         )
         if getattr(args, key) is not None
     }
@@ -315,6 +319,16 @@ def _add_train(subparsers) -> None:
         "--grad-clip-mode", choices=("per_matrix", "global"), help="how the norm-1 clip applies (default per_matrix)"
     )
     p.add_argument("--w-out-unit", type=_positive_float, help="unit of the trainable readout parameter (default 10)")
+    p.add_argument(
+        "--stream-digits",
+        type=_positive_int,
+        help="digits per trial, back to back without a reset, one readout window each (default 1)",
+    )
+    p.add_argument(
+        "--stream-settle-ms",
+        type=float,
+        help="start of each digit left out of its readout window, ms (default 0; needs --stream-digits > 1)",
+    )
     p.add_argument("--idx-dir", default=None, help="directory with the MNIST IDX files (default: embedded digits)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")

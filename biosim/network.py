@@ -63,6 +63,7 @@ def build_network(
     trials: TrialSet,
     *,
     record_v: dict[str, np.ndarray] | None = None,
+    record_readout: bool = False,
 ) -> BrianNetwork:
     """Create the Brian2 network for ``trials`` on the currently active device.
 
@@ -76,6 +77,10 @@ def build_network(
     record_v : dict, optional
         ``{"e": indices, "i": indices}``: record the membrane potential of
         these neurons at every step (for cross-simulator checks).
+    record_readout : bool
+        Record the readout potentials ``u`` after every step's synaptic
+        input, where ``score_sum`` samples them (monitor ``"readout"``): the
+        readout windows of digit streams (:mod:`biosim.streams`).
 
     Raises
     ------
@@ -160,6 +165,12 @@ def build_network(
     for name, indices in (record_v or {}).items():
         monitors[f"v_{name}"] = b2.StateMonitor(
             populations[name], "v", record=np.asarray(indices), when="end", name=f"v_{name}"
+        )
+
+    if record_readout:
+        # After the synapses (and after readout_accumulate, order 0): the u that score_sum adds.
+        monitors["readout"] = b2.StateMonitor(
+            readout, "u", record=True, when="after_synapses", order=1, name="readout_trace"
         )
 
     synapses = [block for block in synapses if block is not None]

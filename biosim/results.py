@@ -63,7 +63,8 @@ class SimulationResult:
     """``"brian2:<backend>"`` or ``"mirror:<device>"``."""
     timings_s: dict[str, float] = field(default_factory=dict)
     traces: dict[str, np.ndarray] = field(default_factory=dict)
-    """Optional membrane traces in mV, ``{"v_e": (n_trials, n_steps, n_recorded)}``."""
+    """Optional membrane traces in mV, ``{"v_e": (n_trials, n_steps, n_recorded)}``, and the
+    readout potentials after each step, ``{"readout": (n_trials, n_steps, n_classes)}``, when requested."""
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -75,6 +75,7 @@ def run_mirror(
     batch_size: int = 64,
     record_v: dict[str, np.ndarray] | None = None,
     engine: str | None = None,
+    record_readout: bool = False,
 ) -> SimulationResult:
     """Simulate ``trials`` with the mirror; same outputs as :func:`biosim.backends.run_trials`.
 
@@ -90,6 +91,10 @@ def run_mirror(
         ``{"e": indices, "i": indices}``: record the membrane potential after
         the state update and before the reset, as Brian2's
         ``StateMonitor(when="after_groups")`` does. Needs ``engine="eager"``.
+    record_readout : bool
+        Also return the readout potentials after each step as
+        ``traces["readout"]`` (n_trials, n_steps, n_classes), as
+        :func:`biosim.backends.run_trials` does (digit streams, :mod:`biosim.streams`).
 
     Raises
     ------
@@ -106,10 +111,19 @@ def run_mirror(
     # flushing them to zero cannot move a spike (Brian2's compiled code does it too).
     torch.set_flush_denormal(True)
     if engine == "fused":
-        return _run_fused(params, weights, trials, dtype=dtype, device=device, batch_size=batch_size)
+        return _run_fused(
+            params, weights, trials, dtype=dtype, device=device, batch_size=batch_size, record_readout=record_readout
+        )
     with _single_thread():
         return _run_mirror(
-            params, weights, trials, dtype=dtype, device=device, batch_size=batch_size, record_v=record_v
+            params,
+            weights,
+            trials,
+            dtype=dtype,
+            device=device,
+            batch_size=batch_size,
+            record_v=record_v,
+            record_readout=record_readout,
         )
 
 
@@ -133,35 +147,43 @@ def _result(params, trials, spikes, scores, elapsed_s, dtype, device, *, traces)
     )
 
 
-def _run_fused(params, weights, trials, *, dtype, device, batch_size) -> SimulationResult:
+def _run_fused(params, weights, trials, *, dtype, device, batch_size, record_readout=False) -> SimulationResult:
     from .fast_engine import FusedEngine
 
     constants = make_constants(params)
     w = torch_weights(weights, dtype=dtype, device=device)
     engine = FusedEngine()
     spikes: dict[str, list] = {"e": [], "i": []}
-    scores = []
+    scores, readout = [], []
     t0 = time.perf_counter()
     for start in range(0, trials.n_trials, batch_size):
         index = np.arange(start, min(start + batch_size, trials.n_trials))
         x = torch.from_numpy(trials.dense(index)).to(device)
         v_init_e = torch.as_tensor(trials.v_init_e_mv[index], dtype=dtype, device=device)
         v_init_i = torch.as_tensor(trials.v_init_i_mv[index], dtype=dtype, device=device)
-        batch_scores, raster_e, raster_i = engine.spike_rasters(x, v_init_e, v_init_i, w, constants)
+        outputs = engine.spike_rasters(x, v_init_e, v_init_i, w, constants, readout_trace=record_readout)
+        batch_scores, raster_e, raster_i = outputs[:3]
+        if record_readout:
+            readout.append(outputs[3].cpu().numpy())
         for population, raster in (("e", raster_e), ("i", raster_i)):
             step_index, trial, neuron = np.nonzero(raster.cpu().numpy())  # (step, batch, neuron)
             spikes[population].append((trial + start, step_index, neuron))
         scores.append(batch_scores.cpu().numpy())
-    return _result(params, trials, spikes, scores, time.perf_counter() - t0, dtype, device, traces={})
+    traces = {"readout": np.concatenate(readout)} if record_readout else {}
+    return _result(params, trials, spikes, scores, time.perf_counter() - t0, dtype, device, traces=traces)
 
 
-def _run_mirror(params, weights, trials, *, dtype, device, batch_size, record_v) -> SimulationResult:
+def _run_mirror(
+    params, weights, trials, *, dtype, device, batch_size, record_v, record_readout=False
+) -> SimulationResult:
     c, n_steps = params.connectivity, params.simulation.n_steps
     constants = make_constants(params)
     w = torch_weights(weights, dtype=dtype, device=device)
     record_v = {k: torch.as_tensor(np.asarray(v), device=device).long() for k, v in (record_v or {}).items()}
     spikes: dict[str, list] = {"e": [], "i": []}
     scores, traces = [], {f"v_{k}": [] for k in record_v}
+    if record_readout:
+        traces["readout"] = []
     t0 = time.perf_counter()
     for start in range(0, trials.n_trials, batch_size):
         index = np.arange(start, min(start + batch_size, trials.n_trials))
@@ -180,6 +202,8 @@ def _run_mirror(params, weights, trials, *, dtype, device, batch_size, record_v)
                 for population, indices in record_v.items():
                     v = state.v_e if population == "e" else state.v_i
                     batch_traces[f"v_{population}"].append(v[:, indices].clone())
+                if record_readout:
+                    batch_traces["readout"].append(state.u.clone())
         for population in ("e", "i"):
             raster = torch.stack(batch_spikes[population], dim=1).cpu().numpy()  # (batch, step, neuron)
             trial, step_index, neuron = np.nonzero(raster)

@@ -50,6 +50,14 @@ lands in. The sample order of epoch ``e`` is ``torch.randperm`` with a
 generator seeded from ``derived(seed, 3, e)``. ``derived`` is
 ``numpy.random.SeedSequence``. Nothing draws from a global generator.
 
+Digit streams (``stream_digits > 1``, :mod:`biosim.streams`): the digits are
+drawn, batched and given input spikes exactly as above; then each batch's
+digits, in batch order, are joined into streams of ``stream_digits`` without a
+reset between them (the test digits, in order, likewise). Loss and accuracy
+are over the digits' readout windows (one window per digit, the readout trace
+averaged over it), rates and spectra over the streams, and the metrics add
+``test_accuracy_by_position`` (the test accuracy at each position in a stream).
+
 Resumption: after every epoch the trainer writes an atomic checkpoint (model,
 optimizer, epoch, RNG states, retry counter, learning rate, metrics);
 ``train`` continues from it when the run directory has one, and returns the
@@ -98,6 +106,7 @@ from biosim.inputs import TrialSet, make_trials
 from biosim.params import NetworkParams, ParameterError
 from biosim.records import atomic_write_text, check_writable_dir, library_versions, write_json
 from biosim.results import SpikeTrains
+from biosim.streams import StreamSet, accuracy_by_position, make_streams, window_means
 from biosim.weight_files import WeightFileError, load_weights, save_weights
 from biosim.weights import CONDUCTANCE_MATRICES, init_weights
 
@@ -128,6 +137,7 @@ __all__ = [
     "load_model",
     "population_spiketrains",
     "read_run_config",
+    "test_stream_set",
     "test_trial_set",
     "train",
 ]
@@ -235,6 +245,17 @@ class TrainConfig:
     reg_gamma_power : float
         Strength lambda of the penalty on low gamma-band power of the E
         population (:func:`bridge.regularisers.gamma_shortfall`); 0 = off.
+    stream_digits : int
+        Digits per trial (:mod:`biosim.streams`): with more than one, the
+        digits of a batch are presented back to back in streams of this
+        many, without a reset between them, and the loss is the mean
+        cross-entropy over the digits' readout windows. 1 = one digit per
+        trial (the single-digit path, unchanged). ``n_train``, ``n_test``
+        and ``batch_size`` count digits and must be multiples of it.
+    stream_settle_ms : float
+        Start of each digit's presentation left out of its readout window
+        (ms, a whole number of steps, less than ``trial_ms``); 0 = the whole
+        presentation. Needs ``stream_digits > 1``.
     seed : int
         Seed of the weights, the input spikes and the sample order.
     dtype : str
@@ -278,6 +299,8 @@ class TrainConfig:
     train_w_out: bool = True
     reg_w_ei_distance: float = 0.0
     reg_gamma_power: float = 0.0
+    stream_digits: int = 1
+    stream_settle_ms: float = 0.0
     seed: int = 42
     dtype: str = "float32"
     device: str = "cpu"
@@ -363,6 +386,39 @@ class TrainConfig:
                 f"{n_train}{source('n_train')}: an epoch could not hold one full batch; "
                 "give a batch_size <= n_train"
             )
+        self._check_stream(fail, is_int, is_number)
+
+    def _check_stream(self, fail: Callable[[str, str], None], is_int, is_number) -> None:
+        """``stream_digits`` and ``stream_settle_ms`` (:mod:`biosim.streams`) fit the tier and the trial."""
+        if not (is_int(self.stream_digits) and self.stream_digits >= 1):
+            fail("stream_digits", "must be a positive int (1 = one digit per trial)")
+        if not (is_number(self.stream_settle_ms) and self.stream_settle_ms >= 0):
+            fail("stream_settle_ms", "must be a finite number >= 0 (ms)")
+        simulation = self.network_params().simulation
+        settle_steps = self.stream_settle_ms / simulation.dt_ms
+        if abs(settle_steps - round(settle_steps)) > 1e-9 or self.stream_settle_ms >= simulation.trial_ms:
+            fail(
+                "stream_settle_ms",
+                f"must be a whole number of steps of dt_ms ({simulation.dt_ms}) and less than "
+                f"trial_ms ({simulation.trial_ms})",
+            )
+        if self.stream_digits == 1:
+            if self.stream_settle_ms > 0:
+                fail("stream_settle_ms", "applies to digit streams only: set stream_digits > 1, or leave it at 0")
+            return
+        tier = TRAINING_TIERS[self.tier]
+        for name in ("n_train", "n_test", "batch_size"):
+            value = getattr(tier, name) if getattr(self, name) is None else getattr(self, name)
+            if value % self.stream_digits:
+                source = f" (the {self.tier} tier's)" if getattr(self, name) is None else ""
+                raise ConfigError(
+                    f"TrainConfig.{name}: {value}{source} digits cannot be cut into streams of "
+                    f"stream_digits = {self.stream_digits}; give a multiple of {self.stream_digits}"
+                )
+
+    def stream_settle_steps(self) -> int:
+        """:attr:`stream_settle_ms` in time steps."""
+        return round(self.stream_settle_ms / self.network_params().simulation.dt_ms)
 
     # --- derived values ------------------------------------------------------
     def resolved(self) -> TrainConfig:
@@ -525,6 +581,20 @@ def test_trial_set(config: TrainConfig) -> TrialSet:
 test_trial_set.__test__ = False  # not a pytest test, whatever module imports it
 
 
+def test_stream_set(config: TrainConfig) -> StreamSet:
+    """The test digits of a run as streams of ``stream_digits`` (:func:`biosim.streams.make_streams`).
+
+    Stream ``j`` holds test digits ``j * stream_digits`` to ``(j + 1) * stream_digits - 1``,
+    each with the input spikes of its trial in :func:`test_trial_set`; the
+    same streams every epoch and in :mod:`bridge.validation`.
+    """
+    config = config.resolved()
+    return make_streams(test_trial_set(config), config.stream_digits, settle_steps=config.stream_settle_steps())
+
+
+test_stream_set.__test__ = False
+
+
 def population_spiketrains(counts: np.ndarray, n_neurons: int) -> SpikeTrains:
     """Population spike counts per step as :class:`~biosim.results.SpikeTrains` for the analyses.
 
@@ -567,6 +637,33 @@ def _batch_tensors(
     return x, v_init_e, v_init_i, labels
 
 
+def _forward(
+    model: PINGModel,
+    trials: TrialSet | StreamSet,
+    positions: np.ndarray,
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    record_population: bool = False,
+) -> tuple[NetworkOutput, torch.Tensor, torch.Tensor]:
+    """Trials (or streams) ``positions`` through ``model``: its output, and class scores and labels per digit.
+
+    Single-digit trials: the mem-mean ``scores`` and each trial's label.
+    Streams (:mod:`biosim.streams`): the readout trace averaged over each
+    digit's window, one row per digit (stream by stream, in stream order),
+    and each digit's label.
+    """
+    if not isinstance(trials, StreamSet):
+        x, v_init_e, v_init_i, labels = _batch_tensors(trials, positions, dtype, device)
+        output = model(x, v_init_e, v_init_i, record_population=record_population)
+        return output, output.scores, labels
+    x, v_init_e, v_init_i, _ = _batch_tensors(trials.trials, positions, dtype, device)
+    output = model(x, v_init_e, v_init_i, record_population=record_population, record_readout=True)
+    scores = window_means(output.readout_trace, trials.n_digits, trials.settle_steps)
+    labels = torch.as_tensor(trials.digit_labels[positions], device=device)
+    return output, scores.reshape(-1, scores.shape[-1]), labels.reshape(-1)
+
+
 def _nonfinite_state(output: NetworkOutput) -> list[str]:
     state = output.final_state
     names = ("v_e", "ge_e", "gi_e", "v_i", "ge_i", "gi_i", "u", "score_sum")
@@ -576,7 +673,7 @@ def _nonfinite_state(output: NetworkOutput) -> list[str]:
 @torch.no_grad()
 def evaluate(
     model: PINGModel,
-    trials: TrialSet,
+    trials: TrialSet | StreamSet,
     *,
     batch_size: int,
     device: torch.device | str = "cpu",
@@ -586,9 +683,13 @@ def evaluate(
     Parameters
     ----------
     model : PINGModel
-    trials : TrialSet
+    trials : TrialSet or StreamSet
+        Single-digit trials, or digit streams (:mod:`biosim.streams`):
+        then loss and accuracy are over the digits' readout windows, and
+        rates and spectrum over the streams (transient excluded at each
+        stream's start).
     batch_size : int
-        Trials simulated at once.
+        Digits simulated at once (streams: ``batch_size // n_digits`` streams, at least one).
     device : torch.device or str
 
     Returns
@@ -599,7 +700,9 @@ def evaluate(
         transient excluded), ``gamma_peak_hz`` and ``gamma_relative_power`` of
         the E population spectrum, ``spectrum`` (``frequency_hz`` and
         ``power`` lists) and ``nonfinite`` (names of non-finite state
-        variables, empty when all is well).
+        variables, empty when all is well). Streams add
+        ``accuracy_by_position``: the accuracy of the digits at each position
+        of a stream (a list, position 0 first).
     """
     torch.set_flush_denormal(True)  # see train()
     device = torch.device(device)
@@ -608,13 +711,20 @@ def evaluate(
     losses, correct = [], 0
     population = {"e": [], "i": []}
     nonfinite: set[str] = set()
-    for start in range(0, trials.n_trials, batch_size):
-        positions = np.arange(start, min(start + batch_size, trials.n_trials))
-        x, v_init_e, v_init_i, labels = _batch_tensors(trials, positions, dtype, device)
-        output = model(x, v_init_e, v_init_i, record_population=True)
+    streams = trials if isinstance(trials, StreamSet) else None
+    n_trials = streams.n_streams if streams else trials.n_trials
+    n_digits = streams.n_streams * streams.n_digits if streams else trials.n_trials
+    if streams:
+        batch_size = max(1, batch_size // streams.n_digits)
+        stream_scores = []
+    for start in range(0, n_trials, batch_size):
+        positions = np.arange(start, min(start + batch_size, n_trials))
+        output, scores, labels = _forward(model, trials, positions, dtype, device, record_population=True)
         nonfinite.update(_nonfinite_state(output))
-        losses.append(float(functional.cross_entropy(output.scores, labels, reduction="sum")))
-        correct += int((output.scores.argmax(dim=1) == labels).sum())
+        losses.append(float(functional.cross_entropy(scores, labels, reduction="sum")))
+        correct += int((scores.argmax(dim=1) == labels).sum())
+        if streams:
+            stream_scores.append(scores.view(len(positions), streams.n_digits, -1).cpu().numpy())
         population["e"].append(output.population_e.cpu().numpy())
         population["i"].append(output.population_i.cpu().numpy())
     simulation = params.simulation
@@ -622,9 +732,15 @@ def evaluate(
     spikes_i = population_spiketrains(np.concatenate(population["i"]), params.connectivity.n_i)
     frequencies, power = population_spectrum(spikes_e, simulation.dt_ms, simulation.transient_ms)
     peak = gamma_peak(frequencies, power)
+    by_position = {}
+    if streams:
+        by_position["accuracy_by_position"] = accuracy_by_position(
+            np.concatenate(stream_scores), streams.digit_labels
+        ).tolist()
     return {
-        "loss": sum(losses) / trials.n_trials,
-        "accuracy": correct / trials.n_trials,
+        "loss": sum(losses) / n_digits,
+        "accuracy": correct / n_digits,
+        **by_position,
         "rate_e_hz": float(population_rates(spikes_e, simulation.dt_ms, simulation.transient_ms).mean()),
         "rate_i_hz": float(population_rates(spikes_i, simulation.dt_ms, simulation.transient_ms).mean()),
         "gamma_peak_hz": peak.frequency_hz,
@@ -702,7 +818,7 @@ class _Trainer:
             )
         self.train_images = train_set.images[: config.n_train]
         self.train_labels = train_set.labels[: config.n_train]
-        self.test_trials = test_trial_set(config)
+        self.test_trials = test_trial_set(config) if config.stream_digits == 1 else test_stream_set(config)
         self.model = _build_model(config, self.params)
         # The anti-pruning reference: the canonical W_EI of the run's seed (the start of a canonical run).
         self.w_ei_reference = None
@@ -852,23 +968,30 @@ class _Trainer:
             raise _NonFinite(epoch, None, None, [f"test evaluation {name}" for name in result["nonfinite"]])
         self.spectrum = result.pop("spectrum")
         result.pop("nonfinite")
-        return {f"test_{key}" if key in ("loss", "accuracy") else key: value for key, value in result.items()}
+        renamed = ("loss", "accuracy", "accuracy_by_position")
+        return {f"test_{key}" if key in renamed else key: value for key, value in result.items()}
 
-    def _train_trials(self, epoch: int, indices: np.ndarray) -> TrialSet:
-        return make_trials(
+    def _train_trials(self, epoch: int, indices: np.ndarray) -> TrialSet | StreamSet:
+        """The digits ``indices`` of epoch ``epoch`` as trials, or as streams in this order (``stream_digits > 1``)."""
+        trials = make_trials(
             self.train_images[indices],
             self.train_labels[indices],
             self.params,
             seed=derived_seed(self.config.seed, _TRAIN_INPUT_STREAM, epoch),
             trial_ids=indices,
         )
+        if self.config.stream_digits == 1:
+            return trials
+        return make_streams(trials, self.config.stream_digits, settle_steps=self.config.stream_settle_steps())
 
     def _train_batch(self, epoch: int, step: int, global_step: int, indices: np.ndarray) -> _StepRecord:
         """One optimizer step: loss, correct predictions and per-matrix gradient diagnostics."""
         trials = self._train_trials(epoch, indices)
-        x, v_init_e, v_init_i, labels = _batch_tensors(trials, np.arange(len(indices)), self.dtype, self.device)
-        output = self.model(x, v_init_e, v_init_i, record_population=self.config.reg_gamma_power > 0)
-        cross_entropy = functional.cross_entropy(output.scores, labels)
+        positions = np.arange(trials.n_streams if isinstance(trials, StreamSet) else trials.n_trials)
+        output, scores, labels = _forward(
+            self.model, trials, positions, self.dtype, self.device, record_population=self.config.reg_gamma_power > 0
+        )
+        cross_entropy = functional.cross_entropy(scores, labels)  # streams: the mean over all digits' windows
         loss, penalties = self._regularised(cross_entropy, output)
         if self.hook is not None:
             context = BatchContext(epoch=epoch, step=step, model=self.model, loss=loss, output=output)
@@ -891,7 +1014,7 @@ class _Trainer:
         check([f"parameter {name}" for name, p in trainable.items() if not bool(torch.isfinite(p).all())])
         return _StepRecord(
             loss=float(loss.detach()),
-            correct=int((output.scores.argmax(dim=1) == labels).sum()),
+            correct=int((scores.argmax(dim=1) == labels).sum()),
             grad_norms=norms,
             eps_dominated=_eps_dominated_fractions(self.optimizer, trainable, self.model.input_mask),
             penalties=penalties,

@@ -16,6 +16,15 @@ Pass criteria (Brian2 against the float64 mirror; printed with the verdict):
 The same numbers against the training-dtype mirror are reported too, for
 information: float32 rounding makes individual spike trains diverge over a
 trial (the network is chaotic), so only the statistics are expected to agree.
+
+Digit streams (``stream_digits > 1``, :mod:`biosim.streams`): both simulators
+run the run's test streams (:func:`bridge.training.test_stream_set`), each as
+one trial of ``stream_digits x trial_ms`` with the same input spikes and the
+same initial potentials at the stream's start, and no reset inside it. Both
+record the readout potential after every step; ``accuracy`` is then the
+fraction of digits whose readout window is classified right (the criterion
+above applies to it), and ``accuracy_by_position`` gives it per position in
+the stream. Spike identity, rates and gamma peak are over the streams.
 """
 
 from __future__ import annotations
@@ -34,11 +43,12 @@ from biosim.backends import check_backend, run_trials
 from biosim.records import check_writable_dir, write_json
 from biosim.results import SimulationResult
 from biosim.simulation import summarize
+from biosim.streams import StreamSet, accuracy_by_position, stream_params, window_means
 from biosim.weight_files import load_weights
 
 from .crosscheck import compare_spikes
 from .simulate import run_mirror
-from .training import read_run_config, test_trial_set
+from .training import read_run_config, test_stream_set, test_trial_set
 
 __all__ = ["Criteria", "validate", "format_report"]
 
@@ -124,14 +134,32 @@ def validate(
     check_writable_dir(run_dir, "run directory")  # the report goes there: fail now, not after Brian2
     if build_dir is not None:
         check_writable_dir(build_dir, "Brian2 build directory")
-    trials = test_trial_set(config)
+    # Digit streams (stream_digits > 1): both simulators run each stream as one trial, no reset inside it.
+    streams = test_stream_set(config) if config.stream_digits > 1 else None
+    trials = streams.trials if streams else test_trial_set(config)
+    if streams:
+        params = stream_params(params, streams.n_digits)
+    readout = streams is not None  # per-digit scores come from the readout trace
 
-    brian = run_trials(params, loaded.effective, trials, backend=backend, build_dir=build_dir, progress=progress)
-    mirrors: dict[str, SimulationResult] = {"float64": run_mirror(params, loaded.stored, trials, dtype=torch.float64)}
+    brian = run_trials(
+        params,
+        loaded.effective,
+        trials,
+        backend=backend,
+        build_dir=build_dir,
+        progress=progress,
+        record_readout=readout,
+    )
+    mirrors: dict[str, SimulationResult] = {
+        "float64": run_mirror(params, loaded.stored, trials, dtype=torch.float64, record_readout=readout)
+    }
     if config.dtype != "float64":
-        mirrors[config.dtype] = run_mirror(params, loaded.stored, trials, dtype=getattr(torch, config.dtype))
+        dtype = getattr(torch, config.dtype)
+        mirrors[config.dtype] = run_mirror(params, loaded.stored, trials, dtype=dtype, record_readout=readout)
 
     def summary(result: SimulationResult) -> dict[str, Any]:
+        if streams:
+            return _stream_summary(result, params, streams)
         return summarize(result, params, trials.labels).as_dict()
 
     sim = params.simulation
@@ -157,6 +185,7 @@ def validate(
         "run_dir": str(run_dir),
         "backend": backend,
         "n_trials": trials.n_trials,
+        **({"stream": {**streams.describe(), "dt_ms": sim.dt_ms}} if streams else {}),
         "simulators": simulators,
         "agreement": agreement,
         "spike_identity_float64": {
@@ -172,12 +201,33 @@ def validate(
         "timings_s": {"brian2": brian.timings_s, **{f"mirror:{k}": v.timings_s for k, v in mirrors.items()}},
     }
     write_json(run_dir / f"validation_{backend}.json", report)
-    _save_brian2_views(run_dir, backend, brian, params)
+    _save_brian2_views(run_dir, backend, brian, params, digit_steps=streams.digit_steps if streams else None)
     return report
 
 
-def _save_brian2_views(run_dir: Path, backend: str, result: SimulationResult, params) -> None:
-    """What the figures draw from Brian2: the raster of test trial 0 and the trial-averaged E spectrum."""
+def _stream_summary(result: SimulationResult, params, streams: StreamSet) -> dict[str, Any]:
+    """:func:`biosim.simulation.summarize` of a stream run, with the accuracy over digits.
+
+    ``accuracy`` is the fraction of digits (readout windows) classified
+    right, ``accuracy_by_position`` the same at each position in a stream;
+    rates and spectrum are over the streams (transient at each stream's start).
+    """
+    scores = window_means(result.traces["readout"], streams.n_digits, streams.settle_steps)
+    by_position = accuracy_by_position(scores, streams.digit_labels)
+    summary = summarize(result, params).as_dict()
+    summary["accuracy"] = float(np.mean(np.argmax(scores, axis=2) == streams.digit_labels))
+    summary["accuracy_by_position"] = by_position.tolist()
+    summary["n_digits"] = int(streams.digit_labels.size)
+    return summary
+
+
+def _save_brian2_views(
+    run_dir: Path, backend: str, result: SimulationResult, params, *, digit_steps: int | None = None
+) -> None:
+    """What the figures draw from Brian2: the raster of test trial 0 and the trial-averaged E spectrum.
+
+    For digit streams, trial 0 is the first stream and ``digit_steps`` (steps per digit) is stored too.
+    """
     sim = params.simulation
     frequencies, power = population_spectrum(result.spikes_e, sim.dt_ms, sim.transient_ms)
     write_json(run_dir / f"spectrum_{backend}.json", {"frequency_hz": frequencies, "power": power})
@@ -195,17 +245,29 @@ def _save_brian2_views(run_dir: Path, backend: str, result: SimulationResult, pa
         n_e=result.spikes_e.n_neurons,
         n_i=result.spikes_i.n_neurons,
         n_steps=result.spikes_e.n_steps,
+        **({"digit_steps": digit_steps} if digit_steps else {}),
     )
     os.replace(temporary, path)
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as a small table with the verdict."""
-    lines = [f"validation of {report['run_dir']} on {report['n_trials']} test digits"]
+    stream = report.get("stream")
+    if stream:
+        lines = [
+            f"validation of {report['run_dir']} on {stream['n_streams'] * stream['n_digits']} test digits "
+            f"in {stream['n_streams']} streams of {stream['n_digits']} (no reset between digits)"
+        ]
+    else:
+        lines = [f"validation of {report['run_dir']} on {report['n_trials']} test digits"]
     lines.append(f"{'simulator':<24} {'accuracy':>9} {'E (Hz)':>8} {'I (Hz)':>8} {'gamma (Hz)':>11}")
     for name, s in report["simulators"].items():
         accuracy = f"{100 * s['accuracy']:>8.1f}%"
         lines.append(f"{name:<24} {accuracy} {s['rate_e_hz']:>8.2f} {s['rate_i_hz']:>8.2f} {s['gamma_peak_hz']:>11.1f}")
+    if stream:
+        for name, s in report["simulators"].items():
+            positions = " ".join(f"{100 * a:.1f}%" for a in s["accuracy_by_position"])
+            lines.append(f"{name:<24} accuracy by position in the stream: {positions}")
     for name, checks in report["agreement"].items():
         role = "criteria" if name == "mirror:float64" else "information"
         parts = [
