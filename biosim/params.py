@@ -32,6 +32,7 @@ __all__ = [
     "SimulationParams",
     "NetworkParams",
     "ParameterError",
+    "small_network",
     "to_brian2_namespace",
     "from_brian2_namespace",
 ]
@@ -386,6 +387,16 @@ class NetworkParams:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def small_network(trial_ms: float = 40.0, transient_ms: float = 10.0) -> NetworkParams:
+    """A 64 E / 16 I network with short trials: the examples' ``--small`` (seconds per run, not a result)."""
+    return NetworkParams().replace(
+        connectivity__n_e=64,
+        connectivity__n_i=16,
+        simulation__trial_ms=trial_ms,
+        simulation__transient_ms=transient_ms,
+    )
 
 
 def _section_type(f: dataclasses.Field) -> type:

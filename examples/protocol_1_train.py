@@ -6,7 +6,7 @@ python examples/protocol_1_train.py --condition trainable_ping_init --seed 42 --
 import argparse
 from pathlib import Path
 
-from biosim.params import NetworkParams
+from biosim.params import small_network
 from biosim.records import write_json
 from bridge.training import train
 from protocols.definitions import CONDITIONS, Protocol
@@ -22,12 +22,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="a 64 E / 16 I network with 40 ms trials (seconds)")
     args = parser.parse_args()
 
-    overrides = {}
-    if args.small:
-        small = NetworkParams().replace(
-            connectivity__n_e=64, connectivity__n_i=16, simulation__trial_ms=40.0, simulation__transient_ms=10.0
-        )
-        overrides = {"network": small.to_dict()}
+    overrides = {"network": small_network().to_dict()} if args.small else {}
     protocol = Protocol(
         name="dale_pruning", conditions=(args.condition,), tier=args.tier, seeds=(args.seed,), overrides=overrides
     )

@@ -13,6 +13,15 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ARGUMENTS = {
     "ping_raster.py": ["--backend", "numpy", "--n-trials", "2"],
     "tau_gaba_sweep.py": ["--tau-gaba", "6", "10", "--n-trials", "4"],
+    # The follow-up protocols: one condition each, on the small network, validated on Brian2's numpy backend.
+    **{
+        name: ["--small", "--tier", "smoke", "--backend", "numpy", "--conditions", condition]
+        for name, condition in (
+            ("basin_map.py", "basin_init_w_ei_0p5__init_w_ie_2"),
+            ("anti_pruning.py", "anti_pruning_reg_gamma_power_10"),
+            ("tau_gaba_trainability.py", "tau_gaba_16_trainable"),
+        )
+    },
 }
 
 
@@ -25,7 +34,8 @@ PROTOCOL_STEPS = {
 
 
 def test_every_example_is_listed():
-    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted({**ARGUMENTS, **PROTOCOL_STEPS})
+    scripts = [p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")]  # _name.py: shared code
+    assert sorted(scripts) == sorted({**ARGUMENTS, **PROTOCOL_STEPS})
 
 
 def _run_example(name: str, arguments, cwd) -> subprocess.CompletedProcess:
