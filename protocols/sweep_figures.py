@@ -416,6 +416,17 @@ def _multiple_text(value: float) -> str:
     return f"{value:g}"
 
 
+SYMLOG_LINTHRESH = 1.0
+"""Linear below this, logarithmic above, on a value axis spanning orders of magnitude (I rates up to ~1 kHz)."""
+_SYMLOG_TICKS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+def _wide_range(values: np.ndarray) -> bool:
+    """Do the (finite) values span so many orders of magnitude that a linear scale hides most of them?"""
+    positive = values[np.isfinite(values) & (values > 0)]
+    return bool(positive.size >= 2 and positive.max() > 100.0 and positive.max() > 5.0 * np.median(positive))
+
+
 def _heatmap(ax, fig, grid: BasinGrid, quantity: Quantity) -> None:
     import matplotlib as mpl
     from matplotlib.patches import Rectangle
@@ -432,7 +443,9 @@ def _heatmap(ax, fig, grid: BasinGrid, quantity: Quantity) -> None:
     elif quantity.key in ("rate_i", "gamma_power"):
         vmin = min(vmin, 0.0)
     cmap = mpl.colormaps[quantity.cmap].with_extremes(bad="0.82")
-    norm = mpl.colors.Normalize(vmin, vmax)
+    wide = _wide_range(finite)
+    norm = mpl.colors.SymLogNorm(SYMLOG_LINTHRESH, linscale=0.6, vmin=vmin, vmax=vmax) if wide else None
+    norm = norm or mpl.colors.Normalize(vmin, vmax)
     shown = np.where(np.isposinf(values), vmax, values)
     image = ax.imshow(np.ma.masked_invalid(shown), origin="lower", cmap=cmap, norm=norm, aspect="auto")
     n_ei, n_ie = values.shape
@@ -484,7 +497,10 @@ def _heatmap(ax, fig, grid: BasinGrid, quantity: Quantity) -> None:
     ax.set_ylabel("initial W_EI (x canonical)")
     ax.set_title(quantity.label, fontsize=10)
     colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
-    colorbar.set_label(quantity.label, fontsize=8)
+    colorbar.set_label(quantity.label + (" (symlog scale)" if wide else ""), fontsize=8)
+    if wide:
+        ticks = [t for t in _SYMLOG_TICKS if vmin <= t <= vmax]
+        colorbar.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
     colorbar.ax.tick_params(labelsize=7)
     for threshold, _ in quantity.thresholds:
         if vmin <= threshold <= vmax:
@@ -834,6 +850,13 @@ def setting_sweep_figure(
             ax.set_ylim(-3, 103)
         elif quantity.key in ("accuracy", "rate_i", "gamma_power"):
             ax.set_ylim(bottom=0)
+        shown_values = np.array([p.value for points in lines.values() for p in points], dtype=float)
+        if quantity.key != "w_ei_pruned" and _wide_range(shown_values):
+            from matplotlib.ticker import FuncFormatter
+
+            ax.set_yscale("symlog", linthresh=SYMLOG_LINTHRESH, linscale=0.6)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.set_ylabel(quantity.label + " (symlog)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.06), fontsize=9)
