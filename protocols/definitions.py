@@ -22,6 +22,10 @@ Protocols (:data:`PROTOCOLS`):
   penalty on W_EI's distance from canonical or on low E gamma-band power
   (:mod:`bridge.regularisers`), lambda on a log grid: how strong must it be
   to keep the loop?
+- ``streaming`` (SPEC section 6): streams of four digits back to back in one
+  trial, no reset between them, one readout window per digit
+  (:mod:`biosim.streams`), loop frozen and trainable: does the loop survive,
+  and does it help, when the network must follow a continuous input?
 - ``membrane_damping``: the four ``dale_pruning`` conditions, exact and with
   the reference study's membrane-gradient damping (SPEC section 3): does
   the stabiliser change the answer?
@@ -176,6 +180,25 @@ ANTI_PRUNING = (
     ),
 )
 
+STREAM_DIGITS = 4
+"""Digits per stream of the ``streaming`` protocol (800 ms trials of 200 ms digits)."""
+STREAMING = (
+    _loop(
+        "stream_frozen",
+        f"streams of {STREAM_DIGITS} digits, no reset between them; canonical loop, frozen",
+        "canonical",
+        False,
+        stream_digits=STREAM_DIGITS,
+    ),
+    _loop(
+        "stream_trainable",
+        f"streams of {STREAM_DIGITS} digits, no reset between them; canonical loop, trainable",
+        "canonical",
+        True,
+        stream_digits=STREAM_DIGITS,
+    ),
+)
+
 PROTOCOLS: dict[str, tuple[Condition, ...]] = {
     "dale_pruning": DALE_PRUNING,
     "frozen_baseline": DALE_PRUNING[:1],
@@ -183,6 +206,7 @@ PROTOCOLS: dict[str, tuple[Condition, ...]] = {
     "basin_map": BASIN_MAP,
     "anti_pruning": ANTI_PRUNING,
     "membrane_damping": MEMBRANE_DAMPING,
+    "streaming": STREAMING,
 }
 """Each protocol's conditions."""
 
@@ -243,6 +267,9 @@ PROTOCOL_DEFAULTS: dict[str, ProtocolDefaults] = {
     "basin_map": ProtocolDefaults("survey", (42,)),
     "anti_pruning": ProtocolDefaults("survey", (42,)),
     "membrane_damping": ProtocolDefaults("survey", (42,)),
+    # The study tier's digits, seeds and Adam steps, so each run pairs with a dale_pruning run
+    # (frozen_ping, trainable_ping_init) that differs only by the resets between digits.
+    "streaming": ProtocolDefaults("study"),
 }
 """Default tier and seeds of each protocol; each default finishes in an hour on 2 cores."""
 

@@ -77,11 +77,17 @@ def _raster(ax, record: RunRecord) -> None:
     ax.scatter(data["e_step"] * dt, data["e_neuron"], s=0.5, marker="|", color=E_COLOR, linewidths=0.4)
     ax.scatter(data["i_step"] * dt, data["i_neuron"] + n_e, s=0.5, marker="|", color=I_COLOR, linewidths=0.4)
     ax.axhline(n_e - 0.5, color="0.6", linewidth=0.5)
+    trial = "test trial 0"
+    if "digit_steps" in data.files:  # a digit stream (biosim.streams): mark where each digit begins
+        digit_steps = int(data["digit_steps"])
+        for start in range(digit_steps, int(data["n_steps"]), digit_steps):
+            ax.axvline(start * dt, color="k", linestyle="--", linewidth=0.6)
+        trial = f"test stream 0 ({int(data['n_steps']) // digit_steps} digits, no reset)"
     ax.set_xlim(0, int(data["n_steps"]) * dt)
     ax.set_ylim(-0.5, n_e + int(data["n_i"]) - 0.5)
     ax.set_xlabel("time (ms)")
     ax.set_ylabel("neuron (E below, I above)")
-    ax.set_title(f"Brian2 ({record.validation_backend}) raster, test trial 0", fontsize=9)
+    ax.set_title(f"Brian2 ({record.validation_backend}) raster, {trial}", fontsize=9)
 
 
 def _spectrum(ax, record: RunRecord) -> None:

@@ -20,6 +20,7 @@ ARGUMENTS = {
             ("basin_map.py", "basin_init_w_ei_0p5__init_w_ie_2"),
             ("anti_pruning.py", "anti_pruning_reg_gamma_power_10"),
             ("tau_gaba_trainability.py", "tau_gaba_16_trainable"),
+            ("streaming.py", "stream_trainable"),
         )
     },
 }

@@ -198,3 +198,31 @@ def test_membrane_damping_pairs_each_dale_condition_with_its_damped_twin():
         exact, damped = runs[name], runs[f"damped_{name}"]
         assert exact.membrane_grad_scale == 1.0 and damped.membrane_grad_scale == 1e-3
         assert dataclasses.replace(damped, membrane_grad_scale=1.0) == exact
+
+
+def test_streaming_pairs_a_frozen_and_a_trainable_loop_on_four_digit_streams():
+    assert {r.seed for r in get_protocol("streaming").runs()} == {42, 43, 44}
+    runs = {r.condition: r.config for r in get_protocol("streaming", seeds=(42,)).runs()}
+    frozen, trainable = runs["stream_frozen"], runs["stream_trainable"]
+    assert frozen.stream_digits == trainable.stream_digits == 4 and frozen.stream_settle_ms == 0.0
+    assert not frozen.train_w_ei and trainable.train_w_ei and trainable.train_w_ie
+    # Each run is its dale_pruning twin at the same tier and seed, but for the resets between digits.
+    dale = {r.condition: r.config for r in get_protocol("dale_pruning", seeds=(42,)).runs()}
+    assert dataclasses.replace(frozen, stream_digits=1) == dale["frozen_ping"]
+    assert dataclasses.replace(trainable, stream_digits=1) == dale["trainable_ping_init"]
+
+
+def test_streaming_smoke_protocol_runs_validates_and_reports(tmp_path):
+    # The fused engine: the eager one takes about 100x longer through the 4 x 400 steps of a stream.
+    protocol = get_protocol(
+        "streaming", tier="smoke", seeds=(42,), validation_backend="numpy", network=SMALL_NETWORK, engine="fused"
+    )
+    statuses = run_protocol(protocol, tmp_path, progress=False)
+    assert [s["status"] for s in statuses] == ["completed", "completed"]
+    for status in statuses:
+        brian = status["validation"]["simulators"]["brian2:numpy"]
+        assert status["validation"]["verdict"] == "pass" and len(brian["accuracy_by_position"]) == 4
+        assert len(status["final"]["test_accuracy_by_position"]) == 4
+    table, figures = write_report(tmp_path)
+    assert "stream_frozen" in table.read_text() and "stream_trainable" in table.read_text()
+    assert (figures / "stream_trainable_diagnostic.png").exists()
