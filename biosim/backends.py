@@ -30,6 +30,7 @@ from .inputs import TrialSet
 from .network import build_network
 from .params import NetworkParams
 from .results import SimulationResult, SpikeTrains
+from .standalone_build import build_project, project_directory
 from .weights import NetworkWeights
 
 __all__ = ["BACKENDS", "CUDA_COMPILE_CHECK", "BackendError", "run_trials", "check_backend"]
@@ -128,8 +129,10 @@ def run_trials(
         One of :data:`BACKENDS`.
     build_dir : path, optional
         Project directory of standalone backends. Reusing a directory lets
-        the compiler skip unchanged files. Default: a temporary directory,
-        removed afterwards.
+        the compiler skip unchanged files. Default: a slot of the project
+        cache (:func:`biosim.standalone_build.project_directory`, locked while
+        in use, kept for the next run; ``BIOSIM_BRIAN2_CACHE=off``: a
+        temporary directory, removed afterwards).
     record_v : dict, optional
         Neurons whose membrane potential is recorded, see :func:`build_network`.
     record_readout : bool
@@ -142,7 +145,11 @@ def run_trials(
     -------
     SimulationResult
         ``timings_s`` holds ``build`` (network construction, code generation
-        and compilation) and ``simulate``.
+        and compilation) and ``simulate``; standalone runs split ``build`` into
+        ``build_codegen`` (construction, code generation, writing the project)
+        and ``build_compile`` (precompiled header and make), and ``meta["build"]``
+        says where it was built, whether the directory held an earlier build
+        and what became of the precompiled header.
 
     Raises
     ------
@@ -157,10 +164,9 @@ def run_trials(
     check_backend(backend)
     weights.check_shapes(params)
     weights.check_dale()
-    temporary = build_dir is None
-    build_path = Path(tempfile.mkdtemp(prefix=f"biosim-{backend}-")) if temporary else Path(build_dir)
     timings: dict[str, float] = {}
-    try:
+    build_info: dict[str, object] = {}
+    with _project_directory(backend, build_dir) as (build_path, reused):
         with _device(backend, build_path):
             t0 = time.perf_counter()
             built = build_network(params, weights, trials, record_v=record_v, record_readout=record_readout)
@@ -170,8 +176,15 @@ def run_trials(
                 if progress:
                     print(f"building the {backend} project ...", end="", file=sys.stderr, flush=True)
                 built.network.run(built.duration)
-                b2.device.build(directory=str(build_path), compile=True, run=False, with_output=False)
+                t_codegen = time.perf_counter()
+                # Precompiled standard headers for cpp_standalone; nothing of the simulation changes.
+                report = build_project(backend, build_path)
                 timings["build"] = time.perf_counter() - t0
+                timings["build_codegen"] = t_codegen - t0 + report.write_s
+                timings["build_compile"] = report.pch_s + report.make_s
+                build_info = {"directory": str(build_path), "reused": reused, "precompiled_header": report.pch}
+                if report.notes:
+                    build_info["notes"] = report.notes
                 if progress:
                     print(f" {timings['build']:.1f} s", file=sys.stderr)
                     print(f"simulating {trials.n_trials} trials ...", end="", file=sys.stderr, flush=True)
@@ -189,11 +202,26 @@ def run_trials(
                 if progress:
                     print(file=sys.stderr)
             result = _collect(params, trials, built.monitors, backend)
-    finally:
-        if temporary:
-            shutil.rmtree(build_path, ignore_errors=True)
     result.timings_s = timings
+    if build_info:
+        result.meta["build"] = build_info
     return result
+
+
+@contextmanager
+def _project_directory(backend: str, build_dir: str | Path | None) -> Iterator[tuple[Path, bool]]:
+    """``(directory, reused)`` of one run: ``build_dir``, a reused cache slot (standalone), or a temporary one."""
+    if build_dir is not None:
+        yield Path(build_dir), (Path(build_dir) / "main").exists()
+    elif backend in STANDALONE_BACKENDS:
+        with project_directory(backend) as slot:
+            yield slot
+    else:
+        path = Path(tempfile.mkdtemp(prefix=f"biosim-{backend}-"))
+        try:
+            yield path, False
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _spike_trains(monitor, n_neurons: int, n_trials: int, n_steps: int, dt_s: float) -> SpikeTrains:
