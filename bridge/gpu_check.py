@@ -201,7 +201,9 @@ def _brian2(args: argparse.Namespace) -> int:
 
     params, weights, trials = _trials_and_weights(args.n_trials)
     started = time.perf_counter()
-    result = run_trials(params, weights, trials, backend=args.backend, build_dir=args.build_dir, progress=True)
+    result = run_trials(
+        params, weights, trials, backend=args.backend, build_dir=args.build_dir, progress=True, processes=args.processes
+    )
     wall = time.perf_counter() - started
     arrays = {}
     for population in ("e", "i"):
@@ -229,6 +231,8 @@ def _brian2(args: argparse.Namespace) -> int:
             "spikes_i": len(result.spikes_i),
             "brian2_version": brian2.__version__,
             "openmp_threads": brian2.prefs.devices.cpp_standalone.openmp_threads,
+            "processes": result.meta.get("build", {}).get("processes", 1),
+            "precompiled_header": result.meta.get("build", {}).get("precompiled_header"),
             "extra_make_args_unix": list(brian2.prefs.devices.cpp_standalone.extra_make_args_unix),
             "spikes_file": str(args.spikes),
         },
@@ -422,7 +426,10 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.add_parser("brian2")
     p.add_argument("--backend", required=True, choices=("cpp_standalone", "cuda_standalone"))
     p.add_argument("--n-trials", type=int, default=400)
-    p.add_argument("--build-dir", required=True)
+    p.add_argument("--build-dir", help="project directory (default: biosim's cache of reused ones)")
+    p.add_argument(
+        "--processes", type=int, default=1, help="cpp_standalone: processes sharing the build (default 1: one program)"
+    )
     p.add_argument("--spikes", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(handler=_brian2)

@@ -326,7 +326,8 @@ fi
 # (c) Brian2: cpp_standalone, cuda_standalone, then both against the float64 mirror
 for backend in cpp_standalone cuda_standalone; do
     key="${backend%%_*}"
-    run_step "$key" "brian2_$backend" "" -- "$python" -m bridge.gpu_check brian2 --backend "$backend" \
+    # A fresh project directory (build included, nothing reused); cpp_standalone as one program (the baseline).
+    run_step "$key" "brian2_$backend" "" -- "$python" -m bridge.gpu_check brian2 --backend "$backend" --processes 1 \
         --n-trials "$n_trials" --build-dir "$work/build/$backend" --spikes "$work/spikes/spikes_$backend.npz" \
         --out "$parts/brian2_$backend.json"
 done
