@@ -60,6 +60,8 @@ from biosim.params import NetworkParams
 from biosim.records import library_versions
 from biosim.weights import NetworkWeights, init_weights
 
+from .torch_settings import flushed_denormals
+
 __all__ = ["eager_bptt_loop", "run_benchmark"]
 
 
@@ -296,7 +298,7 @@ def _release_free_memory() -> None:
 
 def _memory_probe(engine: str, n_steps: int, batch_size: int, dtype_name: str, threads: int, seed: int) -> dict:
     """Peak extra memory (bytes) of one BPTT batch of ``engine`` in this (fresh) process."""
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # a fresh process of its own (the caller's settings are not touched)
     torch.set_flush_denormal(True)
     dtype = getattr(torch, dtype_name)
     setup = _setup(n_steps, batch_size, dtype, "cpu", seed)
@@ -437,6 +439,7 @@ def _fused_evaluation(params: NetworkParams, weights: NetworkWeights, trials: Tr
 # --- the benchmark ------------------------------------------------------------------------
 
 
+@flushed_denormals()  # as in training; the caller's mode is restored afterwards
 def run_benchmark(
     *,
     device: str = "cpu",
@@ -501,7 +504,6 @@ def run_benchmark(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device='cuda' but torch.cuda.is_available() is False")
     batch_size = batch_size or (256 if device.startswith("cuda") else 32)
-    torch.set_flush_denormal(True)
     started = time.perf_counter()
 
     def say(message: str) -> None:

@@ -80,7 +80,6 @@ Two implementations
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import hashlib
@@ -95,16 +94,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from .dynamics import Constants, NetworkState, PopulationConstants, SpikeFunction, Weights, heaviside
+from .eager import NetworkOutput, run_network
 from .surrogates import Surrogate
-
-if TYPE_CHECKING:  # bridge.model imports this module to register the engine
-    from .model import NetworkOutput
+from .torch_settings import flushed_denormals, torch_threads
 
 __all__ = ["PRODUCT_PATHS", "FusedEngine", "fma_peak_flops", "kernel_info", "kernels_available", "run_network_fused"]
 
@@ -690,7 +688,8 @@ void adjoint_trial(const Network& net, const AdjointBuffers& buf, const ChunkExt
   const int64_t i_row = (j * batch + b) * n_i;
   population_adjoint<T>(n_i, fired_i, at(buf.ls_i, b * n_i), buf.s_i != nullptr ? at(buf.s_i, i_row) : nullptr,
                         at(buf.cv_i, i_row), at_mutable(buf.lv_i, b * n_i), decay_ampa, leo_next,
-                        at(buf.cge_i, i_row), at_mutable(buf.leo, now * n_eo), T(0), nullptr, nullptr, nullptr, damping);
+                        at(buf.cge_i, i_row), at_mutable(buf.leo, now * n_eo), T(0), nullptr, nullptr, nullptr,
+                        damping);
   // readout: l_u = decay l_u' + dL/dscore_sum (+ dL/du of the trace: u at time t is the one step t - 1 made)
   const T* g_sum = at(buf.g_sum, b * n_classes);
   T* lu = at_mutable(buf.leo, now * n_eo + n_i);
@@ -1285,19 +1284,6 @@ def _function(function: Any, *argtypes: Any, restype: Any = None) -> Any:
     return function
 
 
-@contextlib.contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    """Run the block with ``count`` intra-op torch threads, then restore the previous number."""
-    previous = torch.get_num_threads()
-    if count != previous:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        if count != previous:
-            torch.set_num_threads(previous)
-
-
 def kernels_available() -> bool:
     """Whether the compiled CPU kernels can be used here (building them on first call)."""
     return _kernel_library() is not None
@@ -1650,7 +1636,8 @@ class _FusedNetwork(torch.autograd.Function):
         adjoint = _Adjoint(
             ctx.problem, w_in, w_ie, w_out, (*grads[:11], grads[13], grads[15]), ctx.needs_input_grad[1:5]
         )
-        return (None, *adjoint.run())
+        with flushed_denormals():
+            return (None, *adjoint.run())
 
 
 class _Adjoint:
@@ -1881,7 +1868,7 @@ class _Adjoint:
                 )
 
         # MKL's products inside each thread run one-threaded (torch.set_num_threads also sets MKL's count).
-        with _torch_threads(1):
+        with torch_threads(1):
             if self.n_threads == 1:
                 for part in range(len(self.trial_blocks)):
                     through_all_chunks(part)
@@ -2054,7 +2041,6 @@ class FusedEngine:
         membrane_grad_scale: float = 1.0,
     ) -> NetworkOutput:
         """Run whole trials; see :func:`run_network_fused`."""
-        from .model import NetworkOutput, run_network
 
         if spike_fn is heaviside:
             surrogate = None
@@ -2076,7 +2062,9 @@ class FusedEngine:
         save = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
         problem = self._problem(x, v_init_e, v_init_i, weights, constants, surrogate, save)
         problem.membrane_grad_scale = float(membrane_grad_scale)
-        outputs = _FusedNetwork.apply(problem, *weights)
+        # The kernels take the caller's flush-to-zero mode at the forward pass into the backward pass too.
+        with flushed_denormals():
+            outputs = _FusedNetwork.apply(problem, *weights)
         scores, counts_e, counts_i = outputs[:3]
         v_e, ge_e, gi_e, v_i, ge_i, gi_i, u, score_sum, refractory_e, refractory_i = outputs[3:13]
         population_e, population_i, trace = outputs[13:]
@@ -2100,7 +2088,6 @@ class FusedEngine:
         dtype = weights.w_out.dtype
         if any(w.dtype != dtype for w in weights) or v_init_e.dtype != dtype or v_init_i.dtype != dtype:
             raise ValueError("weights and initial potentials must share one floating-point dtype")
-        torch.set_flush_denormal(True)  # decaying float32 conductances reach denormals, which are very slow
         sparse = self.propagation == "sparse" or (self.propagation == "auto" and v_init_e.device.type == "cpu")
         return _Problem(
             x=x.contiguous(),
@@ -2137,9 +2124,10 @@ class FusedEngine:
         """
         problem = self._problem(x, v_init_e, v_init_i, weights, constants, None, save=False)
         w_e_out = torch.cat([weights.w_ei, weights.w_out], dim=1)
-        _, raster_e, raster_i, _, score_sum, trace, *_ = _run_forward(
-            problem, weights.w_in.contiguous(), weights.w_ie.contiguous(), w_e_out, weights.w_out.shape[1]
-        )
+        with flushed_denormals():
+            _, raster_e, raster_i, _, score_sum, trace, *_ = _run_forward(
+                problem, weights.w_in.contiguous(), weights.w_ie.contiguous(), w_e_out, weights.w_out.shape[1]
+            )
         rasters = (score_sum / x.shape[1], raster_e, raster_i)
         return (*rasters, trace) if readout_trace else rasters
 
@@ -2197,7 +2185,8 @@ def run_network_fused(
 
     Notes
     -----
-    Calls ``torch.set_flush_denormal(True)``. Uses the compiled CPU kernels
+    Flushes denormals to zero during the forward and the backward pass, and
+    restores the caller's mode after each. Uses the compiled CPU kernels
     where they apply (see the module docstring) and torch operations
     elsewhere; :class:`FusedEngine` chooses explicitly.
     """

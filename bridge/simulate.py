@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -15,6 +14,7 @@ from biosim.results import SimulationResult, SpikeTrains
 from biosim.weights import NetworkWeights
 
 from .dynamics import Weights, advance, initial_state, make_constants
+from .torch_settings import flushed_denormals, torch_threads
 
 __all__ = ["MIRROR_ENGINES", "torch_weights", "input_drive", "run_mirror"]
 
@@ -45,19 +45,6 @@ def input_drive(
         drive = w_in.new_zeros(batch * (last - first), w_in.shape[1])
         drive.index_add_(0, rows.long(), w_in[torch.as_tensor(sub.input_neuron[keep], device=w_in.device).long()])
         yield first, drive.view(batch, last - first, -1)
-
-
-@contextmanager
-def _single_thread() -> Iterator[None]:
-    """Per-step tensors here are tiny: a fork/join per operation costs more than it
-    saves, and on a loaded machine 2-thread regions wait for descheduled threads
-    (measured: 32 s instead of 0.9 s for 2 trials)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 MIRROR_ENGINES = ("fused", "eager")
@@ -107,14 +94,15 @@ def run_mirror(
     if record_v and engine != "eager":
         raise ValueError("record_v needs engine='eager': the fused engine does not expose membrane potentials")
     weights.check_shapes(params)
-    # Decaying conductances reach denormal numbers, which are ~20x slower;
-    # flushing them to zero cannot move a spike (Brian2's compiled code does it too).
-    torch.set_flush_denormal(True)
     if engine == "fused":
         return _run_fused(
             params, weights, trials, dtype=dtype, device=device, batch_size=batch_size, record_readout=record_readout
         )
-    with _single_thread():
+    # Per-step tensors here are tiny: a fork/join per operation costs more than it saves, and on a loaded
+    # machine 2-thread regions wait for descheduled threads (measured: 32 s instead of 0.9 s for 2 trials).
+    # Decaying conductances reach denormal numbers, which are ~20x slower; flushing them to zero cannot
+    # move a spike (Brian2's compiled code does it too). The fused engine flushes on its own.
+    with torch_threads(1), flushed_denormals():
         return _run_mirror(
             params,
             weights,

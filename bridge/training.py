@@ -122,6 +122,7 @@ from .checkpoint import save_checkpoint as _save_checkpoint_file
 from .model import ENGINES, MATRICES, NetworkOutput, PINGModel
 from .regularisers import gamma_shortfall, w_ei_distance
 from .surrogates import SURROGATES, get_surrogate
+from .torch_settings import flushed_denormals
 
 __all__ = [
     "TRAINING_TIERS",
@@ -671,6 +672,7 @@ def _nonfinite_state(output: NetworkOutput) -> list[str]:
 
 
 @torch.no_grad()
+@flushed_denormals()  # decaying conductances reach denormal floats, which are slow
 def evaluate(
     model: PINGModel,
     trials: TrialSet | StreamSet,
@@ -704,7 +706,6 @@ def evaluate(
         ``accuracy_by_position``: the accuracy of the digits at each position
         of a stream (a list, position 0 first).
     """
-    torch.set_flush_denormal(True)  # see train()
     device = torch.device(device)
     dtype = model.w_out.dtype
     params = model.params
@@ -1224,11 +1225,10 @@ def train(
     config = config.resolved()
     run_dir = Path(run_dir)
     check_writable_dir(run_dir, "run directory")  # before any work; creates nothing
-    # Decaying conductances reach denormal floats; flushing them keeps float32 CPU math fast.
-    torch.set_flush_denormal(True)
     if is_finished(run_dir):
         return _finished_result(config, run_dir)
-    with _deterministic_algorithms(config.deterministic):
+    # Decaying conductances reach denormal floats; flushing them keeps float32 CPU math fast.
+    with flushed_denormals(), _deterministic_algorithms(config.deterministic):
         # The trainer checks device and data first; the directory exists only once they pass.
         trainer = _Trainer(config, run_dir, progress, hook)
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """What the follow-up examples share: run a protocol (a subset of its conditions) and print its table.
 
-Not an example itself (the leading underscore); ``basin_map.py``, ``anti_pruning.py`` and ``tau_gaba_trainability.py`` import it.
+Not an example itself (the leading underscore); ``basin_map.py``, ``anti_pruning.py``,
+``tau_gaba_trainability.py`` and ``streaming.py`` import it.
 """
 
 from __future__ import annotations

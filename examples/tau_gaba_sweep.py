@@ -22,7 +22,6 @@ def main() -> None:
     parser.add_argument("--n-trials", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_flush_denormal(True)
 
     print(f"{'tau_gaba (ms)':>14} {'E (Hz)':>8} {'I (Hz)':>8} {'gamma (Hz)':>11}")
     for tau_gaba in args.tau_gaba:

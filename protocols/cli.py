@@ -1,4 +1,4 @@
-"""Command line: ``biosim <command> ...``."""
+"""Command line: ``biosim <command> ...``; the top of the layers (biosim <- bridge <- protocols <- this module)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .backends import BACKENDS
+from biosim.backends import BACKENDS
 
 __all__ = ["main"]
 
@@ -77,12 +77,12 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .analysis import gamma_peak, population_spectrum
-    from .backends import check_backend
-    from .params import NetworkParams
-    from .plotting import raster_and_spectrum_figure
-    from .records import check_writable_dir, write_json, write_run_record
-    from .simulation import simulate_test_digits
+    from biosim.analysis import gamma_peak, population_spectrum
+    from biosim.backends import check_backend
+    from biosim.params import NetworkParams
+    from biosim.plotting import raster_and_spectrum_figure
+    from biosim.records import check_writable_dir, write_json, write_run_record
+    from biosim.simulation import simulate_test_digits
 
     params = NetworkParams()
     out = Path(args.out)
@@ -153,8 +153,8 @@ def _add_simulate(subparsers) -> None:
 def _crosscheck(args: argparse.Namespace) -> int:
     from bridge.crosscheck import crosscheck
 
-    from .backends import check_backend
-    from .records import check_writable_dir, write_run_record
+    from biosim.backends import check_backend
+    from biosim.records import check_writable_dir, write_run_record
 
     for backend in args.backend:
         check_backend(backend)
@@ -398,9 +398,7 @@ def _protocol_list(args: argparse.Namespace) -> int:
         defaults = PROTOCOL_DEFAULTS[name]
         cost = ", ".join(f"{t} {_duration(estimated_minutes(name, t))}" for t in tiers)
         seeds = " ".join(map(str, defaults.seeds))
-        lines.append(
-            f"\n{name}: {len(conditions)} conditions x seeds {seeds}; default tier {defaults.tier}; {cost}"
-        )
+        lines.append(f"\n{name}: {len(conditions)} conditions x seeds {seeds}; default tier {defaults.tier}; {cost}")
         lines += [f"  {c.name:<40} {c.description}" for c in conditions]
     print("\n".join(lines))
     return 0
@@ -416,7 +414,11 @@ def _add_protocol(subparsers) -> None:
     p = subparsers.add_parser("protocol", help="run an experiment protocol and draw its figures and table")
     actions = p.add_subparsers(dest="action", required=True)
     run = actions.add_parser("run", help="train, validate in Brian2, draw and tabulate every run")
-    run.add_argument("name", help="protocol (biosim protocol list): dale_pruning, frozen_baseline, tau_gaba, basin_map")
+    run.add_argument(
+        "name",
+        help="protocol (biosim protocol list): dale_pruning, frozen_baseline, tau_gaba, basin_map, anti_pruning, "
+        "streaming, membrane_damping",
+    )
     run.add_argument(
         "--tier",
         help="smoke, cpu (a quick pipeline check), study, survey, medium, full "
@@ -444,7 +446,7 @@ def _add_protocol(subparsers) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from bridge.bench import run_benchmark
 
-    from .records import write_json, write_run_record
+    from biosim.records import write_json, write_run_record
 
     result = run_benchmark(
         device=args.device,

@@ -102,13 +102,16 @@ def execute_run(spec_data: dict[str, Any], out_dir: str, threads: int = 1, progr
     Never raises for a failure of the run itself: the error is written to the
     run's ``status.json`` and returned.
     """
-    import torch
+    from bridge.torch_settings import torch_threads
 
+    with torch_threads(threads):
+        return _execute_run(RunSpec.from_dict(spec_data), out_dir, progress)
+
+
+def _execute_run(spec: RunSpec, out_dir: str, progress: bool) -> dict[str, Any]:
     from bridge.training import train
     from bridge.validation import validate
 
-    torch.set_num_threads(threads)
-    spec = RunSpec.from_dict(spec_data)
     _maybe_kill_worker()
     out = Path(out_dir)
     run_dir = out / spec.run_id

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from biosim import backends, records
-from biosim.cli import build_parser, main
+from protocols.cli import build_parser, main
 from biosim.params import NetworkParams, ParameterError
 from bridge import training, validation
 from bridge.checkpoint import CheckpointError, load_checkpoint

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from biosim.cli import _bench_summary, main
+from protocols.cli import _bench_summary, main
 
 
 @pytest.mark.standalone

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from biosim.cli import main
+from protocols.cli import main
 
 
 def test_simulate_json(tmp_path, capsys):

@@ -177,7 +177,9 @@ def eager_per_step_gradients(trials, stored_weights):
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_gradients_through_population_and_readout_trace(trials, stored_weights, eager_per_step_gradients, implementation):
+def test_gradients_through_population_and_readout_trace(
+    trials, stored_weights, eager_per_step_gradients, implementation
+):
     """dL/dpopulation_e(t) and dL/du(t) enter the adjoint at their own step, as autograd's graph has them."""
     expected_output, expected = eager_per_step_gradients
     engine = FusedEngine(chunk_steps=37, implementation=implementation)

@@ -161,7 +161,7 @@ def test_follow_up_protocols_set_tau_gaba_and_the_loop_start():
 
 
 def test_protocol_list_prints_every_protocol_with_conditions_and_cost(capsys):
-    from biosim.cli import main
+    from protocols.cli import main
 
     assert main(["protocol", "list"]) == 0
     text = capsys.readouterr().out
@@ -226,3 +226,12 @@ def test_streaming_smoke_protocol_runs_validates_and_reports(tmp_path):
     table, figures = write_report(tmp_path)
     assert "stream_frozen" in table.read_text() and "stream_trainable" in table.read_text()
     assert (figures / "stream_trainable_diagnostic.png").exists()
+
+
+def test_protocol_run_help_names_every_protocol(capsys):
+    from protocols.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["protocol", "run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in PROTOCOLS)
