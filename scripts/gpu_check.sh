@@ -317,7 +317,7 @@ bench_flags=(--no-brian2)
 bench_extra=", \"command\": $(json_string "biosim bench --device cuda --json ${bench_flags[*]} --out $work/bench")"
 if [ "$torch_sees_gpu" = 1 ]; then
     run_step bench bench "$bench_extra" -- \
-        "$python" -m biosim.cli bench --device cuda --json "${bench_flags[@]}" --out "$work/bench"
+        "$python" -m protocols.cli bench --device cuda --json "${bench_flags[@]}" --out "$work/bench"
     [ -f "$work/bench/bench.json" ] && cp "$work/bench/bench.json" "$parts/bench.json"
 else
     no_torch_gpu bench "$bench_extra" bench
