@@ -151,10 +151,9 @@ def _add_simulate(subparsers) -> None:
 
 
 def _crosscheck(args: argparse.Namespace) -> int:
-    from bridge.crosscheck import crosscheck
-
     from biosim.backends import check_backend
     from biosim.records import check_writable_dir, write_run_record
+    from bridge.crosscheck import crosscheck
 
     for backend in args.backend:
         check_backend(backend)
@@ -444,9 +443,8 @@ def _add_protocol(subparsers) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from bridge.bench import run_benchmark
-
     from biosim.records import write_json, write_run_record
+    from bridge.bench import run_benchmark
 
     result = run_benchmark(
         device=args.device,

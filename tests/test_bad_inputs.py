@@ -21,12 +21,12 @@ import pytest
 import torch
 
 from biosim import backends, records
-from protocols.cli import build_parser, main
 from biosim.params import NetworkParams, ParameterError
 from bridge import training, validation
 from bridge.checkpoint import CheckpointError, load_checkpoint
 from bridge.training import ConfigError, TrainConfig, is_finished, load_model, train
 from protocols import runner
+from protocols.cli import build_parser, main
 from protocols.definitions import Protocol, get_protocol
 from protocols.results import load_runs
 

@@ -11,7 +11,7 @@ from biosim.inputs import make_trials
 from biosim.params import NetworkParams
 from biosim.weights import init_weights
 from bridge.dynamics import Weights, heaviside, make_constants
-from bridge.fast_engine import FusedEngine, kernels_available, run_network_fused
+from bridge.fast_engine import FusedEngine, kernel_info, kernels_available, run_network_fused
 from bridge.model import run_network
 from bridge.simulate import torch_weights
 from bridge.surrogates import SURROGATES, get_surrogate
@@ -495,3 +495,20 @@ def test_kernels_that_cannot_be_built_say_why(tmp_path, monkeypatch):
     monkeypatch.delenv("CXX")
     with pytest.warns(UserWarning, match="no C.. compiler: set CXX or install g.."):
         assert fast_engine._kernel_library.__wrapped__() is None
+
+
+@pytest.mark.skipif(not kernels_available(), reason="CPU kernels cannot be built here")
+def test_struct_layouts_of_ctypes_and_cpp_agree():
+    """The loader refuses a library whose structs differ from the ctypes copies; here they agree."""
+    import ctypes
+
+    from bridge import fast_engine
+
+    library = ctypes.CDLL(kernel_info()["library"])
+    assert fast_engine._layout_mismatches(library) == []
+
+    class Truncated(ctypes.Structure):  # ChunkExtras without its last field
+        _fields_ = fast_engine._ChunkExtras._fields_[:-1]
+
+    (problem,) = fast_engine._layout_mismatches(library, {"ChunkExtras": Truncated})
+    assert problem.startswith("ChunkExtras: size and offsets")

@@ -1,0 +1,899 @@
+
+// Per-sample time loops of the fused PING engine (see bridge/fast_engine.py).
+//
+// Every arithmetic operation mirrors, in order and precision, what the eager
+// engine's torch operations do, so the forward pass rounds identically:
+// scalars are cast to the tensor dtype first, products and sums are separate
+// roundings (compiled with -ffp-contract=off), and exp is MKL VML in the
+// mode ATen's vml.h uses for torch.exp. The backward pass only has to agree
+// within rounding; its products with the weights use explicit FMAs.
+#include <algorithm>
+#include <cstddef>
+#include <string>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define BIOSIM_HAVE_MXCSR 1
+#endif
+// Products with the recurrent weights (float32): register-tiled panels on AVX-512 (BIOSIM_PANELS 1) or
+// AVX2 + FMA (BIOSIM_PANELS 2), MKL's packed GEMM elsewhere (BIOSIM_PANELS 0). Both panel paths sum each
+// output in the same order, one FMA per term, so they give the same bits.
+#if defined(__AVX512F__)
+#define BIOSIM_PANELS 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#define BIOSIM_PANELS 2
+#else
+#define BIOSIM_PANELS 0
+#endif
+#if BIOSIM_PANELS
+#include <immintrin.h>
+#endif
+#include <omp.h>
+
+extern "C" {
+void vmsExp(int64_t n, const float* a, float* r, int64_t mode);
+void vmdExp(int64_t n, const double* a, double* r, int64_t mode);
+// Fortran BLAS from the MKL inside libtorch_cpu. Integers are passed as int64: an LP64 MKL reads
+// their low halves (little-endian), an ILP64 one all of them; both see the right values.
+void sgemm_(const char* transa, const char* transb, const int64_t* m, const int64_t* n, const int64_t* k,
+            const float* alpha, const float* a, const int64_t* lda, const float* b, const int64_t* ldb,
+            const float* beta, float* c, const int64_t* ldc);
+void dgemm_(const char* transa, const char* transb, const int64_t* m, const int64_t* n, const int64_t* k,
+            const double* alpha, const double* a, const int64_t* lda, const double* b, const int64_t* ldb,
+            const double* beta, double* c, const int64_t* ldc);
+// MKL's packed-matrix GEMM (float32): the recurrent weights are packed once per backward pass instead of
+// once per product. Enumerations and integers passed by value as int64 read correctly for LP64 and ILP64.
+int MKL_Set_Num_Threads_Local(int n_threads);  // returns the previous setting (0: MKL's global one)
+size_t cblas_sgemm_pack_get_size(int64_t identifier, int64_t m, int64_t n, int64_t k);
+void cblas_sgemm_pack(int64_t layout, int64_t identifier, int64_t trans, int64_t m, int64_t n, int64_t k,
+                      float alpha, const float* src, int64_t ld, float* dest);
+void cblas_sgemm_compute(int64_t layout, int64_t transa, int64_t transb, int64_t m, int64_t n, int64_t k,
+                         const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                         int64_t ldc);
+}
+
+namespace {
+
+// VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE, as in ATen/cpu/vml.h.
+constexpr int64_t kVmlMode = 0x00000002 | 0x00140000 | 0x00000100;
+// CBLAS enumerations (mkl_cblas.h).
+constexpr int64_t kColumnMajor = 102, kNoTrans = 111, kTrans = 112, kPacked = 151, kAMatrix = 161;
+
+inline void vector_exp(int64_t n, const float* in, float* out) { vmsExp(n, in, out, kVmlMode); }
+inline void vector_exp(int64_t n, const double* in, double* out) { vmdExp(n, in, out, kVmlMode); }
+
+struct Population {
+  double e_exc_over_c, e_inh_over_c, leak_drive_over_c, minus_g_leak_over_c, one_over_c, v_threshold, v_reset;
+  int64_t refractory_steps;
+};
+
+struct Network {
+  int64_t batch, n_steps, n_e, n_i, n_classes, chunk, n_threads;
+  int64_t mxcsr;                 // floating-point control word of the caller (flush-to-zero), x86; -1: leave
+  double dt, decay_ampa, decay_gaba, decay_readout;
+  Population e, i;
+  int64_t n_input;
+  const uint8_t* x;              // (batch, n_steps, n_input) input raster (bool)
+  const void* w_in;              // (n_input, n_e)
+  const void* w_ie;              // (n_i, n_e)
+  const void* w_e_out;           // (n_e, n_i + n_classes): [w_ei, w_out]
+  int64_t surrogate;             // sigma' the kernels evaluate (Surrogate below); kNoSurrogate: none
+  double surrogate_slope, surrogate_unit_mv;
+  double membrane_grad_scale;    // factor on the membrane adjoint handed to the step before (1: exact)
+};
+
+struct State {  // (batch, n) rows; ready = first step at which a neuron integrates again
+  void *v_e, *ge_e, *gi_e;
+  int32_t* ready_e;
+  void *v_i, *ge_i, *gi_i;
+  int32_t* ready_i;
+};
+
+struct ForwardBuffers {
+  State state;                       // in: initial state; out: final state
+  void *u, *score_sum;               // (batch, n_classes), in/out
+  uint8_t *raster_e, *raster_i;      // (n_steps, batch, n), out
+  void *counts_e, *counts_i;         // (batch, n): spikes per neuron, zero on entry
+  void *population_e, *population_i; // (batch, n_steps): spikes per step, out
+  State checkpoints;                 // (n_chunks, batch, n) each; null pointers: not saved
+  void* readout_trace;               // (batch, n_steps, n_classes): u after each step, out
+};
+
+struct ChunkBuffers {
+  int64_t first, last;               // steps [first, last)
+  State start;                       // state at `first`, (batch, n) rows (read only)
+  const uint8_t *raster_e, *raster_i;
+  // outputs, (last - first, batch, n): m sigma'(v1 - v_threshold), dv/dv, dv/dge, dv/dgi
+  void *s_e, *cv_e, *cge_e, *cgi_e;  // s_e (no surrogate) and cge_e may be null
+  void *s_i, *cv_i, *cge_i;          // s_i likewise
+};
+
+struct AdjointBuffers {
+  int64_t first;                     // the chunk's first step
+  const void *s_e, *cv_e, *cge_e, *cgi_e, *s_i, *cv_i, *cge_i;  // (n, batch, n_pop); s_* null: no surrogate
+  const uint8_t *raster_e, *raster_i;
+  void *ls_e, *ls_i;                 // (batch, n) spike adjoints of the current step (scratch)
+  void *lv_e, *lv_i;                 // (batch, n) membrane adjoints, in/out
+  void *lgi_e, *lge_e;               // (2, batch, n_e): adjoint at time t in ring slot t % 2; lge_e may be null
+  void* leo;                         // (2, batch, n_i + n_classes): [l_ge_i, l_u], ring slots likewise
+  const void* g_sum;                 // (batch, n_classes): dL/dscore_sum
+  const void* g_trace;               // (batch, n_steps, n_classes): dL/du after each step, or null
+};
+
+struct ChunkExtras {
+  const void *g_counts_e, *g_counts_i;  // (batch, n): dL/dcount, or null
+  void *grad_in, *grad_ie, *grad_e_out; // the block's own weight-gradient accumulators, or null
+  const void *packed_e, *packed_i;      // float32: [w_ei, w_out] and w_ie packed for cblas_sgemm_compute, or null
+  const void* g_population_e;           // (batch, n_steps): dL/d(E spikes of the step), or null
+};
+
+// For the guard's lifetime, this thread gets the caller's floating-point control word (flush-to-zero of
+// torch.set_flush_denormal) and MKL runs one-threaded in it. Neither setting reaches threads that torch did
+// not start (torch.set_num_threads sets MKL's count per thread): without the guard, vmsExp in a worker
+// thread starts its own team of threads, and the kernels run several times slower.
+struct ThreadSettings {
+  int saved_mkl_threads;
+#ifdef BIOSIM_HAVE_MXCSR
+  unsigned int saved_csr;
+  explicit ThreadSettings(const Network& net)
+      : saved_mkl_threads(MKL_Set_Num_Threads_Local(1)), saved_csr(_mm_getcsr()) {
+    if (net.mxcsr >= 0) _mm_setcsr(static_cast<unsigned int>(net.mxcsr));
+  }
+  ~ThreadSettings() {
+    _mm_setcsr(saved_csr);
+    MKL_Set_Num_Threads_Local(saved_mkl_threads);
+  }
+#else
+  explicit ThreadSettings(const Network&) : saved_mkl_threads(MKL_Set_Num_Threads_Local(1)) {}
+  ~ThreadSettings() { MKL_Set_Num_Threads_Local(saved_mkl_threads); }
+#endif
+};
+
+// Runs body(b) for every trial of the batch on the OpenMP team. Trials are handed out one at a time, so a
+// thread that another process slows down simply takes fewer of them.
+template <typename Body>
+void for_each_trial(const Network& net, Body body) {
+#pragma omp parallel num_threads(static_cast<int>(net.n_threads))
+  {
+    const ThreadSettings settings(net);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < net.batch; ++b) body(b);
+  }
+}
+
+template <typename T>
+struct Coefficients {
+  T e_exc, e_inh, leak_drive, minus_g_leak, one_over_c, v_threshold, v_reset;
+  int32_t refractory_steps;
+  explicit Coefficients(const Population& p)
+      : e_exc(static_cast<T>(p.e_exc_over_c)),
+        e_inh(static_cast<T>(p.e_inh_over_c)),
+        leak_drive(static_cast<T>(p.leak_drive_over_c)),
+        minus_g_leak(static_cast<T>(p.minus_g_leak_over_c)),
+        one_over_c(static_cast<T>(p.one_over_c)),
+        v_threshold(static_cast<T>(p.v_threshold)),
+        v_reset(static_cast<T>(p.v_reset)),
+        refractory_steps(static_cast<int32_t>(p.refractory_steps)) {}
+};
+
+// The surrogate derivatives of bridge/surrogates.py (sigma' in 1/mV of x = v1 - v_threshold in mV), with
+// the operations of their torch definitions in the same order; tests compare the two.
+constexpr int64_t kNoSurrogate = 0, kFastSigmoid = 1, kSigmoid = 2, kAtan = 3, kTriangle = 4;
+
+template <typename T>
+struct Surrogate {
+  int64_t kind;
+  T slope, minus_slope, half_slope, half_pi_slope, unit;
+  explicit Surrogate(const Network& net)
+      : kind(net.surrogate),
+        slope(static_cast<T>(net.surrogate_slope)),
+        minus_slope(static_cast<T>(-net.surrogate_slope)),
+        half_slope(static_cast<T>(net.surrogate_slope / 2.0)),
+        half_pi_slope(static_cast<T>(3.14159265358979311600 / 2.0 * net.surrogate_slope)),
+        unit(static_cast<T>(net.surrogate_unit_mv)) {}
+
+  static T sigmoid(T z) { return T(1) / (T(1) + std::exp(-z)); }
+
+  // s[j] = integrating[j] ? sigma'(s[j]) : 0, in place (s holds v1 - v_threshold on entry).
+  void masked(int64_t n, T* __restrict s, const uint8_t* __restrict integrating) const {
+    switch (kind) {
+      case kFastSigmoid:
+        for (int64_t j = 0; j < n; ++j) {
+          const T d = T(1) + slope * std::abs(s[j] / unit);
+          s[j] = integrating[j] ? T(1) / (d * d) / unit : T(0);
+        }
+        break;
+      case kSigmoid:
+        for (int64_t j = 0; j < n; ++j) {
+          const T y = s[j] / unit;
+          s[j] = integrating[j] ? slope * sigmoid(slope * y) * sigmoid(minus_slope * y) / unit : T(0);
+        }
+        break;
+      case kAtan:
+        for (int64_t j = 0; j < n; ++j) {
+          const T z = half_pi_slope * (s[j] / unit);
+          s[j] = integrating[j] ? half_slope / (T(1) + z * z) / unit : T(0);
+        }
+        break;
+      case kTriangle:
+        for (int64_t j = 0; j < n; ++j)
+          s[j] = integrating[j] ? std::max(T(1) - slope * std::abs(s[j] / unit), T(0)) / unit : T(0);
+        break;
+      default:
+        std::memset(s, 0, sizeof(T) * n);
+    }
+  }
+};
+
+// total = -gL/C - (ge/C + gi/C); growth = exp(dt * total)
+template <typename T>
+void membrane_growth(const Coefficients<T>& k, T dt, int64_t n, const T* __restrict ge, const T* __restrict gi,
+                     T* __restrict total, T* __restrict growth) {
+  const T minus_g_leak = k.minus_g_leak, one_over_c = k.one_over_c;
+  for (int64_t j = 0; j < n; ++j) {
+    total[j] = minus_g_leak - (one_over_c * ge[j] + one_over_c * gi[j]);
+    growth[j] = dt * total[j];
+  }
+  vector_exp(n, growth, growth);
+}
+
+// Indices of the inputs that spiked in row (b, t) of the raster, in increasing order; returns their number.
+// Input spikes are rare (about one per trial and step), so whole 8-byte words of zeros are skipped.
+inline int64_t input_spikes(const Network& net, int64_t b, int64_t t, int64_t* out) {
+  const uint8_t* row = net.x + (b * net.n_steps + t) * net.n_input;
+  int64_t count = 0, k = 0;
+  for (; k + 8 <= net.n_input; k += 8) {
+    uint64_t word;
+    std::memcpy(&word, row + k, sizeof(word));
+    if (word == 0) continue;
+    for (int64_t m = k; m < k + 8; ++m)
+      if (row[m]) out[count++] = m;
+  }
+  for (; k < net.n_input; ++k)
+    if (row[k]) out[count++] = k;
+  return count;
+}
+
+// out[j] = sum over events of weight[neuron, j], in event order, starting from 0.
+template <typename T>
+void gather_rows(const T* __restrict weight, int64_t n_post, int64_t stride, const int64_t* __restrict neuron,
+                 int64_t count, T* __restrict out) {
+  std::memset(out, 0, sizeof(T) * n_post);
+  for (int64_t e = 0; e < count; ++e) {
+    const T* __restrict row = weight + neuron[e] * stride;
+    for (int64_t j = 0; j < n_post; ++j) out[j] += row[j];
+  }
+}
+
+template <typename T>
+struct Trial {  // one trial's state, as pointers into (batch, n) rows or private copies
+  T *v_e, *ge_e, *gi_e;
+  int32_t* ready_e;
+  T *v_i, *ge_i, *gi_i;
+  int32_t* ready_i;
+};
+
+template <typename T>
+Trial<T> trial_rows(const State& s, int64_t b, int64_t n_e, int64_t n_i) {
+  return Trial<T>{static_cast<T*>(s.v_e) + b * n_e,  static_cast<T*>(s.ge_e) + b * n_e,
+                  static_cast<T*>(s.gi_e) + b * n_e, s.ready_e + b * n_e,
+                  static_cast<T*>(s.v_i) + b * n_i,  static_cast<T*>(s.ge_i) + b * n_i,
+                  static_cast<T*>(s.gi_i) + b * n_i, s.ready_i + b * n_i};
+}
+
+template <typename T>
+void copy_trial(const Trial<T>& from, const Trial<T>& to, int64_t n_e, int64_t n_i) {
+  std::memcpy(to.v_e, from.v_e, sizeof(T) * n_e);
+  std::memcpy(to.ge_e, from.ge_e, sizeof(T) * n_e);
+  std::memcpy(to.gi_e, from.gi_e, sizeof(T) * n_e);
+  std::memcpy(to.ready_e, from.ready_e, sizeof(int32_t) * n_e);
+  std::memcpy(to.v_i, from.v_i, sizeof(T) * n_i);
+  std::memcpy(to.ge_i, from.ge_i, sizeof(T) * n_i);
+  std::memcpy(to.gi_i, from.gi_i, sizeof(T) * n_i);
+  std::memcpy(to.ready_i, from.ready_i, sizeof(int32_t) * n_i);
+}
+
+// Synaptic propagation of one step (Brian2 order: threshold, propagate, then reset): conductances decay
+// and take the summed weight rows of this step's presynaptic spikes.
+template <typename T>
+struct Propagation {
+  std::vector<T> from_input, from_i, from_e;
+  std::vector<int64_t> spiking_e, spiking_i, spiking_input;
+  explicit Propagation(const Network& net)
+      : from_input(net.n_e),
+        from_i(net.n_e),
+        from_e(net.n_i + net.n_classes),
+        spiking_e(net.n_e),
+        spiking_i(net.n_i),
+        spiking_input(net.n_input) {}
+
+  // ge_e = ge_e * decay + input drive, gi_e = gi_e * decay + I spikes, ge_i = ge_i * decay + E spikes,
+  // gi_i = gi_i * decay, u = u * decay + E spikes (u may be null).
+  void apply(const Network& net, const Trial<T>& s, int64_t b, int64_t t, int64_t count_e, int64_t count_i, T* u) {
+    const int64_t n_e = net.n_e, n_i = net.n_i, n_classes = net.n_classes, n_eo = n_i + n_classes;
+    const T decay_ampa = static_cast<T>(net.decay_ampa), decay_gaba = static_cast<T>(net.decay_gaba);
+    const int64_t n_input = input_spikes(net, b, t, spiking_input.data());
+    if (n_input > 0) {
+      gather_rows(static_cast<const T*>(net.w_in), n_e, n_e, spiking_input.data(), n_input, from_input.data());
+      for (int64_t j = 0; j < n_e; ++j) s.ge_e[j] = s.ge_e[j] * decay_ampa + from_input[j];
+    } else {
+      for (int64_t j = 0; j < n_e; ++j) s.ge_e[j] = s.ge_e[j] * decay_ampa;
+    }
+    if (count_i > 0) {
+      gather_rows(static_cast<const T*>(net.w_ie), n_e, n_e, spiking_i.data(), count_i, from_i.data());
+      for (int64_t j = 0; j < n_e; ++j) s.gi_e[j] = s.gi_e[j] * decay_gaba + from_i[j];
+    } else {
+      for (int64_t j = 0; j < n_e; ++j) s.gi_e[j] = s.gi_e[j] * decay_gaba;
+    }
+    const T decay_readout = static_cast<T>(net.decay_readout);
+    if (count_e > 0) {
+      gather_rows(static_cast<const T*>(net.w_e_out), n_eo, n_eo, spiking_e.data(), count_e, from_e.data());
+      for (int64_t j = 0; j < n_i; ++j) s.ge_i[j] = s.ge_i[j] * decay_ampa + from_e[j];
+      if (u != nullptr)
+        for (int64_t c = 0; c < n_classes; ++c) u[c] = u[c] * decay_readout + from_e[n_i + c];
+    } else {
+      for (int64_t j = 0; j < n_i; ++j) s.ge_i[j] = s.ge_i[j] * decay_ampa;
+      if (u != nullptr)
+        for (int64_t c = 0; c < n_classes; ++c) u[c] = u[c] * decay_readout;
+    }
+    for (int64_t j = 0; j < n_i; ++j) s.gi_i[j] = s.gi_i[j] * decay_gaba;
+  }
+};
+
+template <typename T>
+void reset(const Coefficients<T>& k, int64_t t, const int64_t* spiking, int64_t count, T* v, int32_t* ready) {
+  for (int64_t e = 0; e < count; ++e) {
+    v[spiking[e]] = k.v_reset;
+    ready[spiking[e]] = static_cast<int32_t>(t + k.refractory_steps);
+  }
+}
+
+// State update and threshold of one population: v <- v1 (before the reset), raster row, spiking list.
+// Branch-free over the neurons so that the compiler vectorises it; v_new of a refractory neuron is
+// computed and discarded, as torch.where does.
+template <typename T>
+int64_t update_and_fire(const Coefficients<T>& k, T dt, int64_t n, int32_t t, T* __restrict v,
+                        const T* __restrict ge, const T* __restrict gi, const int32_t* __restrict ready,
+                        T* __restrict total, T* __restrict growth, uint8_t* __restrict raster,
+                        int64_t* __restrict spiking) {
+  membrane_growth(k, dt, n, ge, gi, total, growth);
+  const T leak_drive = k.leak_drive, e_exc = k.e_exc, e_inh = k.e_inh, v_threshold = k.v_threshold;
+  for (int64_t j = 0; j < n; ++j) {
+    // ba = (gL EL/C + (E_exc/C ge + E_inh/C gi)) / total; v_new = -ba + (ba + v) growth
+    const T ba = (leak_drive + (e_exc * ge[j] + e_inh * gi[j])) / total[j];
+    const T v_new = -ba + (ba + v[j]) * growth[j];
+    const bool integrating = ready[j] <= t;
+    const T v1 = integrating ? v_new : v[j];
+    v[j] = v1;
+    raster[j] = integrating & ((v1 - v_threshold) > T(0));
+  }
+  int64_t count = 0;
+  for (int64_t j = 0; j < n; ++j)
+    if (raster[j]) spiking[count++] = j;
+  return count;
+}
+
+template <typename T>
+void forward(const Network& net, const ForwardBuffers& buf) {
+  const int64_t n_e = net.n_e, n_i = net.n_i, n_classes = net.n_classes, batch = net.batch;
+  const Coefficients<T> k_e(net.e), k_i(net.i);
+  const T dt = static_cast<T>(net.dt);
+  const bool save = buf.checkpoints.v_e != nullptr;
+  for_each_trial(net, [&](int64_t b) {
+    const Trial<T> s = trial_rows<T>(buf.state, b, n_e, n_i);
+    T* u = static_cast<T*>(buf.u) + b * n_classes;
+    T* score_sum = static_cast<T*>(buf.score_sum) + b * n_classes;
+    T* counts_e = static_cast<T*>(buf.counts_e) + b * n_e;
+    T* counts_i = static_cast<T*>(buf.counts_i) + b * n_i;
+    T* population_e = static_cast<T*>(buf.population_e) + b * net.n_steps;
+    T* population_i = static_cast<T*>(buf.population_i) + b * net.n_steps;
+    T* trace = static_cast<T*>(buf.readout_trace) + b * net.n_steps * n_classes;
+    std::vector<T> total(n_e), growth(n_e);
+    Propagation<T> propagation(net);
+    for (int64_t t = 0; t < net.n_steps; ++t) {
+      if (save && t % net.chunk == 0) {
+        const int64_t offset = (t / net.chunk) * batch;
+        copy_trial(s, trial_rows<T>(buf.checkpoints, offset + b, n_e, n_i), n_e, n_i);
+      }
+      uint8_t* raster_e = buf.raster_e + (t * batch + b) * n_e;
+      uint8_t* raster_i = buf.raster_i + (t * batch + b) * n_i;
+      const int32_t step = static_cast<int32_t>(t);
+      const int64_t count_e = update_and_fire(k_e, dt, n_e, step, s.v_e, s.ge_e, s.gi_e, s.ready_e, total.data(),
+                                              growth.data(), raster_e, propagation.spiking_e.data());
+      const int64_t count_i = update_and_fire(k_i, dt, n_i, step, s.v_i, s.ge_i, s.gi_i, s.ready_i, total.data(),
+                                              growth.data(), raster_i, propagation.spiking_i.data());
+      population_e[t] = static_cast<T>(count_e);
+      population_i[t] = static_cast<T>(count_i);
+      for (int64_t e = 0; e < count_e; ++e) counts_e[propagation.spiking_e[e]] += T(1);
+      for (int64_t e = 0; e < count_i; ++e) counts_i[propagation.spiking_i[e]] += T(1);
+      propagation.apply(net, s, b, t, count_e, count_i, u);
+      reset(k_e, t, propagation.spiking_e.data(), count_e, s.v_e, s.ready_e);
+      reset(k_i, t, propagation.spiking_i.data(), count_i, s.v_i, s.ready_i);
+      for (int64_t c = 0; c < n_classes; ++c) score_sum[c] = score_sum[c] + u[c];
+      std::memcpy(trace + t * n_classes, u, sizeof(T) * n_classes);
+    }
+  });
+}
+
+// Adjoint coefficients of one population at one step (see the Python module docstring), s = m sigma'
+// (null: not wanted); also advances v to v1 (the state update before the reset) exactly as the forward
+// pass does.
+template <typename T>
+void coefficients(const Coefficients<T>& k, const Surrogate<T>& surrogate, T dt, int64_t n, int32_t t,
+                  T* __restrict v, const T* __restrict ge, const T* __restrict gi, const int32_t* __restrict ready,
+                  T* __restrict total, T* __restrict growth, uint8_t* __restrict integrating_out, T* __restrict s,
+                  T* __restrict cv, T* __restrict cge, T* __restrict cgi) {
+  membrane_growth(k, dt, n, ge, gi, total, growth);
+  const T leak_drive = k.leak_drive, e_exc = k.e_exc, e_inh = k.e_inh, v_threshold = k.v_threshold;
+  const T one_over_c = k.one_over_c;
+  for (int64_t j = 0; j < n; ++j) {
+    const bool integrating = ready[j] <= t;
+    const T ba = (leak_drive + (e_exc * ge[j] + e_inh * gi[j])) / total[j];
+    const T v_new = -ba + (ba + v[j]) * growth[j];
+    const T growth_minus_one_over_total = (growth[j] - T(1)) / total[j];
+    const T d_total = (ba + v[j]) * growth[j] * dt - growth_minus_one_over_total * ba;  // dv_new/dA
+    const T v1 = integrating ? v_new : v[j];
+    integrating_out[j] = integrating;
+    cv[j] = integrating ? growth[j] : T(1);
+    cge[j] = integrating ? e_exc * growth_minus_one_over_total - one_over_c * d_total : T(0);
+    cgi[j] = integrating ? e_inh * growth_minus_one_over_total - one_over_c * d_total : T(0);
+    total[j] = v1 - v_threshold;  // total is spent: it carries x to the surrogate
+    v[j] = v1;
+  }
+  if (s != nullptr) {
+    std::memcpy(s, total, sizeof(T) * n);
+    surrogate.masked(n, s, integrating_out);
+  }
+}
+
+template <typename T>
+void recompute(const Network& net, const ChunkBuffers& buf, int64_t b0, int64_t b1) {
+  const int64_t n_e = net.n_e, n_i = net.n_i, batch = net.batch;
+  const Coefficients<T> k_e(net.e), k_i(net.i);
+  const Surrogate<T> surrogate(net);
+  const T dt = static_cast<T>(net.dt);
+  const ThreadSettings settings(net);
+  for (int64_t b = b0; b < b1; ++b) {
+    std::vector<T> values(3 * n_e + 3 * n_i);
+    std::vector<int32_t> ready(n_e + n_i);
+    T* p = values.data();
+    const Trial<T> s{p, p + n_e, p + 2 * n_e, ready.data(), p + 3 * n_e, p + 3 * n_e + n_i, p + 3 * n_e + 2 * n_i,
+                     ready.data() + n_e};
+    copy_trial(trial_rows<T>(buf.start, b, n_e, n_i), s, n_e, n_i);
+    std::vector<T> total(n_e), growth(n_e), unused(n_e);  // unused: coefficients nobody reads
+    std::vector<uint8_t> integrating(n_e);
+    Propagation<T> propagation(net);
+    for (int64_t t = buf.first; t < buf.last; ++t) {
+      const int64_t e_row = ((t - buf.first) * batch + b) * n_e, i_row = ((t - buf.first) * batch + b) * n_i;
+      const int32_t step = static_cast<int32_t>(t);
+      auto row = [](void* base, int64_t offset) {
+        return base != nullptr ? static_cast<T*>(base) + offset : nullptr;
+      };
+      T* cge_e = buf.cge_e != nullptr ? static_cast<T*>(buf.cge_e) + e_row : unused.data();
+      coefficients(k_e, surrogate, dt, n_e, step, s.v_e, s.ge_e, s.gi_e, s.ready_e, total.data(), growth.data(),
+                   integrating.data(), row(buf.s_e, e_row), row(buf.cv_e, e_row), cge_e, row(buf.cgi_e, e_row));
+      coefficients(k_i, surrogate, dt, n_i, step, s.v_i, s.ge_i, s.gi_i, s.ready_i, total.data(), growth.data(),
+                   integrating.data(), row(buf.s_i, i_row), row(buf.cv_i, i_row), row(buf.cge_i, i_row),
+                   unused.data());
+      // Advance with the saved spikes.
+      const uint8_t* raster_e = buf.raster_e + (t * batch + b) * n_e;
+      const uint8_t* raster_i = buf.raster_i + (t * batch + b) * n_i;
+      int64_t count_e = 0, count_i = 0;
+      for (int64_t j = 0; j < n_e; ++j)
+        if (raster_e[j]) propagation.spiking_e[count_e++] = j;
+      for (int64_t j = 0; j < n_i; ++j)
+        if (raster_i[j]) propagation.spiking_i[count_i++] = j;
+      propagation.apply(net, s, b, t, count_e, count_i, nullptr);
+      reset(k_e, t, propagation.spiking_e.data(), count_e, s.v_e, s.ready_e);
+      reset(k_i, t, propagation.spiking_i.data(), count_i, s.v_i, s.ready_i);
+    }
+  }
+}
+
+// One population's adjoint step for one trial, in one pass over its neurons:
+//   l_v1 = (fired ? 0 : l_v') + s l_s (s = m sigma'),   l_g = decay l_g' + C_g l_v1 (one or two
+//   conductances),   l_v = C_v l_v1 (in place of l_v').
+template <typename T, bool kSurrogate, bool kSecond>
+void population_adjoint(int64_t n, const uint8_t* __restrict fired, const T* __restrict ls, const T* __restrict s,
+                        const T* __restrict cv, T* __restrict lv, T decay_1, const T* __restrict next_1,
+                        const T* __restrict c_1, T* __restrict out_1, T decay_2, const T* __restrict next_2,
+                        const T* __restrict c_2, T* __restrict out_2, T damping) {
+  for (int64_t k = 0; k < n; ++k) {
+    T lv1 = fired[k] ? T(0) : lv[k];
+    if constexpr (kSurrogate) lv1 = lv1 + ls[k] * s[k];
+    out_1[k] = next_1[k] * decay_1 + lv1 * c_1[k];
+    if constexpr (kSecond) out_2[k] = next_2[k] * decay_2 + lv1 * c_2[k];
+    lv[k] = lv1 * cv[k] * damping;  // (lv1 cv) x 1 is exact: undamped gradients are unchanged
+  }
+}
+
+template <typename T>
+void population_adjoint(int64_t n, const uint8_t* fired, const T* ls, const T* s, const T* cv, T* lv, T decay_1,
+                        const T* next_1, const T* c_1, T* out_1, T decay_2, const T* next_2, const T* c_2, T* out_2,
+                        T damping) {
+  if (s != nullptr && out_2 != nullptr)
+    population_adjoint<T, true, true>(n, fired, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2, next_2, c_2,
+                                      out_2, damping);
+  else if (s != nullptr)
+    population_adjoint<T, true, false>(n, fired, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2, next_2, c_2,
+                                       out_2, damping);
+  else if (out_2 != nullptr)
+    population_adjoint<T, false, true>(n, fired, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2, next_2, c_2,
+                                       out_2, damping);
+  else
+    population_adjoint<T, false, false>(n, fired, ls, s, cv, lv, decay_1, next_1, c_1, out_1, decay_2, next_2, c_2,
+                                        out_2, damping);
+}
+
+// grad[c] += lambda[c] over a row: the weight gradient of one presynaptic spike.
+template <typename T>
+inline void add_row(int64_t n, T* __restrict grad, const T* __restrict lambda) {
+  for (int64_t c = 0; c < n; ++c) grad[c] += lambda[c];
+}
+
+// One step t = first + j of the adjoint recursion for trial b: from the adjoints at time t + 1 (ring slot
+// (t + 1) % 2) to those at time t (slot t % 2), given the spike adjoints ls_e, ls_i of the step. Also adds
+// the step's weight gradients dW = s(t)^T l(t + 1) over the presynaptic spikes of the trial; `inputs` is
+// scratch for the indices of the step's input spikes (n_input entries).
+template <typename T>
+void adjoint_trial(const Network& net, const AdjointBuffers& buf, const ChunkExtras& extra, int64_t j, int64_t b,
+                   int64_t* inputs) {
+  const int64_t n_e = net.n_e, n_i = net.n_i, n_classes = net.n_classes, n_eo = n_i + n_classes, batch = net.batch;
+  const T decay_ampa = static_cast<T>(net.decay_ampa), decay_gaba = static_cast<T>(net.decay_gaba);
+  const T decay_readout = static_cast<T>(net.decay_readout);
+  const T damping = static_cast<T>(net.membrane_grad_scale);
+  const int64_t t = buf.first + j, now = (t & 1) * batch + b, next = ((t + 1) & 1) * batch + b;
+  auto at = [](const void* base, int64_t offset) { return static_cast<const T*>(base) + offset; };
+  auto at_mutable = [](void* base, int64_t offset) { return static_cast<T*>(base) + offset; };
+  const uint8_t* fired_e = buf.raster_e + (t * batch + b) * n_e;
+  const uint8_t* fired_i = buf.raster_i + (t * batch + b) * n_i;
+  const T* lgi_next = at(buf.lgi_e, next * n_e);
+  const T* lge_next = buf.lge_e != nullptr ? at(buf.lge_e, next * n_e) : nullptr;
+  const T* leo_next = at(buf.leo, next * n_eo);
+  // weight gradients of this step, before slot t % 2 is overwritten
+  if (extra.grad_e_out != nullptr)
+    for (int64_t k = 0; k < n_e; ++k)
+      if (fired_e[k]) add_row(n_eo, static_cast<T*>(extra.grad_e_out) + k * n_eo, leo_next);
+  if (extra.grad_ie != nullptr)
+    for (int64_t k = 0; k < n_i; ++k)
+      if (fired_i[k]) add_row(n_e, static_cast<T*>(extra.grad_ie) + k * n_e, lgi_next);
+  if (extra.grad_in != nullptr) {
+    const int64_t count = input_spikes(net, b, t, inputs);
+    for (int64_t e = 0; e < count; ++e) add_row(n_e, static_cast<T*>(extra.grad_in) + inputs[e] * n_e, lge_next);
+  }
+  // E: gi_e, and ge_e where w_in needs a gradient.
+  const int64_t e_row = (j * batch + b) * n_e;
+  const bool with_ge = buf.lge_e != nullptr;
+  population_adjoint<T>(n_e, fired_e, at(buf.ls_e, b * n_e), buf.s_e != nullptr ? at(buf.s_e, e_row) : nullptr,
+                        at(buf.cv_e, e_row), at_mutable(buf.lv_e, b * n_e), decay_gaba, lgi_next,
+                        at(buf.cgi_e, e_row), at_mutable(buf.lgi_e, now * n_e), decay_ampa, lge_next,
+                        with_ge ? at(buf.cge_e, e_row) : nullptr, with_ge ? at_mutable(buf.lge_e, now * n_e) : nullptr,
+                        damping);
+  // I: ge_i lives in the first n_i columns of [l_ge_i, l_u].
+  const int64_t i_row = (j * batch + b) * n_i;
+  population_adjoint<T>(n_i, fired_i, at(buf.ls_i, b * n_i), buf.s_i != nullptr ? at(buf.s_i, i_row) : nullptr,
+                        at(buf.cv_i, i_row), at_mutable(buf.lv_i, b * n_i), decay_ampa, leo_next,
+                        at(buf.cge_i, i_row), at_mutable(buf.leo, now * n_eo), T(0), nullptr, nullptr, nullptr,
+                        damping);
+  // readout: l_u = decay l_u' + dL/dscore_sum (+ dL/du of the trace: u at time t is the one step t - 1 made)
+  const T* g_sum = at(buf.g_sum, b * n_classes);
+  T* lu = at_mutable(buf.leo, now * n_eo + n_i);
+  for (int64_t c = 0; c < n_classes; ++c) lu[c] = leo_next[n_i + c] * decay_readout + g_sum[c];
+  if (buf.g_trace != nullptr && t > 0) add_row(n_classes, lu, at(buf.g_trace, (b * net.n_steps + t - 1) * n_classes));
+}
+
+inline void gemm(const char* ta, const char* tb, const int64_t* m, const int64_t* n, const int64_t* k,
+                 const float* alpha, const float* a, const int64_t* lda, const float* b, const int64_t* ldb,
+                 const float* beta, float* c, const int64_t* ldc) {
+  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+inline void gemm(const char* ta, const char* tb, const int64_t* m, const int64_t* n, const int64_t* k,
+                 const double* alpha, const double* a, const int64_t* lda, const double* b, const int64_t* ldb,
+                 const double* beta, double* c, const int64_t* ldc) {
+  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+#if BIOSIM_PANELS
+// float32 products with the recurrent weights, faster than MKL for these shapes (a few trials x hundreds of
+// neurons; MKL spends a quarter of its time copying the small operand into panels): the weights are stored
+// once per backward pass as panels of kPanel postsynaptic columns, each (depth, kPanel) contiguous, and
+// out[b, k] (+)= sum_c l[b, c] w[k, c] runs in register tiles of up to kTileRows trials x kPanel columns.
+#if BIOSIM_PANELS == 1
+constexpr int64_t kPanel = 64;  // 4 zmm vectors; tiles of 4 x 4 accumulators
+constexpr int kTileRows = 4;
+#else
+constexpr int64_t kPanel = 16;  // 2 ymm vectors; tiles of 6 x 2 accumulators (15 of the 16 registers)
+constexpr int kTileRows = 6;
+#endif
+
+int64_t panel_floats(int64_t n_post, int64_t depth) { return (n_post + kPanel - 1) / kPanel * kPanel * depth; }
+
+// weight (n_post, depth), row-major -> panels (zero beyond n_post)
+void to_panels(const float* weight, int64_t n_post, int64_t depth, float* panels) {
+  std::memset(panels, 0, sizeof(float) * panel_floats(n_post, depth));
+  for (int64_t k = 0; k < n_post; ++k)
+    for (int64_t c = 0; c < depth; ++c)
+      panels[(k / kPanel) * kPanel * depth + c * kPanel + k % kPanel] = weight[k * depth + c];
+}
+
+#if BIOSIM_PANELS == 1
+using LaneMask = __mmask16;
+constexpr int kVectors = 4;
+
+inline LaneMask lane_mask(int64_t left) {
+  return left >= 16 ? LaneMask(0xFFFF) : left > 0 ? LaneMask((1u << left) - 1) : LaneMask(0);
+}
+
+template <int kRows>
+inline void panel_tile(int64_t depth, const float* __restrict l, int64_t ldl, const float* __restrict panel,
+                       float* __restrict out, int64_t ldo, const LaneMask* mask, bool add) {
+  __m512 acc[kRows][kVectors];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVectors; ++v)
+      acc[r][v] = add ? _mm512_maskz_loadu_ps(mask[v], out + r * ldo + 16 * v) : _mm512_setzero_ps();
+  for (int64_t c = 0; c < depth; ++c) {
+    __m512 w[kVectors];
+    for (int v = 0; v < kVectors; ++v) {
+      w[v] = _mm512_loadu_ps(panel + c * kPanel + 16 * v);
+      __asm__("" : "+v"(w[v]));  // one load per vector: folded into each FMA it would load kRows times
+    }
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 x = _mm512_set1_ps(l[r * ldl + c]);
+      for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVectors; ++v) _mm512_mask_storeu_ps(out + r * ldo + 16 * v, mask[v], acc[r][v]);
+}
+#else
+using LaneMask = __m256i;
+constexpr int kVectors = 2;
+
+inline LaneMask lane_mask(int64_t left) {
+  alignas(32) int32_t lanes[8];
+  for (int i = 0; i < 8; ++i) lanes[i] = i < left ? -1 : 0;
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
+}
+
+template <int kRows>
+inline void panel_tile(int64_t depth, const float* __restrict l, int64_t ldl, const float* __restrict panel,
+                       float* __restrict out, int64_t ldo, const LaneMask* mask, bool add) {
+  __m256 acc[kRows][kVectors];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVectors; ++v)
+      acc[r][v] = add ? _mm256_maskload_ps(out + r * ldo + 8 * v, mask[v]) : _mm256_setzero_ps();
+  for (int64_t c = 0; c < depth; ++c) {
+    __m256 w[kVectors];
+    for (int v = 0; v < kVectors; ++v) {
+      w[v] = _mm256_loadu_ps(panel + c * kPanel + 8 * v);
+      __asm__("" : "+x"(w[v]));  // one load per vector, as above
+    }
+    for (int r = 0; r < kRows; ++r) {
+      const __m256 x = _mm256_broadcast_ss(l + r * ldl + c);
+      for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm256_fmadd_ps(x, w[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVectors; ++v) _mm256_maskstore_ps(out + r * ldo + 8 * v, mask[v], acc[r][v]);
+}
+#endif
+
+template <int kRows>
+inline void panel_rows(int64_t rows, int64_t depth, const float* l, int64_t ldl, const float* panel, float* out,
+                       int64_t ldo, const LaneMask* mask, bool add) {
+  // The remaining rows (fewer than kTileRows) in one tile of their own size.
+  if constexpr (kRows > 0) {
+    if (rows == kRows) return panel_tile<kRows>(depth, l, ldl, panel, out, ldo, mask, add);
+    panel_rows<kRows - 1>(rows, depth, l, ldl, panel, out, ldo, mask, add);
+  }
+}
+
+// out[b, :n_post] (+)= l[b, :depth] W^T for `rows` trials (row strides ldl, ldo), W given as panels.
+void panel_product(int64_t rows, int64_t n_post, int64_t depth, const float* l, int64_t ldl, const float* panels,
+                   float* out, int64_t ldo, bool add) {
+  constexpr int64_t kLanes = kPanel / kVectors;
+  for (int64_t k0 = 0; k0 < n_post; k0 += kPanel) {
+    LaneMask mask[kVectors];
+    for (int v = 0; v < kVectors; ++v) mask[v] = lane_mask(n_post - k0 - kLanes * v);
+    const float* panel = panels + k0 * depth;
+    int64_t r = 0;
+    for (; r + kTileRows <= rows; r += kTileRows)
+      panel_tile<kTileRows>(depth, l + r * ldl, ldl, panel, out + r * ldo + k0, ldo, mask, add);
+    panel_rows<kTileRows - 1>(rows - r, depth, l + r * ldl, ldl, panel, out + r * ldo + k0, ldo, mask, add);
+  }
+}
+#endif
+
+// Spike adjoints of step first + j for trials [b0, b1):
+//   ls_e = [l_ge_i, l_u](slot j + 1) [w_ei, w_out]^T (+ dL/dcount_e) (+ dL/dpopulation_e(t), every neuron),
+//   ls_i = l_gi_e(slot j + 1) w_ie^T (+ dL/dcount_i).
+// With MKL: row-major (trials, n) blocks are column-major (n, trials): ls^T = W lambda^T, with W stored
+// row-major (post, pre), which is column-major (pre, post), hence "T".
+template <typename T>
+void spike_adjoints(const Network& net, const AdjointBuffers& buf, const ChunkExtras& extra, int64_t j, int64_t b0,
+                    int64_t b1) {
+  const int64_t batch = net.batch, rows = b1 - b0, n_e = net.n_e, n_i = net.n_i, n_eo = net.n_i + net.n_classes;
+  const T one = T(1);
+  T* ls_e = static_cast<T*>(buf.ls_e) + b0 * n_e;
+  T* ls_i = static_cast<T*>(buf.ls_i) + b0 * n_i;
+  const bool bias_e = extra.g_counts_e != nullptr || extra.g_population_e != nullptr;
+  const T beta_e = bias_e ? T(1) : T(0);
+  const T beta_i = extra.g_counts_i != nullptr ? T(1) : T(0);
+  if (extra.g_counts_e != nullptr)
+    std::memcpy(ls_e, static_cast<const T*>(extra.g_counts_e) + b0 * n_e, sizeof(T) * rows * n_e);
+  if (extra.g_population_e != nullptr) {  // the population count is the sum of the step's E spikes
+    const T* g_population = static_cast<const T*>(extra.g_population_e);
+    for (int64_t r = 0; r < rows; ++r) {
+      const T g = g_population[(b0 + r) * net.n_steps + buf.first + j];
+      T* row = ls_e + r * n_e;
+      if (extra.g_counts_e != nullptr)
+        for (int64_t k = 0; k < n_e; ++k) row[k] += g;
+      else
+        std::fill(row, row + n_e, g);
+    }
+  }
+  if (extra.g_counts_i != nullptr)
+    std::memcpy(ls_i, static_cast<const T*>(extra.g_counts_i) + b0 * n_i, sizeof(T) * rows * n_i);
+  const int64_t next = ((buf.first + j + 1) & 1) * batch + b0;  // ring slot of time t + 1
+  const T* leo = static_cast<const T*>(buf.leo) + next * n_eo;
+  const T* lgi = static_cast<const T*>(buf.lgi_e) + next * n_e;
+  if constexpr (std::is_same_v<T, float>) {
+    if (extra.packed_e != nullptr && extra.packed_i != nullptr) {
+      const auto* packed_e = static_cast<const float*>(extra.packed_e);
+      const auto* packed_i = static_cast<const float*>(extra.packed_i);
+#if BIOSIM_PANELS
+      panel_product(rows, n_e, n_eo, leo, n_eo, packed_e, ls_e, n_e, bias_e);
+      panel_product(rows, n_i, n_e, lgi, n_e, packed_i, ls_i, n_i, extra.g_counts_i != nullptr);
+#else
+      cblas_sgemm_compute(kColumnMajor, kPacked, kNoTrans, n_e, rows, n_eo, packed_e, n_eo, leo, n_eo, beta_e, ls_e,
+                          n_e);
+      cblas_sgemm_compute(kColumnMajor, kPacked, kNoTrans, n_i, rows, n_e, packed_i, n_e, lgi, n_e, beta_i, ls_i, n_i);
+#endif
+      return;
+    }
+  }
+  gemm("T", "N", &n_e, &rows, &n_eo, &one, static_cast<const T*>(net.w_e_out), &n_eo, leo, &n_eo, &beta_e, ls_e, &n_e);
+  gemm("T", "N", &n_i, &rows, &n_e, &one, static_cast<const T*>(net.w_ie), &n_e, lgi, &n_e, &beta_i, ls_i, &n_i);
+}
+
+// Bytes of the packed [w_ei, w_out] and w_ie (float32), for products with up to `rows` trials: panels on
+// AVX-512 and AVX2, MKL's packed format elsewhere.
+void packed_sizes(const Network& net, int64_t rows, int64_t* sizes) {
+  const int64_t n_eo = net.n_i + net.n_classes;
+#if BIOSIM_PANELS
+  sizes[0] = static_cast<int64_t>(sizeof(float)) * panel_floats(net.n_e, n_eo);
+  sizes[1] = static_cast<int64_t>(sizeof(float)) * panel_floats(net.n_i, net.n_e);
+#else
+  sizes[0] = static_cast<int64_t>(cblas_sgemm_pack_get_size(kAMatrix, net.n_e, rows, n_eo));
+  sizes[1] = static_cast<int64_t>(cblas_sgemm_pack_get_size(kAMatrix, net.n_i, rows, net.n_e));
+#endif
+}
+
+void pack_weights(const Network& net, int64_t rows, void* packed_e, void* packed_i) {
+  const int64_t n_eo = net.n_i + net.n_classes;
+#if BIOSIM_PANELS
+  to_panels(static_cast<const float*>(net.w_e_out), net.n_e, n_eo, static_cast<float*>(packed_e));
+  to_panels(static_cast<const float*>(net.w_ie), net.n_i, net.n_e, static_cast<float*>(packed_i));
+#else
+  cblas_sgemm_pack(kColumnMajor, kAMatrix, kTrans, net.n_e, rows, n_eo, 1.0f, static_cast<const float*>(net.w_e_out),
+                   n_eo, static_cast<float*>(packed_e));
+  cblas_sgemm_pack(kColumnMajor, kAMatrix, kTrans, net.n_i, rows, net.n_e, 1.0f, static_cast<const float*>(net.w_ie),
+                   net.n_e, static_cast<float*>(packed_i));
+#endif
+}
+
+// The adjoint recursion for trials [b0, b1) through steps first + j1 - 1 down to first + j0 (slot j1 ->
+// slot j0). Trials are independent: the caller runs blocks of trials in parallel threads, each through a
+// whole chunk, with no synchronisation per step. Single-threaded; MKL is told so by the caller
+// (torch.set_num_threads(1) also sets MKL's threads).
+template <typename T>
+void adjoint_steps(const Network& net, const AdjointBuffers& buf, const ChunkExtras& extra, int64_t j0, int64_t j1,
+                   int64_t b0, int64_t b1) {
+  const ThreadSettings settings(net);
+  std::vector<int64_t> inputs(net.n_input);
+  for (int64_t j = j1 - 1; j >= j0 && b1 > b0; --j) {
+    spike_adjoints<T>(net, buf, extra, j, b0, b1);
+    for (int64_t b = b0; b < b1; ++b) adjoint_trial<T>(net, buf, extra, j, b, inputs.data());
+  }
+}
+
+}  // namespace
+
+extern "C" {
+void biosim_forward_f32(const Network* net, const ForwardBuffers* buf) { forward<float>(*net, *buf); }
+void biosim_forward_f64(const Network* net, const ForwardBuffers* buf) { forward<double>(*net, *buf); }
+void biosim_recompute_f32(const Network* net, const ChunkBuffers* buf, int64_t b0, int64_t b1) {
+  recompute<float>(*net, *buf, b0, b1);
+}
+void biosim_recompute_f64(const Network* net, const ChunkBuffers* buf, int64_t b0, int64_t b1) {
+  recompute<double>(*net, *buf, b0, b1);
+}
+int64_t biosim_control_word() {
+#ifdef BIOSIM_HAVE_MXCSR
+  return static_cast<int64_t>(_mm_getcsr());
+#else
+  return -1;
+#endif
+}
+int64_t biosim_product_path() { return BIOSIM_PANELS; }
+// Floating-point operations of `iterations` rounds of independent float32 FMA chains in each of `threads`
+// threads (the caller times it): the machine's FMA peak at this vector width, for the benchmark's roofline.
+double biosim_fma_peak(int64_t iterations, int64_t threads) {
+  double total = 0.0;
+#pragma omp parallel num_threads(static_cast<int>(threads)) reduction(+ : total)
+  {
+    constexpr int kChains = 12;  // > FMA latency x FMA ports: the units never wait for a result
+#if BIOSIM_PANELS == 1
+    __m512 acc[kChains];
+    const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
+    for (int k = 0; k < kChains; ++k) acc[k] = _mm512_set1_ps(1.0f + k);
+    for (int64_t i = 0; i < iterations; ++i)
+      for (int k = 0; k < kChains; ++k) acc[k] = _mm512_fmadd_ps(acc[k], x, y);
+    float lanes[16];
+    for (int k = 1; k < kChains; ++k) acc[0] = _mm512_add_ps(acc[0], acc[k]);
+    _mm512_storeu_ps(lanes, acc[0]);
+    const double width = 16;
+#elif BIOSIM_PANELS == 2
+    __m256 acc[kChains];
+    const __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
+    for (int k = 0; k < kChains; ++k) acc[k] = _mm256_set1_ps(1.0f + k);
+    for (int64_t i = 0; i < iterations; ++i)
+      for (int k = 0; k < kChains; ++k) acc[k] = _mm256_fmadd_ps(acc[k], x, y);
+    float lanes[8];
+    for (int k = 1; k < kChains; ++k) acc[0] = _mm256_add_ps(acc[0], acc[k]);
+    _mm256_storeu_ps(lanes, acc[0]);
+    const double width = 8;
+#else
+    float acc[kChains];
+    for (int k = 0; k < kChains; ++k) acc[k] = 1.0f + k;
+    for (int64_t i = 0; i < iterations; ++i)
+      for (int k = 0; k < kChains; ++k) acc[k] = std::fma(acc[k], 0.999999f, 1e-7f);
+    float lanes[1] = {acc[0]};
+    const double width = 1;
+#endif
+    volatile float sink = lanes[0];  // keeps the loop from being optimised away
+    (void)sink;
+    total += 2.0 * width * kChains * static_cast<double>(iterations);
+  }
+  return total;
+}
+// The layouts of the structs above, which bridge/fast_engine.py declares again with ctypes: the size and
+// then the offset of every field, in order. The loader compares them with its own and refuses a mismatch.
+int64_t biosim_struct_layout(const char* name, int64_t* out, int64_t capacity) {
+  std::vector<int64_t> layout;
+  const std::string wanted(name);
+#define BIOSIM_AT(S, f) static_cast<int64_t>(offsetof(S, f))
+  if (wanted == "Population") layout = {static_cast<int64_t>(sizeof(Population)), BIOSIM_AT(Population, e_exc_over_c), BIOSIM_AT(Population, e_inh_over_c), BIOSIM_AT(Population, leak_drive_over_c), BIOSIM_AT(Population, minus_g_leak_over_c), BIOSIM_AT(Population, one_over_c), BIOSIM_AT(Population, v_threshold), BIOSIM_AT(Population, v_reset), BIOSIM_AT(Population, refractory_steps)};
+  if (wanted == "Network") layout = {static_cast<int64_t>(sizeof(Network)), BIOSIM_AT(Network, batch), BIOSIM_AT(Network, n_steps), BIOSIM_AT(Network, n_e), BIOSIM_AT(Network, n_i), BIOSIM_AT(Network, n_classes), BIOSIM_AT(Network, chunk), BIOSIM_AT(Network, n_threads), BIOSIM_AT(Network, mxcsr), BIOSIM_AT(Network, dt), BIOSIM_AT(Network, decay_ampa), BIOSIM_AT(Network, decay_gaba), BIOSIM_AT(Network, decay_readout), BIOSIM_AT(Network, e), BIOSIM_AT(Network, i), BIOSIM_AT(Network, n_input), BIOSIM_AT(Network, x), BIOSIM_AT(Network, w_in), BIOSIM_AT(Network, w_ie), BIOSIM_AT(Network, w_e_out), BIOSIM_AT(Network, surrogate), BIOSIM_AT(Network, surrogate_slope), BIOSIM_AT(Network, surrogate_unit_mv), BIOSIM_AT(Network, membrane_grad_scale)};
+  if (wanted == "State") layout = {static_cast<int64_t>(sizeof(State)), BIOSIM_AT(State, v_e), BIOSIM_AT(State, ge_e), BIOSIM_AT(State, gi_e), BIOSIM_AT(State, ready_e), BIOSIM_AT(State, v_i), BIOSIM_AT(State, ge_i), BIOSIM_AT(State, gi_i), BIOSIM_AT(State, ready_i)};
+  if (wanted == "ForwardBuffers") layout = {static_cast<int64_t>(sizeof(ForwardBuffers)), BIOSIM_AT(ForwardBuffers, state), BIOSIM_AT(ForwardBuffers, u), BIOSIM_AT(ForwardBuffers, score_sum), BIOSIM_AT(ForwardBuffers, raster_e), BIOSIM_AT(ForwardBuffers, raster_i), BIOSIM_AT(ForwardBuffers, counts_e), BIOSIM_AT(ForwardBuffers, counts_i), BIOSIM_AT(ForwardBuffers, population_e), BIOSIM_AT(ForwardBuffers, population_i), BIOSIM_AT(ForwardBuffers, checkpoints), BIOSIM_AT(ForwardBuffers, readout_trace)};
+  if (wanted == "ChunkBuffers") layout = {static_cast<int64_t>(sizeof(ChunkBuffers)), BIOSIM_AT(ChunkBuffers, first), BIOSIM_AT(ChunkBuffers, last), BIOSIM_AT(ChunkBuffers, start), BIOSIM_AT(ChunkBuffers, raster_e), BIOSIM_AT(ChunkBuffers, raster_i), BIOSIM_AT(ChunkBuffers, s_e), BIOSIM_AT(ChunkBuffers, cv_e), BIOSIM_AT(ChunkBuffers, cge_e), BIOSIM_AT(ChunkBuffers, cgi_e), BIOSIM_AT(ChunkBuffers, s_i), BIOSIM_AT(ChunkBuffers, cv_i), BIOSIM_AT(ChunkBuffers, cge_i)};
+  if (wanted == "AdjointBuffers") layout = {static_cast<int64_t>(sizeof(AdjointBuffers)), BIOSIM_AT(AdjointBuffers, first), BIOSIM_AT(AdjointBuffers, s_e), BIOSIM_AT(AdjointBuffers, cv_e), BIOSIM_AT(AdjointBuffers, cge_e), BIOSIM_AT(AdjointBuffers, cgi_e), BIOSIM_AT(AdjointBuffers, s_i), BIOSIM_AT(AdjointBuffers, cv_i), BIOSIM_AT(AdjointBuffers, cge_i), BIOSIM_AT(AdjointBuffers, raster_e), BIOSIM_AT(AdjointBuffers, raster_i), BIOSIM_AT(AdjointBuffers, ls_e), BIOSIM_AT(AdjointBuffers, ls_i), BIOSIM_AT(AdjointBuffers, lv_e), BIOSIM_AT(AdjointBuffers, lv_i), BIOSIM_AT(AdjointBuffers, lgi_e), BIOSIM_AT(AdjointBuffers, lge_e), BIOSIM_AT(AdjointBuffers, leo), BIOSIM_AT(AdjointBuffers, g_sum), BIOSIM_AT(AdjointBuffers, g_trace)};
+  if (wanted == "ChunkExtras") layout = {static_cast<int64_t>(sizeof(ChunkExtras)), BIOSIM_AT(ChunkExtras, g_counts_e), BIOSIM_AT(ChunkExtras, g_counts_i), BIOSIM_AT(ChunkExtras, grad_in), BIOSIM_AT(ChunkExtras, grad_ie), BIOSIM_AT(ChunkExtras, grad_e_out), BIOSIM_AT(ChunkExtras, packed_e), BIOSIM_AT(ChunkExtras, packed_i), BIOSIM_AT(ChunkExtras, g_population_e)};
+#undef BIOSIM_AT
+  for (size_t k = 0; k < layout.size() && static_cast<int64_t>(k) < capacity; ++k) out[k] = layout[k];
+  return static_cast<int64_t>(layout.size());  // 0: an unknown name
+}
+void biosim_packed_sizes(const Network* net, int64_t rows, int64_t* sizes) { packed_sizes(*net, rows, sizes); }
+void biosim_surrogate_f32(const Network* net, int64_t n, float* x, const uint8_t* integrating) {
+  Surrogate<float>(*net).masked(n, x, integrating);
+}
+void biosim_surrogate_f64(const Network* net, int64_t n, double* x, const uint8_t* integrating) {
+  Surrogate<double>(*net).masked(n, x, integrating);
+}
+void biosim_pack_weights(const Network* net, int64_t rows, void* packed_e, void* packed_i) {
+  pack_weights(*net, rows, packed_e, packed_i);
+}
+void biosim_adjoint_steps_f32(const Network* net, const AdjointBuffers* buf, const ChunkExtras* extra, int64_t j0,
+                              int64_t j1, int64_t b0, int64_t b1) {
+  adjoint_steps<float>(*net, *buf, *extra, j0, j1, b0, b1);
+}
+void biosim_adjoint_steps_f64(const Network* net, const AdjointBuffers* buf, const ChunkExtras* extra, int64_t j0,
+                              int64_t j1, int64_t b0, int64_t b1) {
+  adjoint_steps<double>(*net, *buf, *extra, j0, j1, b0, b1);
+}
+}
