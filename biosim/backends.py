@@ -20,7 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from .inputs import TrialSet
 from .network import build_network
 from .params import NetworkParams
 from .results import SimulationResult, SpikeTrains
-from .standalone_build import build_project, project_directory
+from .standalone_build import build_project, project_directory, split_parts
 from .weights import NetworkWeights
 
 __all__ = ["BACKENDS", "CUDA_COMPILE_CHECK", "BackendError", "run_trials", "check_backend"]
@@ -116,6 +116,7 @@ def run_trials(
     record_v: dict[str, np.ndarray] | None = None,
     record_readout: bool = False,
     progress: bool = True,
+    processes: int | str | None = None,
 ) -> SimulationResult:
     """Simulate all ``trials`` in Brian2 on ``backend``.
 
@@ -140,6 +141,13 @@ def run_trials(
         of shape (n_trials, n_steps, n_classes) (digit streams, :mod:`biosim.streams`).
     progress : bool
         Report simulation progress on stderr.
+    processes : int or "auto", optional
+        ``cpp_standalone`` without ``build_dir``: simulate the trials in this
+        many processes at once, one build shared by all
+        (:mod:`biosim.split_run`; the same spikes bit for bit), at most one
+        per 50 trials; ``"auto"``: the CPUs this process may use. Default:
+        ``$BIOSIM_BRIAN2_PROCESSES``, else 1
+        (:func:`biosim.standalone_build.split_parts`).
 
     Returns
     -------
@@ -159,49 +167,81 @@ def run_trials(
     WeightShapeError, DaleLawError
         Bad weights, before anything is built.
     """
-    import brian2 as b2
-
     check_backend(backend)
     weights.check_shapes(params)
     weights.check_dale()
+    parts = split_parts(backend, build_dir, trials.n_trials, processes)
+    if parts > 1:
+        from .split_run import run_split
+
+        return run_split(
+            params, weights, trials, parts=parts, record_v=record_v, record_readout=record_readout, progress=progress
+        )
+    with _project_directory(backend, build_dir) as (build_path, reused):
+        return _simulate(
+            backend, build_path, reused, params, weights, trials,
+            record_v=record_v, record_readout=record_readout, progress=progress,
+        )  # fmt: skip
+
+
+def _simulate(
+    backend: str,
+    build_path: Path,
+    reused: bool,
+    params: NetworkParams,
+    weights: NetworkWeights,
+    trials: TrialSet,
+    *,
+    record_v: dict[str, np.ndarray] | None,
+    record_readout: bool,
+    progress: bool,
+    before_build: Callable[[Path], None] | None = None,
+    after_build: Callable[[], None] | None = None,
+) -> SimulationResult:
+    """One Brian2 run of ``trials`` in ``build_path``; ``before_build`` / ``after_build`` frame a standalone build."""
+    import brian2 as b2
+
     timings: dict[str, float] = {}
     build_info: dict[str, object] = {}
-    with _project_directory(backend, build_dir) as (build_path, reused):
-        with _device(backend, build_path):
-            t0 = time.perf_counter()
-            built = build_network(params, weights, trials, record_v=record_v, record_readout=record_readout)
-            if backend in STANDALONE_BACKENDS:
-                # No Brian2 report here: with one, the standalone binary reads a CPU-time clock before
-                # every object on every step (Brian2 2.8), which doubled a 400-trial run (12 s -> 26 s).
-                if progress:
-                    print(f"building the {backend} project ...", end="", file=sys.stderr, flush=True)
-                built.network.run(built.duration)
-                t_codegen = time.perf_counter()
-                # Precompiled standard headers for cpp_standalone; nothing of the simulation changes.
-                report = build_project(backend, build_path)
-                timings["build"] = time.perf_counter() - t0
-                timings["build_codegen"] = t_codegen - t0 + report.write_s
-                timings["build_compile"] = report.pch_s + report.make_s
-                build_info = {"directory": str(build_path), "reused": reused, "precompiled_header": report.pch}
-                if report.notes:
-                    build_info["notes"] = report.notes
-                if progress:
-                    print(f" {timings['build']:.1f} s", file=sys.stderr)
-                    print(f"simulating {trials.n_trials} trials ...", end="", file=sys.stderr, flush=True)
-                t1 = time.perf_counter()
-                b2.device.run(directory=str(build_path), with_output=False)
-                timings["simulate"] = time.perf_counter() - t1
-                if progress:
-                    print(f" {timings['simulate']:.1f} s", file=sys.stderr)
-            else:
-                timings["build"] = time.perf_counter() - t0
-                t1 = time.perf_counter()
-                report = _report_to_stderr if progress else None
-                built.network.run(built.duration, report=report, report_period=10 * b2.second)
-                timings["simulate"] = time.perf_counter() - t1
-                if progress:
-                    print(file=sys.stderr)
-            result = _collect(params, trials, built.monitors, backend)
+    with _device(backend, build_path):
+        t0 = time.perf_counter()
+        built = build_network(params, weights, trials, record_v=record_v, record_readout=record_readout)
+        if backend in STANDALONE_BACKENDS:
+            # No Brian2 report here: with one, the standalone binary reads a CPU-time clock before
+            # every object on every step (Brian2 2.8), which doubled a 400-trial run (12 s -> 26 s).
+            if progress:
+                print(f"building the {backend} project ...", end="", file=sys.stderr, flush=True)
+            built.network.run(built.duration)
+            t_codegen = time.perf_counter()
+            if before_build is not None:
+                before_build(build_path)
+            # Precompiled standard headers for cpp_standalone; nothing of the simulation changes.
+            report = build_project(backend, build_path)
+            timings["build"] = time.perf_counter() - t0
+            timings["build_codegen"] = t_codegen - t0 + report.write_s
+            timings["build_compile"] = report.pch_s + report.make_s
+            build_info = {"directory": str(build_path), "reused": reused, "precompiled_header": report.pch}
+            if report.notes:
+                build_info["notes"] = report.notes
+            if after_build is not None:
+                after_build()
+            if progress:
+                print(f" {timings['build']:.1f} s", file=sys.stderr)
+                print(f"simulating {trials.n_trials} trials ...", end="", file=sys.stderr, flush=True)
+            t1 = time.perf_counter()
+            b2.device.run(directory=str(build_path), with_output=False)
+            timings["simulate"] = time.perf_counter() - t1
+            if progress:
+                print(f" {timings['simulate']:.1f} s", file=sys.stderr)
+        else:
+            timings["build"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            report = _report_to_stderr if progress else None
+            built.network.run(built.duration, report=report, report_period=10 * b2.second)
+            timings["simulate"] = time.perf_counter() - t1
+            if progress:
+                print(file=sys.stderr)
+        result = _collect(params, trials, built.monitors, backend)
     result.timings_s = timings
     if build_info:
         result.meta["build"] = build_info

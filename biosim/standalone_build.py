@@ -57,7 +57,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["PCH_HEADER", "BuildReport", "build_project", "cache_root", "precompile_header", "project_directory"]
+__all__ = [
+    "PCH_HEADER",
+    "BuildReport",
+    "build_project",
+    "cache_root",
+    "precompile_header",
+    "project_directory",
+    "split_parts",
+]
 
 PCH_HEADER = "biosim_pch.h"
 """Name of the precompiled header in a cpp_standalone project (``PCH_HEADER + ".gch"`` is the compiled one)."""
@@ -71,6 +79,9 @@ PCH_STD_HEADERS = (
 Project headers stay out: they change from build to build, and a stale
 precompiled copy would not be noticed by ``make``.
 """
+
+MIN_TRIALS_PER_PROCESS = 50
+"""Fewer trials per process than this are not worth a process of their own (start-up, a copy of the build)."""
 
 _STAMP = "biosim_pch.stamp"
 _INCOMPLETE = ".biosim-build-incomplete"
@@ -303,3 +314,41 @@ def project_directory(backend: str) -> Iterator[tuple[Path, bool]]:
         yield directory, False
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- how many processes ------------------------------------------------------------------
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def split_parts(backend: str, build_dir: object, n_trials: int, processes: int | str | None) -> int:
+    """In how many processes ``run_trials`` simulates ``n_trials`` (1: in this one, as before).
+
+    Only ``cpp_standalone`` without an explicit ``build_dir`` is split.
+    ``processes`` (or, when it is ``None``, ``$BIOSIM_BRIAN2_PROCESSES``) is a
+    number or ``"auto"`` (the CPUs this process may use); unset means 1: on
+    the project's 2-core machine, busy with other work, two processes were no
+    faster than one (docs/performance.md). Either way there are at most
+    ``n_trials // MIN_TRIALS_PER_PROCESS`` processes (and at least 1).
+    """
+    if backend != "cpp_standalone" or build_dir is not None:
+        return 1
+    source = "processes"
+    if processes is None:
+        processes, source = os.environ.get("BIOSIM_BRIAN2_PROCESSES", "").strip() or 1, "BIOSIM_BRIAN2_PROCESSES"
+    if isinstance(processes, str):
+        if processes.lower() == "auto":
+            processes = _usable_cpus()
+        else:
+            try:
+                processes = int(processes)
+            except ValueError:
+                raise ValueError(f"{source} must be a positive integer or 'auto', got {processes!r}") from None
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"{source} must be a positive integer or 'auto', got {processes!r}")
+    return max(1, min(processes, n_trials // MIN_TRIALS_PER_PROCESS))
