@@ -175,7 +175,14 @@ def run_trials(
         from .split_run import run_split
 
         return run_split(
-            params, weights, trials, parts=parts, record_v=record_v, record_readout=record_readout, progress=progress
+            params,
+            weights,
+            trials,
+            parts=parts,
+            simulate=_simulate,
+            record_v=record_v,
+            record_readout=record_readout,
+            progress=progress,
         )
     with _project_directory(backend, build_dir) as (build_path, reused):
         return _simulate(

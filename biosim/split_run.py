@@ -16,7 +16,7 @@ simulated (one more trial per part) and thrown away; being the last, nothing
 after it can see it. Repeated trials are thrown away too.
 
 This process builds and runs part 0 in its project directory. The other
-parts run as ``python -m biosim.split_run JOB`` (plain subprocesses, so that
+parts run as ``python -m biosim.split_child JOB`` (plain subprocesses, so that
 this also works inside daemonic pool workers), started at once: they
 construct their networks meanwhile, wait for the build, copy it (all but
 ``static_arrays/`` and ``results/``) into their own project directory, where
@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,42 +132,6 @@ def _wait_for_build(job: dict[str, Any]) -> None:
         time.sleep(0.05)
 
 
-def _child(job_path: Path) -> int:
-    """One part, in this process (``python -m biosim.split_run JOB``)."""
-    import brian2 as b2
-
-    from .backends import _simulate
-
-    job = pickle.loads(job_path.read_bytes())
-    out = Path(job["result"])
-    try:
-        for name, value in job["prefs"].items():
-            try:
-                b2.prefs[name] = value
-            except Exception:  # noqa: BLE001, S112  (a preference this Brian2 does not know)
-                continue
-
-        def before_build(build_path: Path) -> None:
-            _wait_for_build(job)
-            _copy_build(Path(job["source"]), build_path)
-
-        with project_directory(_BACKEND) as (directory, reused):
-            result = _simulate(
-                _BACKEND, directory, reused, job["params"], job["weights"], job["trials"],
-                record_v=job["record_v"], record_readout=job["record_readout"], progress=False,
-                before_build=before_build,
-            )  # fmt: skip
-        payload: Any = result
-    except BaseException as error:  # noqa: BLE001  (reported to the parent, which raises)
-        import traceback
-
-        payload = RuntimeError(f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
-    temporary = out.with_name(out.name + ".tmp")
-    temporary.write_bytes(pickle.dumps(payload))
-    os.replace(temporary, out)
-    return 0 if isinstance(payload, SimulationResult) else 1
-
-
 def _child_environment() -> dict[str, str]:
     # The child must import biosim (and everything) exactly as this process does.
     path = os.pathsep.join(os.path.abspath(p or os.curdir) for p in sys.path)
@@ -179,20 +144,20 @@ def run_split(
     trials: TrialSet,
     *,
     parts: int,
+    simulate: Callable[..., SimulationResult],
     record_v: dict[str, np.ndarray] | None = None,
     record_readout: bool = False,
     progress: bool = True,
 ) -> SimulationResult:
     """Simulate ``trials`` on ``cpp_standalone`` in ``parts`` processes; the result of one run.
 
-    ``timings_s``: ``build`` (part 0's, the one build), its ``build_codegen``
+    ``simulate`` is :func:`biosim.backends._simulate`, passed in so that this module does not import
+    the one that calls it. ``timings_s``: ``build`` (part 0's, the one build), its ``build_codegen``
     and ``build_compile``, and ``simulate`` (from the end of the build until
     every part has finished). ``meta["build"]`` as for one run, plus
     ``processes`` and each part's timings.
     """
     import brian2 as b2
-
-    from .backends import _simulate
 
     pieces = padded_parts(trials, parts)
     prefs = {name: b2.prefs[name] for name in b2.prefs.prefs if name.startswith(_PREF_PREFIXES)}
@@ -215,7 +180,7 @@ def run_split(
                 log = (work_dir / f"part{k}.log").open("w")
                 children.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "biosim.split_run", str(work_dir / f"job{k}.pkl")],
+                        [sys.executable, "-m", "biosim.split_child", str(work_dir / f"job{k}.pkl")],
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         env=_child_environment(),
@@ -233,7 +198,7 @@ def run_split(
                     print(f" done; simulating {trials.n_trials} trials in {len(pieces)} processes ...",
                           end="", file=sys.stderr, flush=True)  # fmt: skip
 
-            first = _simulate(
+            first = simulate(
                 _BACKEND, directory, reused, params, weights, pieces[0][1],
                 record_v=record_v, record_readout=record_readout, progress=False, after_build=after_build,
             )  # fmt: skip
@@ -275,7 +240,3 @@ def run_split(
     if progress:
         print(f" {timings['simulate']:.1f} s", file=sys.stderr)
     return result
-
-
-if __name__ == "__main__":
-    sys.exit(_child(Path(sys.argv[1])))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from biosim import backends
 from biosim.backends import run_trials
 from biosim.data import load_split
 from biosim.inputs import make_trials
@@ -59,7 +60,7 @@ def test_split_run_gives_the_spikes_scores_and_traces_of_one_run(five_trials, tm
     monkeypatch.setenv("BIOSIM_BRIAN2_CACHE", str(tmp_path / "cache"))
     record = {"e": np.array([0, 7, 100]), "i": np.array([3])}
     one = run_trials(params, weights, trials, backend="cpp_standalone", record_v=record, progress=False, processes=1)
-    split = run_split(params, weights, trials, parts=2, record_v=record, progress=False)
+    split = run_split(params, weights, trials, parts=2, simulate=backends._simulate, record_v=record, progress=False)
     for population in ("spikes_e", "spikes_i"):
         a, b = getattr(one, population), getattr(split, population)
         assert len(a) > 0 and (a.n_trials, a.n_steps) == (b.n_trials, b.n_steps)
