@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_backends import _assert_same_spikes
 
 from biosim.backends import run_trials
 from biosim.data import load_split
@@ -113,14 +114,6 @@ def test_the_single_digit_path_is_unchanged(digits):
     assert "accuracy_by_position" not in as_trials
     config = TrainConfig(tier="smoke", network=SMALL.to_dict())
     assert isinstance(training.test_trial_set(config), type(digits)) and config.stream_digits == 1
-
-
-def _assert_same_spikes(a, b):
-    for population in ("spikes_e", "spikes_i"):
-        x, y = getattr(a, population), getattr(b, population)
-        assert len(x) > 0, f"{population}: no spikes, the comparison would be empty"
-        for field in ("trial", "step", "neuron"):
-            np.testing.assert_array_equal(getattr(x, field), getattr(y, field), err_msg=f"{population}.{field}")
 
 
 def _brian2_against_mirror(digits, streams: StreamSet, backend: str, build_dir=None) -> None:
