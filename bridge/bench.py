@@ -4,9 +4,10 @@
 
 (a) training throughput (sample-steps per second, forward + backward through
     all steps, after a warm-up) of :func:`bridge.fast_engine.run_network_fused`
-    and of :func:`eager_bptt_loop`, the same network written the way a
-    snnTorch or Norse user would write it: dense matrix products for the input
-    and the recurrent spikes, a surrogate spike function, and autograd
+    and of the eager engine :func:`bridge.eager.run_network`, the network
+    written the way a snnTorch or Norse user would write it: the step
+    function of :mod:`bridge.dynamics` with dense matrix products for the
+    input and the recurrent spikes, a surrogate spike function, and autograd
     recording every step. Full size (1024 E, 256 I, 784 inputs, T = 2000),
     batch 32 on CPU and 256 on CUDA. Both run with 1 and with
     ``torch.get_num_threads()`` threads, their timed repetitions alternate
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import platform
 import resource
@@ -62,96 +62,7 @@ from biosim.weights import NetworkWeights, init_weights
 
 from .torch_settings import flushed_denormals
 
-__all__ = ["eager_bptt_loop", "run_benchmark"]
-
-
-# --- the baseline: what a user of snnTorch or Norse would write ------------------
-
-
-def eager_bptt_loop(
-    x: torch.Tensor,
-    v_init_e: torch.Tensor,
-    v_init_i: torch.Tensor,
-    w_in: torch.Tensor,
-    w_ei: torch.Tensor,
-    w_ie: torch.Tensor,
-    w_out: torch.Tensor,
-    params: NetworkParams,
-    spike_fn: Callable[[torch.Tensor], torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The PING network as a straightforward autograd loop (the benchmark's baseline).
-
-    Per step, in Brian2's order: exponential-Euler membranes with the
-    conductances frozen over the step (held while refractory),
-    ``C dv/dt = g_L (E_L - v) + ge (E_exc - v) + gi (E_inh - v)``; spikes
-    ``s = spike_fn(v - v_th)`` (a Heaviside forward with a surrogate
-    derivative, here the project's :class:`~bridge.surrogates.Surrogate`, so
-    that both engines differentiate the same model); conductances decay
-    and take ``x @ W_in``, ``s_i @ W_IE``, ``s_e @ W_EI`` (dense products);
-    the readout ``u`` decays and takes ``s_e @ W_out``; reset; the score is the
-    time-average of ``u``. Units: mV, ms, uS, nF.
-
-    Parameters
-    ----------
-    x : Tensor (batch, n_steps, n_input) of bool
-    v_init_e, v_init_i : Tensor (batch, n_e), (batch, n_i)
-        Initial potentials (mV).
-    w_in, w_ei, w_ie, w_out : Tensor
-        Effective weights, (pre, post).
-    params : NetworkParams
-    spike_fn : callable
-        ``x (mV) -> spikes`` with an autograd surrogate derivative.
-
-    Returns
-    -------
-    scores, spike_counts_e, spike_counts_i : Tensor
-    """
-    dt, syn = params.simulation.dt_ms, params.synapse
-    decay_ampa, decay_gaba = math.exp(-dt / syn.tau_ampa_ms), math.exp(-dt / syn.tau_gaba_ms)
-    decay_readout = math.exp(-dt / params.readout.tau_readout_ms)
-
-    def coefficients(membrane):
-        # the per-step constants, in the form Brian2's exact exponential-Euler code uses
-        c = membrane.c_m_nf
-        return (syn.e_exc_mv / c, syn.e_inh_mv / c, membrane.e_leak_mv * membrane.g_leak_us / c,
-                -membrane.g_leak_us / c, 1.0 / c)  # fmt: skip
-
-    def membrane_step(v, ge, gi, refractory, membrane):
-        e_exc, e_inh, leak, minus_g_leak, one_over_c = coefficients(membrane)
-        refractory = torch.clamp(refractory - 1, min=0)
-        integrating = refractory == 0
-        total = minus_g_leak - (one_over_c * ge + one_over_c * gi)
-        ba = (leak + (e_exc * ge + e_inh * gi)) / total
-        v_new = -ba + (ba + v) * torch.exp(dt * total)
-        return torch.where(integrating, v_new, v), refractory, integrating
-
-    batch, n_steps, _ = x.shape
-    refractory_steps = {name: params.refractory_steps(name) for name in ("e", "i")}
-    v_e, v_i = v_init_e, v_init_i
-    ge_e, gi_e, ge_i, gi_i = (torch.zeros_like(v) for v in (v_e, v_e, v_i, v_i))
-    refractory_e = torch.zeros_like(v_e, dtype=torch.int32)
-    refractory_i = torch.zeros_like(v_i, dtype=torch.int32)
-    u = v_e.new_zeros(batch, w_out.shape[1])
-    score_sum = torch.zeros_like(u)
-    counts_e, counts_i = torch.zeros_like(v_e), torch.zeros_like(v_i)
-    for t in range(n_steps):
-        x_t = x[:, t].to(v_e.dtype)
-        v_e, refractory_e, integrating_e = membrane_step(v_e, ge_e, gi_e, refractory_e, params.membrane_e)
-        v_i, refractory_i, integrating_i = membrane_step(v_i, ge_i, gi_i, refractory_i, params.membrane_i)
-        s_e = spike_fn(v_e - params.membrane_e.v_threshold_mv) * integrating_e
-        s_i = spike_fn(v_i - params.membrane_i.v_threshold_mv) * integrating_i
-        ge_e = ge_e * decay_ampa + x_t @ w_in
-        gi_e = gi_e * decay_gaba + s_i @ w_ie
-        ge_i = ge_i * decay_ampa + s_e @ w_ei
-        gi_i = gi_i * decay_gaba
-        u = u * decay_readout + s_e @ w_out
-        v_e = torch.where(s_e > 0, params.membrane_e.v_reset_mv, v_e)
-        v_i = torch.where(s_i > 0, params.membrane_i.v_reset_mv, v_i)
-        refractory_e = torch.where(s_e > 0, refractory_steps["e"], refractory_e)
-        refractory_i = torch.where(s_i > 0, refractory_steps["i"], refractory_i)
-        counts_e, counts_i = counts_e + s_e, counts_i + s_i
-        score_sum = score_sum + u
-    return score_sum / n_steps, counts_e, counts_i
+__all__ = ["run_benchmark"]
 
 
 # --- shared setup ------------------------------------------------------------------
@@ -203,29 +114,19 @@ def _leaf_weights(setup: _Setup) -> dict[str, torch.Tensor]:
 def _bptt(engine: str, setup: _Setup) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One forward + backward of the cross-entropy on the scores; returns (spike counts E, gradients)."""
     from .dynamics import Weights, make_constants
+    from .eager import run_network
     from .fast_engine import run_network_fused
     from .surrogates import get_surrogate
 
+    engines = {"eager": run_network, "fused": run_network_fused}
+    if engine not in engines:
+        raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(engines)}")
     weights = _leaf_weights(setup)
-    spike_fn = get_surrogate()
-    if engine == "eager":
-        scores, counts_e, _ = eager_bptt_loop(
-            setup.x, setup.v_init_e, setup.v_init_i, *weights.values(), setup.params, spike_fn
-        )
-    elif engine == "fused":
-        output = run_network_fused(
-            setup.x,
-            setup.v_init_e,
-            setup.v_init_i,
-            Weights(**weights),
-            make_constants(setup.params),
-            spike_fn,
-        )
-        scores, counts_e = output.scores, output.spike_counts_e
-    else:
-        raise ValueError(f"unknown engine {engine!r}; valid: eager, fused")
-    torch.nn.functional.cross_entropy(scores, setup.labels).backward()
-    return counts_e.detach(), {name: value.grad for name, value in weights.items()}
+    output = engines[engine](
+        setup.x, setup.v_init_e, setup.v_init_i, Weights(**weights), make_constants(setup.params), get_surrogate()
+    )
+    torch.nn.functional.cross_entropy(output.scores, setup.labels).backward()
+    return output.spike_counts_e.detach(), {name: value.grad for name, value in weights.items()}
 
 
 def _synchronize(device: str) -> None:

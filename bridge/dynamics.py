@@ -12,7 +12,16 @@ Brian2's schedule order:
 4. reset of the neurons that spiked; the readout accumulator adds ``u``.
 
 The state is an immutable :class:`NetworkState`; loops call :func:`step`,
-never a copy of it.
+never a copy of it. The update rule's parts (:func:`exponential_euler`,
+:func:`update_membrane`, :func:`crossed`/:func:`fire`, :func:`reset`) are the
+ones every PyTorch engine uses (the fused engine's torch path included), so
+the rule is written once in Python; the fused engine's C++ kernels mirror it
+in one state-update function (``bridge/csrc/fused_engine.cpp``).
+
+Refractoriness has one representation everywhere: ``ready``, the first step
+at which a neuron integrates again (it spiked at step ``s``: ``ready = s +
+refractory_steps``), compared with the step's index. A countdown would need a
+write per neuron and step; ``ready`` changes only when a neuron spikes.
 """
 
 from __future__ import annotations
@@ -33,6 +42,11 @@ __all__ = [
     "Weights",
     "make_constants",
     "initial_state",
+    "exponential_euler",
+    "update_membrane",
+    "crossed",
+    "fire",
+    "reset",
     "step",
     "advance",
 ]
@@ -41,21 +55,23 @@ SpikeFunction = Callable[[torch.Tensor], torch.Tensor]
 
 
 class NetworkState(NamedTuple):
-    """Network state for a batch of trials (units: mV, uS)."""
+    """Network state for a batch of trials (units: mV, uS), at the start of step ``step``."""
 
     v_e: torch.Tensor
     ge_e: torch.Tensor
     gi_e: torch.Tensor
-    refractory_e: torch.Tensor
-    """Steps of refractoriness left (int); the neuron integrates when it reaches 0."""
+    ready_e: torch.Tensor
+    """First step at which each neuron integrates again (int32); refractory while ``step < ready``."""
     v_i: torch.Tensor
     ge_i: torch.Tensor
     gi_i: torch.Tensor
-    refractory_i: torch.Tensor
+    ready_i: torch.Tensor
     u: torch.Tensor
     """Readout potentials, (batch, n_classes)."""
     score_sum: torch.Tensor
     """Sum over past steps of ``u`` at the end of each step."""
+    step: int = 0
+    """Index of the next step: steps taken since the state was initialised."""
 
 
 class Weights(NamedTuple):
@@ -127,13 +143,14 @@ def initial_state(v_init_e: torch.Tensor, v_init_i: torch.Tensor, n_classes: int
         v_e=v_init_e,
         ge_e=zeros_e,
         gi_e=zeros_e,
-        refractory_e=torch.zeros_like(v_init_e, dtype=torch.int32),
+        ready_e=torch.zeros_like(v_init_e, dtype=torch.int32),
         v_i=v_init_i,
         ge_i=zeros_i,
         gi_i=zeros_i,
-        refractory_i=torch.zeros_like(v_init_i, dtype=torch.int32),
+        ready_i=torch.zeros_like(v_init_i, dtype=torch.int32),
         u=readout,
         score_sum=readout,
+        step=0,
     )
 
 
@@ -141,25 +158,50 @@ def heaviside(x: torch.Tensor) -> torch.Tensor:
     return (x > 0).to(x.dtype)
 
 
-def _membrane_update(v, ge, gi, refractory, k: PopulationConstants, dt: float):
-    """Exponential Euler for ``v``, written as Brian2 generates it."""
-    refractory = torch.clamp(refractory - 1, min=0)
-    integrating = refractory == 0
+def exponential_euler(
+    v: torch.Tensor, ge: torch.Tensor, gi: torch.Tensor, k: PopulationConstants, dt: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exponential-Euler candidate ``v_new`` (mV), written as Brian2 generates it, and its intermediates.
+
+    Returns ``(v_new, A, B, E)`` with ``A = -(gL + ge + gi)/C`` (1/ms),
+    ``B = (gL EL + ge E_exc + gi E_inh)/(C A)`` (mV) and ``E = exp(dt A)``;
+    ``v_new = -B + (B + v) E``. The fused engine's adjoint reuses the intermediates.
+    """
     total = k.minus_g_leak_over_c - (k.one_over_c * ge + k.one_over_c * gi)
     ba = (k.leak_drive_over_c + (k.e_exc_over_c * ge + k.e_inh_over_c * gi)) / total
-    v_new = -ba + (ba + v) * torch.exp(dt * total)
-    return torch.where(integrating, v_new, v), refractory, integrating
+    growth = torch.exp(dt * total)
+    return -ba + (ba + v) * growth, total, ba, growth
 
 
-def _fire(v, integrating, k: PopulationConstants, spike_fn: SpikeFunction):
-    return spike_fn(v - k.v_threshold) * integrating.to(v.dtype)
+def update_membrane(
+    v: torch.Tensor,
+    ge: torch.Tensor,
+    gi: torch.Tensor,
+    ready: torch.Tensor,
+    step: int,
+    k: PopulationConstants,
+    dt: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """State update of one population at ``step``: ``(v1, integrating)``; ``v`` is held while refractory."""
+    integrating = ready <= step
+    return torch.where(integrating, exponential_euler(v, ge, gi, k, dt)[0], v), integrating
 
 
-def _reset(v, refractory, spikes, k: PopulationConstants):
-    fired = spikes > 0
-    v = torch.where(fired, torch.full_like(v, k.v_reset), v)
-    refractory = torch.where(fired, torch.full_like(refractory, k.refractory_steps), refractory)
-    return v, refractory
+def crossed(v1: torch.Tensor, integrating: torch.Tensor, k: PopulationConstants) -> torch.Tensor:
+    """Threshold as a bool mask: ``v1 > v_threshold`` outside the refractory period."""
+    return ((v1 - k.v_threshold) > 0) & integrating
+
+
+def fire(v1: torch.Tensor, integrating: torch.Tensor, k: PopulationConstants, spike_fn: SpikeFunction) -> torch.Tensor:
+    """Threshold as spikes in ``v1``'s dtype: :func:`crossed` with ``spike_fn`` (its surrogate) in place of ``>``."""
+    return spike_fn(v1 - k.v_threshold) * integrating.to(v1.dtype)
+
+
+def reset(
+    v: torch.Tensor, ready: torch.Tensor, fired: torch.Tensor, step: int, k: PopulationConstants
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reset of the neurons that ``fired`` (bool) at ``step``: ``v = v_reset``, refractory until ``step + t_ref``."""
+    return v.masked_fill(fired, k.v_reset), ready.masked_fill(fired, step + k.refractory_steps)
 
 
 def step(
@@ -203,23 +245,23 @@ def advance(
     the active inputs (see :func:`bridge.simulate.input_drive`) skip a dense
     matrix product per step; the dynamics are the same.
     """
-    k_e, k_i, dt = constants.e, constants.i, constants.dt
+    k_e, k_i, dt, t = constants.e, constants.i, constants.dt, state.step
     # 1. state update: membranes with the conductances at the step's start
-    v_e, refractory_e, integrating_e = _membrane_update(state.v_e, state.ge_e, state.gi_e, state.refractory_e, k_e, dt)
-    v_i, refractory_i, integrating_i = _membrane_update(state.v_i, state.ge_i, state.gi_i, state.refractory_i, k_i, dt)
+    v_e, integrating_e = update_membrane(state.v_e, state.ge_e, state.gi_e, state.ready_e, t, k_e, dt)
+    v_i, integrating_i = update_membrane(state.v_i, state.ge_i, state.gi_i, state.ready_i, t, k_i, dt)
     ge_e, gi_e = state.ge_e * constants.decay_ampa, state.gi_e * constants.decay_gaba
     ge_i, gi_i = state.ge_i * constants.decay_ampa, state.gi_i * constants.decay_gaba
     u = state.u * constants.decay_readout
     # 2. threshold
-    spikes_e = _fire(v_e, integrating_e, k_e, spike_fn)
-    spikes_i = _fire(v_i, integrating_i, k_i, spike_fn)
+    spikes_e = fire(v_e, integrating_e, k_e, spike_fn)
+    spikes_i = fire(v_i, integrating_i, k_i, spike_fn)
     # 3. synaptic propagation
     ge_e = ge_e + input_drive
     gi_e = gi_e + spikes_i @ weights.w_ie
     ge_i = ge_i + spikes_e @ weights.w_ei
     u = u + spikes_e @ weights.w_out
     # 4. reset; readout accumulates u at the end of the step
-    v_e, refractory_e = _reset(v_e, refractory_e, spikes_e, k_e)
-    v_i, refractory_i = _reset(v_i, refractory_i, spikes_i, k_i)
-    state = NetworkState(v_e, ge_e, gi_e, refractory_e, v_i, ge_i, gi_i, refractory_i, u, state.score_sum + u)
+    v_e, ready_e = reset(v_e, state.ready_e, spikes_e > 0, t, k_e)
+    v_i, ready_i = reset(v_i, state.ready_i, spikes_i > 0, t, k_i)
+    state = NetworkState(v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i, u, state.score_sum + u, t + 1)
     return spikes_e, spikes_i, state

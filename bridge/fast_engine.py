@@ -99,7 +99,18 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from .dynamics import Constants, NetworkState, PopulationConstants, SpikeFunction, Weights, heaviside
+from .dynamics import (
+    Constants,
+    NetworkState,
+    PopulationConstants,
+    SpikeFunction,
+    Weights,
+    crossed,
+    exponential_euler,
+    heaviside,
+    reset,
+    update_membrane,
+)
 from .eager import NetworkOutput, run_network
 from .surrogates import Surrogate
 from .torch_settings import flushed_denormals, torch_threads
@@ -460,39 +471,8 @@ def _population_struct(k: PopulationConstants) -> _Population:
 
 
 # --- torch-operation kernels (any device; the fallback) ---------------------------
-# Written with the operations of bridge.dynamics._membrane_update in the same
-# order, so that they round exactly like the eager engine.
-
-
-def _membrane(
-    v: torch.Tensor, ge: torch.Tensor, gi: torch.Tensor, k: PopulationConstants, dt: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exponential-Euler candidate ``v_new`` (mV) and its intermediates ``A`` (1/ms), ``B`` (mV), ``E = exp(dt A)``."""
-    total = k.minus_g_leak_over_c - (k.one_over_c * ge + k.one_over_c * gi)
-    ba = (k.leak_drive_over_c + (k.e_exc_over_c * ge + k.e_inh_over_c * gi)) / total
-    growth = torch.exp(dt * total)
-    v_new = -ba + (ba + v) * growth
-    return v_new, total, ba, growth
-
-
-def _update_and_fire(
-    v: torch.Tensor,
-    ge: torch.Tensor,
-    gi: torch.Tensor,
-    ready: torch.Tensor,
-    step: int,
-    k: PopulationConstants,
-    dt: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """State update and threshold of one population at ``step``: ``(v1, fired)``, before the reset.
-
-    ``ready`` holds the first step at which each neuron integrates again; it
-    replaces the eager engine's countdown (``max(r - 1, 0) == 0`` at step
-    ``t`` exactly when ``t >= ready``).
-    """
-    integrating = ready <= step
-    v1 = torch.where(integrating, _membrane(v, ge, gi, k, dt)[0], v)
-    return v1, ((v1 - k.v_threshold) > 0) & integrating  # H(v1 - v_th) * integrating > 0
+# The state update, threshold and reset are bridge.dynamics' own functions, so that
+# the torch path rounds exactly like the eager engine; only the adjoint is local.
 
 
 def _adjoint_coefficients(
@@ -512,7 +492,7 @@ def _adjoint_coefficients(
     ``Cv = m ? E : 1``, ``Cge = m dv_new/dge`` and ``Cgi = m dv_new/dgi``
     (mV/uS; ``None`` where not wanted).
     """
-    v_new, total, ba, growth = _membrane(v, ge, gi, k, dt)
+    v_new, total, ba, growth = exponential_euler(v, ge, gi, k, dt)
     surrogate = None
     if derivative is not None:
         v1 = torch.where(integrating, v_new, v)
@@ -695,8 +675,9 @@ def _forward_torch(problem: _Problem, w_in, w_ie, w_e_out, u, score_sum, trace, 
             for name, value in zip(_STATE_NAMES, (v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i), strict=True):
                 checkpoints[name][index] = value
         for t in range(first, last):
-            v1_e, fired_e = _update_and_fire(v_e, ge_e, gi_e, ready_e, t, k_e, dt)
-            v1_i, fired_i = _update_and_fire(v_i, ge_i, gi_i, ready_i, t, k_i, dt)
+            v1_e, integrating_e = update_membrane(v_e, ge_e, gi_e, ready_e, t, k_e, dt)
+            v1_i, integrating_i = update_membrane(v_i, ge_i, gi_i, ready_i, t, k_i, dt)
+            fired_e, fired_i = crossed(v1_e, integrating_e, k_e), crossed(v1_i, integrating_i, k_i)
             ge_e = ge_e * constants.decay_ampa + drive[t - first]
             gi_e = gi_e * constants.decay_gaba
             ge_i = ge_i * constants.decay_ampa
@@ -709,10 +690,8 @@ def _forward_torch(problem: _Problem, w_in, w_ie, w_e_out, u, score_sum, trace, 
             if from_e is not None:
                 ge_i = ge_i + from_e[:, :n_i]
                 u.add_(from_e[:, n_i:])
-            v_e = v1_e.masked_fill_(fired_e, k_e.v_reset)
-            v_i = v1_i.masked_fill_(fired_i, k_i.v_reset)
-            ready_e = ready_e.masked_fill(fired_e, t + k_e.refractory_steps)
-            ready_i = ready_i.masked_fill(fired_i, t + k_i.refractory_steps)
+            v_e, ready_e = reset(v1_e, ready_e, fired_e, t, k_e)
+            v_i, ready_i = reset(v1_i, ready_i, fired_i, t, k_i)
             score_sum.add_(u)
             trace[:, t] = u
             raster_e[t] = fired_e
@@ -758,15 +737,13 @@ class _FusedNetwork(torch.autograd.Function):
         checkpoints, raster_e, raster_i, u, score_sum, trace, state, counts_e, counts_i, population_e, population_i = (
             _run_forward(problem, w_in, w_ie, w_e_out, w_out.shape[1])
         )
-        # Countdown after the last step, as the eager engine keeps it: max(ready - (T - 1), 0).
-        refractory_e = torch.clamp(state["ready_e"] - (n_steps - 1), min=0)
-        refractory_i = torch.clamp(state["ready_i"] - (n_steps - 1), min=0)
+        ready_e, ready_i = state["ready_e"], state["ready_i"]
         if problem.save:
             problem.saved.update(raster_e=raster_e, raster_i=raster_i, checkpoints=checkpoints, w_e_out=w_e_out)
             ctx.problem = problem
             ctx.save_for_backward(w_in, w_ie, w_out)
         ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(refractory_e, refractory_i, population_i)
+        ctx.mark_non_differentiable(ready_e, ready_i, population_i)
         return (
             score_sum / n_steps,
             counts_e,
@@ -779,8 +756,8 @@ class _FusedNetwork(torch.autograd.Function):
             state["gi_i"],
             u,
             score_sum,
-            refractory_e,
-            refractory_i,
+            ready_e,
+            ready_i,
             population_e,
             population_i,
             trace,
@@ -1115,18 +1092,14 @@ class _Adjoint:
         for j in range(n):
             t = first + j
             out[0][j], out[1][j], out[2][j], out[4][j], out[5][j], out[6][j] = v_e, ge_e, gi_e, v_i, ge_i, gi_i
-            torch.le(ready_e, t, out=out[3][j])
-            torch.le(ready_i, t, out=out[7][j])
-            v_e = torch.where(out[3][j], _membrane(v_e, ge_e, gi_e, k_e, dt)[0], v_e)
-            v_i = torch.where(out[7][j], _membrane(v_i, ge_i, gi_i, k_i, dt)[0], v_i)
+            v_e, out[3][j] = update_membrane(v_e, ge_e, gi_e, ready_e, t, k_e, dt)
+            v_i, out[7][j] = update_membrane(v_i, ge_i, gi_i, ready_i, t, k_i, dt)
             ge_e = ge_e * constants.decay_ampa + drive[j]
             gi_e = gi_e * constants.decay_gaba + from_i[j]
             ge_i = ge_i * constants.decay_ampa + from_e[j]
             gi_i = gi_i * constants.decay_gaba
-            v_e = v_e.masked_fill_(raster_e[t], k_e.v_reset)
-            v_i = v_i.masked_fill_(raster_i[t], k_i.v_reset)
-            ready_e = ready_e.masked_fill_(raster_e[t], t + k_e.refractory_steps)
-            ready_i = ready_i.masked_fill_(raster_i[t], t + k_i.refractory_steps)
+            v_e, ready_e = reset(v_e, ready_e, raster_e[t], t, k_e)
+            v_i, ready_i = reset(v_i, ready_i, raster_i[t], t, k_i)
         return tuple(out)
 
 
@@ -1223,13 +1196,13 @@ class FusedEngine:
         with flushed_denormals():
             outputs = _FusedNetwork.apply(problem, *weights)
         scores, counts_e, counts_i = outputs[:3]
-        v_e, ge_e, gi_e, v_i, ge_i, gi_i, u, score_sum, refractory_e, refractory_i = outputs[3:13]
+        v_e, ge_e, gi_e, v_i, ge_i, gi_i, u, score_sum, ready_e, ready_i = outputs[3:13]
         population_e, population_i, trace = outputs[13:]
         return NetworkOutput(
             scores=scores,
             spike_counts_e=counts_e,
             spike_counts_i=counts_i,
-            final_state=NetworkState(v_e, ge_e, gi_e, refractory_e, v_i, ge_i, gi_i, refractory_i, u, score_sum),
+            final_state=NetworkState(v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i, u, score_sum, x.shape[1]),
             population_e=population_e if record_population else None,
             population_i=population_i if record_population else None,
             readout_trace=trace if record_readout else None,

@@ -11,7 +11,7 @@ import torch
 
 from biosim import equations as eq
 from biosim.params import NetworkParams, to_brian2_namespace
-from bridge.dynamics import _membrane_update, make_constants
+from bridge.dynamics import make_constants, reset, update_membrane
 
 # A conductance that stays effectively constant over the test window.
 FROZEN_TAU_MS = 1e12
@@ -73,10 +73,10 @@ def test_membrane_relaxes_to_reversal_mirror():
     m, s, dt = params.membrane_e, params.synapse, params.simulation.dt_ms
     ge = torch.tensor([0.003], dtype=torch.float64)
     v = torch.tensor([-75.0], dtype=torch.float64)
-    refractory = torch.zeros(1, dtype=torch.int32)
+    ready = torch.zeros(1, dtype=torch.int32)
     trace = []
-    for _ in range(500):
-        v, refractory, _ = _membrane_update(v, ge, torch.zeros_like(ge), refractory, constants.e, dt)
+    for t in range(500):
+        v, _ = update_membrane(v, ge, torch.zeros_like(ge), ready, t, constants.e, dt)
         trace.append(v.item())
     t_ms = dt * np.arange(1, 501)
     expected = _analytic_v(t_ms, -75.0, m.g_leak_us, m.e_leak_mv, 0.003, s.e_exc_mv, m.c_m_nf)
@@ -88,14 +88,15 @@ def test_refractory_period_is_counted_in_steps():
     params = NetworkParams()
     constants = make_constants(params)
     k = constants.e
+    spiked_at = 7
     v = torch.tensor([k.v_reset], dtype=torch.float64)
-    refractory = torch.tensor([k.refractory_steps], dtype=torch.int32)  # just spiked
+    v, ready = reset(v, torch.zeros(1, dtype=torch.int32), torch.tensor([True]), spiked_at, k)
     ge = torch.tensor([1.0], dtype=torch.float64)  # strong drive: v moves as soon as allowed
-    held = 0
+    t = spiked_at + 1
     while True:
-        v_new, refractory, integrating = _membrane_update(v, ge, torch.zeros_like(ge), refractory, k, constants.dt)
+        v_new, integrating = update_membrane(v, ge, torch.zeros_like(ge), ready, t, k, constants.dt)
         if integrating.item():
             break
         assert v_new.item() == k.v_reset
-        held += 1
-    assert held == params.refractory_steps("e") - 1
+        t += 1
+    assert t == spiked_at + params.refractory_steps("e")

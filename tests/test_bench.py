@@ -37,46 +37,6 @@ def test_bench_reports_every_figure_and_records_the_run(tmp_path, capsys):
         assert "roofline_fraction" in summary and "fused products" in summary
 
 
-def test_the_baseline_loop_is_the_model():
-    """The benchmark's snnTorch-style loop computes the mirror's network: same spikes, same gradients."""
-    import torch
-
-    from biosim.data import load_split
-    from biosim.inputs import make_trials
-    from biosim.params import NetworkParams
-    from biosim.weights import init_weights
-    from bridge.bench import eager_bptt_loop
-    from bridge.dynamics import Weights, make_constants
-    from bridge.model import run_network
-    from bridge.simulate import torch_weights
-    from bridge.surrogates import get_surrogate
-
-    params = NetworkParams().replace(
-        connectivity__n_e=64, connectivity__n_i=16, simulation__trial_ms=20.0, simulation__transient_ms=5.0
-    )
-    split = load_split("smoke")
-    trials = make_trials(split.train.images[:3], split.train.labels[:3], params, seed=3)
-    x = torch.from_numpy(trials.dense(slice(None)))
-    v_e, v_i = (torch.as_tensor(v, dtype=torch.float64) for v in (trials.v_init_e_mv, trials.v_init_i_mv))
-    labels = torch.as_tensor(trials.labels)
-    results = []
-    for engine in ("baseline", "model"):
-        w = Weights(*(t.requires_grad_(True) for t in torch_weights(init_weights(params, seed=1), dtype=torch.float64)))
-        if engine == "baseline":
-            scores, counts_e, counts_i = eager_bptt_loop(x, v_e, v_i, *w, params, get_surrogate())
-        else:
-            output = run_network(x, v_e, v_i, w, make_constants(params), get_surrogate())
-            scores, counts_e, counts_i = output.scores, output.spike_counts_e, output.spike_counts_i
-        torch.nn.functional.cross_entropy(scores, labels).backward()
-        results.append((scores, counts_e, counts_i, [t.grad for t in w]))
-    (scores_a, e_a, i_a, grads_a), (scores_b, e_b, i_b, grads_b) = results
-    assert e_a.sum() > 0 and i_a.sum() > 0
-    assert torch.equal(e_a, e_b) and torch.equal(i_a, i_b) and torch.equal(scores_a, scores_b)
-    for a, b in zip(grads_a, grads_b, strict=True):
-        assert float(a.abs().max()) > 0
-        assert float((a - b).abs().max() / a.abs().max()) < 1e-12
-
-
 def test_a_brian2_failure_keeps_the_other_figures(monkeypatch):
     from bridge import bench
 

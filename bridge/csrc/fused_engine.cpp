@@ -352,6 +352,25 @@ void reset(const Coefficients<T>& k, int64_t t, const int64_t* spiking, int64_t 
   }
 }
 
+// The state update of one neuron at step t: exponential Euler as Brian2 generates it (the operations of
+// bridge.dynamics.exponential_euler, in the same order), v held while refractory (t < ready). total and
+// growth come from membrane_growth. The forward pass and the recompute both call it, so the rule is
+// written once here, and the two passes compute the same v1 bit for bit.
+template <typename T>
+struct MembraneStep {
+  T ba, v1;
+  bool integrating;
+};
+
+template <typename T>
+inline MembraneStep<T> membrane_step(T leak_drive, T e_exc, T e_inh, T v, T ge, T gi, T total, T growth,
+                                     int32_t ready, int32_t t) {
+  const T ba = (leak_drive + (e_exc * ge + e_inh * gi)) / total;  // B = (gL EL/C + E_exc/C ge + E_inh/C gi) / A
+  const T v_new = -ba + (ba + v) * growth;
+  const bool integrating = ready <= t;
+  return {ba, integrating ? v_new : v, integrating};
+}
+
 // State update and threshold of one population: v <- v1 (before the reset), raster row, spiking list.
 // Branch-free over the neurons so that the compiler vectorises it; v_new of a refractory neuron is
 // computed and discarded, as torch.where does.
@@ -363,13 +382,10 @@ int64_t update_and_fire(const Coefficients<T>& k, T dt, int64_t n, int32_t t, T*
   membrane_growth(k, dt, n, ge, gi, total, growth);
   const T leak_drive = k.leak_drive, e_exc = k.e_exc, e_inh = k.e_inh, v_threshold = k.v_threshold;
   for (int64_t j = 0; j < n; ++j) {
-    // ba = (gL EL/C + (E_exc/C ge + E_inh/C gi)) / total; v_new = -ba + (ba + v) growth
-    const T ba = (leak_drive + (e_exc * ge[j] + e_inh * gi[j])) / total[j];
-    const T v_new = -ba + (ba + v[j]) * growth[j];
-    const bool integrating = ready[j] <= t;
-    const T v1 = integrating ? v_new : v[j];
-    v[j] = v1;
-    raster[j] = integrating & ((v1 - v_threshold) > T(0));
+    const MembraneStep<T> m = membrane_step(leak_drive, e_exc, e_inh, v[j], ge[j], gi[j], total[j], growth[j],
+                                            ready[j], t);
+    v[j] = m.v1;
+    raster[j] = m.integrating & ((m.v1 - v_threshold) > T(0));
   }
   int64_t count = 0;
   for (int64_t j = 0; j < n; ++j)
@@ -431,12 +447,12 @@ void coefficients(const Coefficients<T>& k, const Surrogate<T>& surrogate, T dt,
   const T leak_drive = k.leak_drive, e_exc = k.e_exc, e_inh = k.e_inh, v_threshold = k.v_threshold;
   const T one_over_c = k.one_over_c;
   for (int64_t j = 0; j < n; ++j) {
-    const bool integrating = ready[j] <= t;
-    const T ba = (leak_drive + (e_exc * ge[j] + e_inh * gi[j])) / total[j];
-    const T v_new = -ba + (ba + v[j]) * growth[j];
+    const MembraneStep<T> m = membrane_step(leak_drive, e_exc, e_inh, v[j], ge[j], gi[j], total[j], growth[j],
+                                            ready[j], t);
+    const bool integrating = m.integrating;
+    const T ba = m.ba, v1 = m.v1;
     const T growth_minus_one_over_total = (growth[j] - T(1)) / total[j];
     const T d_total = (ba + v[j]) * growth[j] * dt - growth_minus_one_over_total * ba;  // dv_new/dA
-    const T v1 = integrating ? v_new : v[j];
     integrating_out[j] = integrating;
     cv[j] = integrating ? growth[j] : T(1);
     cge[j] = integrating ? e_exc * growth_minus_one_over_total - one_over_c * d_total : T(0);
