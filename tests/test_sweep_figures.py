@@ -309,7 +309,7 @@ def test_load_runs_reads_what_the_tests_write(tmp_path):
 
 
 def test_a_value_axis_spanning_orders_of_magnitude_goes_symlog():
-    from protocols.sweep_figures import _wide_range
+    from protocols.sweep_figures.common import _wide_range
 
     assert _wide_range(np.array([0.0, 46.3, 51.1, 33.4, 30.7, 888.0, 81.8, np.nan]))  # one runaway I population
     assert not _wide_range(np.array([0.0, 30.0, 45.0, 80.0]))
