@@ -3,12 +3,13 @@
 Images are ``uint8`` arrays of shape ``(n, 784)`` (28 x 28 pixels, row-major,
 intensity 0..255); labels are ``int64`` class indices 0..9.
 
-Tiers name the data set sizes used by the experiments (:data:`TIERS`). Without
-IDX files every tier except ``"full"`` is served from the embedded sample,
-which is split once, deterministically, into a 4000-digit train pool and a
-1000-digit test pool (400 / 100 per class). Each pool is ordered so that every
-prefix is class-balanced (class counts differ by at most one), and a tier takes
-the first ``n`` digits of each pool: smaller tiers are prefixes of larger ones.
+Tiers name the data set sizes used by the experiments (the ``pool`` of each
+:data:`biosim.tiers.TIERS` entry). Without IDX files every tier except
+``"full"`` is served from the embedded sample, which is split once,
+deterministically, into a 4000-digit train pool and a 1000-digit test pool
+(400 / 100 per class). Each pool is ordered so that every prefix is
+class-balanced (class counts differ by at most one), and a tier takes the
+first ``n`` digits of each pool: smaller tiers are prefixes of larger ones.
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .tiers import TIERS
+
 __all__ = [
     "EMBEDDED_SPLIT_SEED",
     "N_CLASSES",
     "N_PIXELS",
-    "TIERS",
     "DataError",
     "Dataset",
     "Split",
-    "Tier",
     "embedded_pool_indices",
     "load_embedded_mnist",
     "load_idx_mnist",
@@ -103,32 +104,6 @@ class Dataset:
     def subset(self, indices: slice | np.ndarray) -> Dataset:
         """The digits at ``indices`` (a slice, integer indices or a boolean mask), same source."""
         return Dataset(self.images[indices], self.labels[indices], self.source)
-
-
-@dataclass(frozen=True)
-class Tier:
-    """A named data set size: digits in the train and test sets."""
-
-    name: str
-    n_train: int
-    n_test: int
-
-    def __post_init__(self) -> None:
-        for attr in ("n_train", "n_test"):
-            value = getattr(self, attr)
-            if not isinstance(value, int) or value <= 0:
-                raise DataError(f"Tier {self.name!r}: {attr} must be a positive int, got {value!r}")
-
-
-TIERS: dict[str, Tier] = {
-    tier.name: tier
-    for tier in (
-        Tier("smoke", n_train=64, n_test=32),
-        Tier("cpu", n_train=512, n_test=256),
-        Tier("medium", n_train=1600, n_test=400),
-        Tier("full", n_train=60_000, n_test=10_000),  # needs the IDX files
-    )
-}
 
 
 @dataclass(frozen=True)
@@ -322,7 +297,7 @@ def load_split(tier: str, *, idx_directory: str | Path | None = None) -> Split:
     Parameters
     ----------
     tier : str
-        A key of :data:`TIERS`.
+        A key of :data:`biosim.tiers.TIERS` that has a data pool.
     idx_directory : str or Path, optional
         Folder with the MNIST IDX files (see :func:`load_idx_mnist`). If given,
         the first ``n_train`` / ``n_test`` digits of the real train / test
@@ -339,9 +314,10 @@ def load_split(tier: str, *, idx_directory: str | Path | None = None) -> Split:
         If the tier is unknown (the valid ones are listed), or the data hold
         fewer digits than the tier needs.
     """
-    if tier not in TIERS:
-        raise DataError(f"unknown tier {tier!r}; valid tiers: {', '.join(TIERS)}")
-    spec = TIERS[tier]
+    pools = {name: entry.pool for name, entry in TIERS.items() if entry.pool is not None}
+    if tier not in pools:
+        raise DataError(f"unknown tier {tier!r}; valid tiers: {', '.join(pools)}")
+    spec = pools[tier]
     if idx_directory is not None:
         train_pool, test_pool = load_idx_mnist(idx_directory)
     else:

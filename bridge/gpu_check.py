@@ -123,7 +123,8 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from biosim.params import NetworkParams
-    from bridge.training import TrainConfig, train
+    from bridge.train_config import TrainConfig
+    from bridge.training import train
 
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():

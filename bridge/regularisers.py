@@ -1,7 +1,7 @@
 """Penalties that oppose the dismantling of the PING loop (SPEC section 6, "anti-pruning").
 
 Two terms a training run can add to its cross-entropy, each with its own
-strength lambda (:class:`bridge.training.TrainConfig` fields
+strength lambda (:class:`bridge.train_config.TrainConfig` fields
 ``reg_w_ei_distance`` and ``reg_gamma_power``):
 
 - :func:`w_ei_distance`: how far the *stored* W_EI has moved from the

@@ -18,7 +18,7 @@ information: float32 rounding makes individual spike trains diverge over a
 trial (the network is chaotic), so only the statistics are expected to agree.
 
 Digit streams (``stream_digits > 1``, :mod:`biosim.streams`): both simulators
-run the run's test streams (:func:`bridge.training.test_stream_set`), each as
+run the run's test streams (:func:`bridge.feeding.test_stream_set`), each as
 one trial of ``stream_digits x trial_ms`` with the same input spikes and the
 same initial potentials at the stream's start, and no reset inside it. Both
 record the readout potential after every step; ``accuracy`` is then the
@@ -47,8 +47,9 @@ from biosim.streams import StreamSet, accuracy_by_position, stream_params, windo
 from biosim.weight_files import load_weights
 
 from .crosscheck import compare_spikes
+from .feeding import test_stream_set, test_trial_set
+from .run_records import read_run_config
 from .simulate import run_mirror
-from .training import read_run_config, test_stream_set, test_trial_set
 
 __all__ = ["Criteria", "validate", "format_report"]
 
@@ -110,7 +111,7 @@ def validate(
     ------
     FileNotFoundError
         ``run_dir`` has no ``config.json`` or ``weights.npz``.
-    bridge.training.ConfigError
+    bridge.train_config.ConfigError
         ``config.json`` is not valid JSON or not a valid config (the message names the file).
     biosim.weight_files.WeightFileError
         The weight file is malformed (the message names the matrix), or its

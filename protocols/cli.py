@@ -223,7 +223,8 @@ _TRAIN_FLAGS = {
 
 
 def _train(args: argparse.Namespace) -> int:
-    from bridge.training import ConfigError, TrainConfig, train
+    from bridge.train_config import ConfigError, TrainConfig
+    from bridge.training import train
 
     overrides = {
         key: getattr(args, key)
@@ -386,9 +387,10 @@ def _protocol_report(args: argparse.Namespace) -> int:
 
 
 def _protocol_list(args: argparse.Namespace) -> int:
-    from protocols.definitions import PROTOCOL_DEFAULTS, PROTOCOL_TIERS, PROTOCOLS, estimated_minutes
+    from biosim.tiers import TIERS
+    from protocols.definitions import PROTOCOL_DEFAULTS, PROTOCOLS, estimated_minutes
 
-    tiers = [t for t in PROTOCOL_TIERS if t != "smoke"]  # smoke is the tests' tier, with a scaled-down network
+    tiers = [t for t in TIERS if t != "smoke"]  # smoke is the tests' tier, with a scaled-down network
     lines = [
         "Estimated wall time with each protocol's default seeds on 2 CPU cores, two runs at a time "
         "(rough: per-trial costs measured on the project's machine; full needs the IDX files and a GPU):"

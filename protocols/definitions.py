@@ -1,8 +1,9 @@
 """Protocol definitions: conditions x seeds at a tier, as data.
 
 A protocol is a set of named conditions crossed with seeds, at a tier (data
-size and epochs). A condition is a mapping of settings: any field of
-:class:`~bridge.training.TrainConfig` (``init_w_ei``, ``train_w_ie``,
+size and epochs: the ``protocol`` sizes of :data:`biosim.tiers.TIERS`). A
+condition is a mapping of settings: any field of
+:class:`~bridge.train_config.TrainConfig` (``init_w_ei``, ``train_w_ie``,
 ``w_out_unit``, ...) or any network parameter, written
 ``network.SECTION.FIELD`` (``network.synapse.tau_gaba_ms``). A grid of
 settings expands into named conditions (:func:`grid`). Every run is
@@ -39,16 +40,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.training import TrainConfig
+from biosim.tiers import TIERS
+from bridge.train_config import TrainConfig
 
 __all__ = [
     "Condition",
-    "ProtocolTier",
     "Protocol",
     "RunSpec",
     "CONDITIONS",
     "PROTOCOL_DEFAULTS",
-    "PROTOCOL_TIERS",
     "PROTOCOLS",
     "ProtocolDefaults",
     "estimated_minutes",
@@ -214,40 +214,6 @@ CONDITIONS: dict[str, Condition] = {c.name: c for conditions in PROTOCOLS.values
 """Every condition of every protocol, by name (names are unique across protocols)."""
 
 
-@dataclass(frozen=True)
-class ProtocolTier:
-    """Data size, epochs and batch size of a protocol tier (fields of TrainConfig)."""
-
-    name: str
-    n_train: int
-    n_test: int
-    epochs: int
-    batch_size: int
-    data_tier: str
-    """The :data:`biosim.data.TIERS` entry the digits come from."""
-    engine: str = "fused"
-
-
-PROTOCOL_TIERS: dict[str, ProtocolTier] = {
-    t.name: t
-    for t in (
-        # Tests only: tiny, with a scaled-down network passed by the test.
-        ProtocolTier("smoke", n_train=8, n_test=8, epochs=1, batch_size=8, data_tier="smoke"),
-        # A pipeline check: train, validate in Brian2, draw and tabulate in minutes on 2 cores.
-        # Four optimizer steps per run do not learn MNIST.
-        ProtocolTier("cpu", n_train=32, n_test=32, epochs=2, batch_size=16, data_tier="cpu"),
-        # The main job: the smallest tier whose frozen control learns (>= 80 % on 400 held-out
-        # digits) while the whole protocol, Brian2 validation included, fits in an hour on 2 cores.
-        # 120 Adam steps per run; why these numbers: docs/training.md, "The study tier".
-        ProtocolTier("study", n_train=640, n_test=400, epochs=3, batch_size=16, data_tier="medium"),
-        # The follow-up sweeps (tens of conditions, one seed each): half the study tier's digits, 60 Adam
-        # steps per run, so that a 25-condition grid fits in an hour on 2 cores.
-        ProtocolTier("survey", n_train=320, n_test=200, epochs=3, batch_size=16, data_tier="medium"),
-        ProtocolTier("medium", n_train=1600, n_test=400, epochs=100, batch_size=256, data_tier="medium"),
-        ProtocolTier("full", n_train=60_000, n_test=10_000, epochs=20, batch_size=256, data_tier="full"),
-    )
-}
-
 DEFAULT_SEEDS = (42, 43, 44)
 
 
@@ -325,13 +291,13 @@ class Protocol:
         unknown = [c for c in self.conditions if c not in CONDITIONS]
         if unknown:
             raise ValueError(f"unknown condition(s) {unknown}; valid conditions: {', '.join(CONDITIONS)}")
-        if self.tier not in PROTOCOL_TIERS:
-            raise ValueError(f"unknown tier {self.tier!r}; valid tiers: {', '.join(PROTOCOL_TIERS)}")
+        if self.tier not in TIERS:
+            raise ValueError(f"unknown tier {self.tier!r}; valid tiers: {', '.join(TIERS)}")
         if not self.seeds:
             raise ValueError("a protocol needs at least one seed")
 
     def runs(self) -> list[RunSpec]:
-        tier = PROTOCOL_TIERS[self.tier]
+        tier = TIERS[self.tier].protocol
         specs = []
         for name in self.conditions:
             condition = CONDITIONS[name]
@@ -421,7 +387,7 @@ def estimated_minutes(name: str, tier: str, n_seeds: int | None = None) -> float
     """
     if n_seeds is None:
         n_seeds = len(PROTOCOL_DEFAULTS[name].seeds)
-    t = PROTOCOL_TIERS[tier]
+    t = TIERS[tier].protocol
     per_run = (
         t.epochs * t.n_train * _SECONDS_PER_TRAIN_TRIAL
         + (t.epochs + 1) * t.n_test * _SECONDS_PER_TEST_TRIAL

@@ -246,7 +246,7 @@ def run_protocol(
     ValueError
         ``processes`` or ``workers`` is not a positive int, or both
         ``workers`` and ``scheduler`` are given.
-    bridge.training.ConfigError
+    bridge.train_config.ConfigError
         A run's config is invalid.
     biosim.records.OutputLocationError
         ``out_dir`` cannot be created or written.

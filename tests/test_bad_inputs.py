@@ -22,9 +22,11 @@ import torch
 
 from biosim import backends, records
 from biosim.params import NetworkParams, ParameterError
-from bridge import training, validation
+from bridge import run_records, training, validation
 from bridge.checkpoint import CheckpointError, load_checkpoint
-from bridge.training import ConfigError, TrainConfig, is_finished, load_model, train
+from bridge.run_records import is_finished, load_model
+from bridge.train_config import ConfigError, TrainConfig
+from bridge.training import train
 from protocols import runner
 from protocols.cli import build_parser, main
 from protocols.definitions import Protocol, get_protocol
@@ -251,7 +253,7 @@ def test_surrogate_flags_reach_the_config(tmp_path, capsys, monkeypatch):
 
     def fake_train(config, run_dir, *, progress=True):
         seen["config"] = config
-        return training.TrainResult("completed", run_dir, config, [{"epoch": 0}], model=None, retries=0)
+        return run_records.TrainResult("completed", run_dir, config, [{"epoch": 0}], model=None, retries=0)
 
     monkeypatch.setattr(training, "train", fake_train)
     argv = ["train", tmp_path / "run", "--surrogate", "atan", "--surrogate-slope", "5", "--surrogate-unit-mv", "1"]

@@ -55,7 +55,8 @@ def test_crosscheck_json_reports_identical_spikes(tmp_path, capsys):
 
 def _small_trained_run(run_dir):
     from biosim.params import NetworkParams
-    from bridge.training import TrainConfig, train
+    from bridge.train_config import TrainConfig
+    from bridge.training import train
 
     network = NetworkParams().replace(
         connectivity__n_e=64, connectivity__n_i=16, simulation__trial_ms=40.0, simulation__transient_ms=10.0

@@ -14,7 +14,6 @@ import pytest
 from biosim.data import (
     N_CLASSES,
     N_PIXELS,
-    TIERS,
     DataError,
     Dataset,
     embedded_pool_indices,
@@ -22,6 +21,7 @@ from biosim.data import (
     load_idx_mnist,
     load_split,
 )
+from biosim.tiers import TIERS
 
 # SHA-256 of the train pool indices then the test pool indices (int64, little-endian). Pinned so that
 # a change of the split (seed, algorithm, or numpy's random stream) fails loudly: results refer to
@@ -79,12 +79,13 @@ def test_every_prefix_of_a_pool_is_class_balanced(pool):
 
 
 def test_embedded_tiers_are_prefixes_of_each_other():
-    embedded_names = [name for name in TIERS if name != "full"]
+    embedded_names = [name for name, tier in TIERS.items() if tier.pool is not None and name != "full"]
+    assert embedded_names == ["smoke", "cpu", "medium"]
     splits = [load_split(name) for name in embedded_names]
     for split, name in zip(splits, embedded_names, strict=True):
         assert (len(split.train), len(split.test)) == (
-            TIERS[name].n_train,
-            TIERS[name].n_test,
+            TIERS[name].pool.n_train,
+            TIERS[name].pool.n_test,
         )
         assert split.tier == name
     for smaller, larger in itertools.pairwise(splits):
@@ -105,9 +106,10 @@ def test_full_tier_without_idx_asks_for_an_idx_directory():
         load_split("full")
 
 
-def test_unknown_tier_lists_the_valid_ones():
-    with pytest.raises(DataError, match=r"'huge'.*smoke, cpu, medium, full"):
-        load_split("huge")
+@pytest.mark.parametrize("tier", ["huge", "study"])  # study: a protocol tier without a pool of its own
+def test_unknown_tier_lists_the_valid_ones(tier):
+    with pytest.raises(DataError, match=rf"'{tier}'.*smoke, cpu, medium, full"):
+        load_split(tier)
 
 
 def test_dataset_validates_at_construction():

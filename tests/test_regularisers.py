@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bridge.regularisers import gamma_fraction, gamma_shortfall, w_ei_distance
-from bridge.training import ConfigError, TrainConfig, train
+from bridge.train_config import ConfigError, TrainConfig
+from bridge.training import train
 
 DT_MS = 0.1
 

@@ -13,11 +13,13 @@ from biosim.inputs import make_trials
 from biosim.params import NetworkParams
 from biosim.streams import StreamSet, accuracy_by_position, make_streams, stream_params, window_means
 from biosim.weights import init_weights
-from bridge import training
+from bridge import evaluation, feeding
 from bridge.dynamics import make_constants, step
+from bridge.evaluation import evaluate
 from bridge.model import PINGModel, run_network
 from bridge.simulate import run_mirror, torch_weights
-from bridge.training import ConfigError, TrainConfig, evaluate, train
+from bridge.train_config import ConfigError, TrainConfig
+from bridge.training import train
 from bridge.validation import format_report, validate
 
 # The small network of tests/test_training.py: 64 E, 16 I, 20 ms digits.
@@ -103,7 +105,7 @@ def test_the_state_carries_over_between_digits_in_the_mirror(digits):
 def test_the_single_digit_path_is_unchanged(digits):
     """stream_digits = 1 trains on the mem-mean scores themselves (no window mean in between)."""
     model = PINGModel(SMALL, init_weights(SMALL, seed=5), dtype=torch.float64)
-    output, scores, labels = training._forward(model, digits, np.arange(3), torch.float64, torch.device("cpu"))
+    output, scores, labels = evaluation._forward(model, digits, np.arange(3), torch.float64, torch.device("cpu"))
     assert scores is output.scores and labels.tolist() == digits.labels[:3].tolist()
     # A stream of one digit reads the same scores through its window (up to summation order).
     as_trials = evaluate(model, digits, batch_size=3)
@@ -113,7 +115,7 @@ def test_the_single_digit_path_is_unchanged(digits):
     assert as_streams["accuracy_by_position"] == [as_trials["accuracy"]]
     assert "accuracy_by_position" not in as_trials
     config = TrainConfig(tier="smoke", network=SMALL.to_dict())
-    assert isinstance(training.test_trial_set(config), type(digits)) and config.stream_digits == 1
+    assert isinstance(feeding.test_trial_set(config), type(digits)) and config.stream_digits == 1
 
 
 def _brian2_against_mirror(digits, streams: StreamSet, backend: str, build_dir=None) -> None:
@@ -186,7 +188,7 @@ def test_streaming_run_trains_and_validates_per_digit_in_brian2(tmp_path):
     final = result.final_metrics
     assert len(final["test_accuracy_by_position"]) == 4
     assert final["test_accuracy"] == pytest.approx(np.mean(final["test_accuracy_by_position"]))
-    streams = training.test_stream_set(config)
+    streams = feeding.test_stream_set(config)
     assert (streams.n_streams, streams.n_digits, streams.settle_steps) == (2, 4, 50)
 
     report = validate(tmp_path / "run", backend="numpy", progress=False)

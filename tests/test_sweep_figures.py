@@ -13,7 +13,7 @@ import pytest
 
 from biosim.params import NetworkParams
 from biosim.records import write_json
-from bridge.training import TrainConfig
+from bridge.train_config import TrainConfig
 from protocols import definitions
 from protocols.definitions import Protocol, RunSpec
 from protocols.report import write_report

@@ -40,8 +40,9 @@ def test_context_managers_restore_what_they_change():
 def test_training_validation_and_the_engines_leave_global_settings_alone(tmp_path):
     from test_training import SMOKE
 
+    from bridge.run_records import load_model
     from bridge.simulate import run_mirror
-    from bridge.training import load_model, train
+    from bridge.training import train
 
     torch.set_flush_denormal(False)
     before = global_settings()

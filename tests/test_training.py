@@ -1,4 +1,4 @@
-"""Tests of bridge.training and bridge.checkpoint: config, run files, resume, non-finite handling."""
+"""Tests of training (bridge.training, train_config, feeding, evaluation, run_records) and bridge.checkpoint."""
 
 from __future__ import annotations
 
@@ -12,21 +12,16 @@ import pytest
 import torch
 
 from biosim.params import NetworkParams
+from biosim.tiers import TIERS
 from biosim.weight_files import load_weights
 from biosim.weights import init_weights
-from bridge import training
+from bridge import feeding, training
 from bridge.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from bridge.evaluation import evaluate, population_spiketrains
 from bridge.model import MATRICES
-from bridge.training import (
-    TRAINING_TIERS,
-    BatchContext,
-    ConfigError,
-    TrainConfig,
-    evaluate,
-    load_model,
-    population_spiketrains,
-    train,
-)
+from bridge.run_records import load_model
+from bridge.train_config import ConfigError, TrainConfig
+from bridge.training import BatchContext, train
 
 NETWORK = (
     NetworkParams()
@@ -119,11 +114,18 @@ def test_config_unknown_key_lists_valid_fields():
 
 
 def test_training_tiers():
-    assert set(TRAINING_TIERS) >= {"smoke", "cpu", "medium", "full"}
-    medium = TRAINING_TIERS["medium"]
+    assert [name for name, tier in TIERS.items() if tier.training is not None] == ["smoke", "cpu", "medium", "full"]
+    medium = TIERS["medium"].training
     assert (medium.n_train, medium.n_test, medium.epochs, medium.batch_size) == (1600, 400, 100, 256)
-    full = TRAINING_TIERS["full"]
+    full = TIERS["full"].training
     assert (full.n_train, full.n_test) == (60_000, 10_000)
+
+
+def test_protocol_only_tiers_are_not_training_tiers():
+    """``study`` and ``survey`` size protocol runs only; those runs name the medium pool as their tier."""
+    assert [TIERS[name].protocol.data_tier for name in ("study", "survey")] == ["medium", "medium"]
+    with pytest.raises(ConfigError, match="TrainConfig.tier: must be one of smoke, cpu, medium, full, got 'study'"):
+        TrainConfig(tier="study")
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -187,7 +189,7 @@ def test_final_weights_and_test_set_reproduce_the_final_metrics(reference_run):
     for name in MATRICES:
         np.testing.assert_array_equal(getattr(loaded.stored, name), getattr(stored, name))
     assert loaded.metadata["provenance"]["status"] == "completed"
-    trials = training.test_trial_set(SMOKE)
+    trials = feeding.test_trial_set(SMOKE)
     assert trials.n_trials == SMOKE.n_test
     again = evaluate(load_model(reference_run.run_dir), trials, batch_size=4)
     assert again["accuracy"] == reference_run.final_metrics["test_accuracy"]

@@ -1,0 +1,315 @@
+"""A training run's directory: its files, and the config, model and result read back from them.
+
+One run is described by a :class:`~bridge.train_config.TrainConfig` and lives in a run directory:
+
+=====================  ==========================================================
+``config.json``        resolved config, network parameters, library versions
+``metrics.jsonl``      one JSON line per epoch, starting with epoch 0 (untrained)
+``events.jsonl``       resumptions, non-finite values, rollbacks, divergence
+``checkpoint.pt``      last good state (atomic; see :mod:`bridge.checkpoint`)
+``spectrum.json``      final E-population power spectrum on the test set
+``weights.npz``        final stored weights (:mod:`biosim.weight_files`), for Brian2
+``final.json``         status (``completed`` or ``diverged``) and final metrics;
+                       written last, it marks the run finished
+=====================  ==========================================================
+
+:func:`bridge.training.train` writes them. This module reads them back: a
+finished run's result (:func:`is_finished`, :func:`_finished_result`), its
+model (:func:`load_model`) and config (:func:`read_run_config`), with errors
+that name the file at fault; and it holds the JSON-lines helpers the trainer
+writes with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from biosim.records import atomic_write_text
+from biosim.weight_files import WeightFileError, load_weights
+
+from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from .model import PINGModel
+from .surrogates import get_surrogate
+from .train_config import ConfigError, TrainConfig, build_model
+
+__all__ = ["WEIGHTS_NAME", "TrainResult", "is_finished", "load_model", "read_run_config"]
+
+WEIGHTS_NAME = "weights.npz"
+"""Final stored weights of a run (:func:`biosim.weight_files.save_weights` format)."""
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`bridge.training.train`.
+
+    Attributes
+    ----------
+    status : str
+        ``"completed"`` or ``"diverged"``.
+    run_dir : Path
+    config : TrainConfig
+        The resolved config.
+    metrics : list of dict
+        One record per epoch, epoch 0 first (as in ``metrics.jsonl``).
+    model : PINGModel
+        Final weights (for a diverged run: those of the last good checkpoint).
+    retries : int
+        Rollbacks used.
+    diverged : dict or None
+        ``{"epoch", "step", "global_step", "nonfinite"}`` of the failure that ended a diverged run.
+    """
+
+    status: str
+    run_dir: Path
+    config: TrainConfig
+    metrics: list[dict[str, Any]]
+    model: PINGModel
+    retries: int
+    diverged: dict[str, Any] | None = None
+
+    @property
+    def final_metrics(self) -> dict[str, Any]:
+        return self.metrics[-1]
+
+
+def _append_json_line(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _write_json_lines(path: Path, records: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(record, sort_keys=True) + "\n" for record in records))
+
+
+def _finite_or_none(record: dict[str, Any]) -> dict[str, Any]:
+    """NaN and infinities become None (JSON null): e.g. no gamma peak in a silent network."""
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in record.items()
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _check_same_config(stored: dict[str, Any], config: TrainConfig, where: Path) -> None:
+    # A field that an older config lacks has its default, which is what the older code did.
+    current = config.to_dict()
+    try:
+        stored = TrainConfig.from_dict(stored).to_dict()
+    except (ConfigError, TypeError):
+        pass  # reported below as differing fields
+    differing = sorted(key for key in set(stored) | set(current) if stored.get(key) != current.get(key))
+    if differing:
+        raise ConfigError(
+            f"{where} was written by a run with a different config (fields {differing} differ); "
+            "resume with the same config or use a new run directory"
+        )
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a finished run: its final records ``final.json`` and ``weights.npz``.
+
+    The checkpoint is not needed (nor read) to recognise a finished run.
+    """
+    run_dir = Path(run_dir)
+    return (run_dir / "final.json").is_file() and (run_dir / WEIGHTS_NAME).is_file()
+
+
+def load_model(run_dir: str | Path, *, device: str | None = None) -> PINGModel:
+    """The model of a run's last checkpoint (final weights once the run has finished).
+
+    A finished run whose checkpoint is missing or damaged gets its model from
+    ``weights.npz`` instead (the final weights, as Brian2 sees them).
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A run directory written by :func:`bridge.training.train`.
+    device : str, optional
+        Where to put the model (default: the run's device).
+
+    Raises
+    ------
+    CheckpointError
+        The checkpoint is damaged and the run has not finished.
+    FileNotFoundError
+        No checkpoint, and the run has not finished.
+    """
+    run_dir = Path(run_dir)
+    try:
+        checkpoint = _load_run_checkpoint(run_dir / CHECKPOINT_NAME)
+    except (CheckpointError, FileNotFoundError) as error:
+        if not is_finished(run_dir):
+            raise
+        _warn(
+            f"{_checkpoint_problem(run_dir / CHECKPOINT_NAME, error)}; "
+            f"the run is finished: its model comes from {run_dir / WEIGHTS_NAME}"
+        )
+        config = _stored_config(run_dir, None)
+        return _model_from_weights(config, run_dir).to(device or config.device)
+    config = TrainConfig.from_dict(checkpoint["config"])
+    return _model_from_checkpoint(config, checkpoint, run_dir / CHECKPOINT_NAME).to(device or config.device)
+
+
+_CHECKPOINT_KEYS = ("config", "epoch", "model", "optimizer", "rng", "retries", "lr", "metrics", "spectrum")
+
+
+def _load_run_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint, checked to be one (:class:`CheckpointError` naming the file otherwise)."""
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(path, f"expected a dict of training state, found a {type(checkpoint).__name__}")
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            path, f"expected checkpoint format {CHECKPOINT_FORMAT}, found {checkpoint.get('format')!r}"
+        )
+    missing = [key for key in _CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(path, f"entries {missing} are missing")
+    return checkpoint
+
+
+def _model_from_checkpoint(config: TrainConfig, checkpoint: dict[str, Any], path: Path) -> PINGModel:
+    """A CPU model with the checkpoint's weights (:class:`CheckpointError` if they do not fit ``config``)."""
+    model = build_model(dataclasses.replace(config, device="cpu"), config.network_params())
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, KeyError, TypeError, AttributeError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(path, f"its model does not fit the run's config: {first}") from None
+    return model
+
+
+def _model_from_weights(config: TrainConfig, run_dir: Path) -> PINGModel:
+    """A CPU model holding the final weights of ``run_dir/weights.npz`` (checked against the config)."""
+    params = config.network_params()
+    loaded = load_weights(run_dir / WEIGHTS_NAME, params=params)
+    return PINGModel.from_network_weights(
+        params,
+        loaded.stored,
+        trainable=config.trainable(),
+        spike_fn=get_surrogate(config.surrogate, config.surrogate_slope, config.surrogate_unit_mv),
+        engine=config.engine,
+        dtype=config.torch_dtype(),
+        device="cpu",
+        w_out_unit=config.w_out_unit,
+    )
+
+
+def _checkpoint_problem(path: Path, error: Exception) -> str:
+    """``PATH: damaged checkpoint (why), ignored`` or ``PATH: missing, ignored``, for a finished run."""
+    if isinstance(error, CheckpointError):
+        return f"{path}: damaged checkpoint ({error.problem}), ignored"
+    return f"{path}: no checkpoint, ignored"
+
+
+def _warn(message: str) -> None:
+    print(f"[bridge.training] warning: {message}", file=sys.stderr)
+
+
+def _read_json_file(path: Path, what: str) -> Any:
+    """``json.loads`` of ``path``, with an error naming the file (:class:`ConfigError`)."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: {what} is not valid JSON ({error})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: {what} is not a text file ({error.reason})") from None
+
+
+def read_run_config(path: Path) -> TrainConfig:
+    """The :class:`TrainConfig` of a run's ``config.json``, with errors that name the file.
+
+    Raises
+    ------
+    ConfigError
+        The file is not JSON, not a config record, or holds an invalid config.
+    """
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: expected the run's config record (JSON), found invalid JSON ({error})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: expected the run's config record (JSON), found binary data ({error.reason})"
+        ) from None
+    if not isinstance(record, dict) or "config" not in record:
+        raise ConfigError(f"{path}: expected a JSON object with a 'config' entry (written by biosim train)")
+    try:
+        return TrainConfig.from_dict(record["config"])
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def _stored_config(run_dir: Path, checkpoint: dict[str, Any] | None) -> TrainConfig:
+    """The config a run was started with: ``config.json``, else the checkpoint's, else the weight file's."""
+    path = run_dir / "config.json"
+    if path.is_file():
+        return read_run_config(path)
+    if checkpoint is not None:
+        return TrainConfig.from_dict(checkpoint["config"])
+    try:
+        provenance = load_weights(run_dir / WEIGHTS_NAME).metadata.get("provenance", {})
+        return TrainConfig.from_dict(provenance["config"])
+    except (KeyError, TypeError, WeightFileError, ConfigError) as error:
+        raise ConfigError(
+            f"{run_dir}: the run's config is lost ({path} is missing, the checkpoint is unreadable and "
+            f"{run_dir / WEIGHTS_NAME} does not record it: {error})"
+        ) from None
+
+
+def _finished_result(config: TrainConfig, run_dir: Path) -> TrainResult:
+    """The stored result of a finished run, from ``final.json`` and ``weights.npz``.
+
+    The checkpoint, if readable, gives the exact model and metrics; if it is
+    missing or damaged the run is still finished: the model comes from
+    ``weights.npz`` and the metrics from ``metrics.jsonl`` (a warning names
+    the checkpoint).
+    """
+    final_path = run_dir / "final.json"
+    final = _read_json_file(final_path, "the run's final record")
+    if not isinstance(final, dict) or "status" not in final:
+        raise ConfigError(f"{final_path}: expected a JSON object with a 'status' entry (written by biosim train)")
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    try:
+        checkpoint = _load_run_checkpoint(checkpoint_path)
+    except (CheckpointError, FileNotFoundError) as error:
+        _warn(
+            f"{_checkpoint_problem(checkpoint_path, error)}; the run is finished: its results come from "
+            "final.json, weights.npz and metrics.jsonl"
+        )
+        checkpoint = None
+    stored = _stored_config(run_dir, checkpoint)
+    where = run_dir / "config.json" if (run_dir / "config.json").is_file() else checkpoint_path
+    _check_same_config(stored.to_dict(), config, where)
+    if checkpoint is not None:
+        model, metrics = _model_from_checkpoint(config, checkpoint, checkpoint_path), list(checkpoint["metrics"])
+    else:
+        model, metrics = _model_from_weights(config, run_dir), _stored_metrics(run_dir, final)
+    return TrainResult(
+        status=final["status"],
+        run_dir=run_dir,
+        config=config,
+        metrics=metrics,
+        model=model.to(config.device),
+        retries=final.get("retries", 0),
+        diverged=final.get("diverged"),
+    )
+
+
+def _stored_metrics(run_dir: Path, final: dict[str, Any]) -> list[dict[str, Any]]:
+    """``metrics.jsonl`` if it is readable, else the final epoch's record of ``final.json``."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        metrics = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        metrics = []
+    return metrics or [final.get("final", {})]
