@@ -20,6 +20,13 @@ mirror (:mod:`bridge.dynamics`) reproduces it step for step:
 Per time step Brian2's schedule runs: state update (all groups), threshold,
 synaptic propagation (zero delay: a spike at step n changes the target
 conductance at step n, which the membrane sees from step n + 1), reset.
+
+Within the synaptic slot Brian2 runs the pathways in the order of their
+names (all have the same ``when`` and ``order``). Only ``ge`` of E can
+receive from two of them, the input (``syn_in_e``) and the optional E -> E
+block (:data:`SYNAPSES_E_E`), whose name puts it after the input; the mirror
+adds the two in that order (``bridge.dynamics.advance``). The I -> I block
+(:data:`SYNAPSES_I_I`) is the only source of ``gi`` of I.
 """
 
 METHOD = "exponential_euler"
@@ -69,3 +76,7 @@ SYNAPSE_MODEL_READOUT = "w : 1"
 ON_PRE_EXCITATORY = "ge_post += w"
 ON_PRE_INHIBITORY = "gi_post += w"
 ON_PRE_READOUT = "u_post += w"
+
+# Names of the optional recurrent blocks' Synapses ("syn_in_e" < SYNAPSES_E_E: the input comes first).
+SYNAPSES_E_E = "syn_recurrent_e_e"
+SYNAPSES_I_I = "syn_recurrent_i_i"

@@ -143,16 +143,19 @@ def build_network(
         return synapses
 
     w_in = np.where(weights.input_mask, weights.w_in, 0.0)
+    conductance, excitatory, inhibitory = eq.SYNAPSE_MODEL_CONDUCTANCE, eq.ON_PRE_EXCITATORY, eq.ON_PRE_INHIBITORY
     synapses = [
-        connect(source, neurons_e, w_in, eq.SYNAPSE_MODEL_CONDUCTANCE, eq.ON_PRE_EXCITATORY, "syn_in_e", b2.uS),
-        connect(
-            neurons_e, neurons_i, weights.w_ei, eq.SYNAPSE_MODEL_CONDUCTANCE, eq.ON_PRE_EXCITATORY, "syn_e_i", b2.uS
-        ),
-        connect(
-            neurons_i, neurons_e, weights.w_ie, eq.SYNAPSE_MODEL_CONDUCTANCE, eq.ON_PRE_INHIBITORY, "syn_i_e", b2.uS
-        ),
+        connect(source, neurons_e, w_in, conductance, excitatory, "syn_in_e", b2.uS),
+        connect(neurons_e, neurons_i, weights.w_ei, conductance, excitatory, "syn_e_i", b2.uS),
+        connect(neurons_i, neurons_e, weights.w_ie, conductance, inhibitory, "syn_i_e", b2.uS),
         connect(neurons_e, readout, weights.w_out, eq.SYNAPSE_MODEL_READOUT, eq.ON_PRE_READOUT, "syn_e_out", 1),
     ]
+    # The optional recurrent blocks (check_shapes made sure they are there exactly when params have them).
+    # Their names fix their place in the synaptic slot (see biosim.equations): E -> E after the input.
+    if weights.w_ee is not None:
+        synapses.append(connect(neurons_e, neurons_e, weights.w_ee, conductance, excitatory, eq.SYNAPSES_E_E, b2.uS))
+    if weights.w_ii is not None:
+        synapses.append(connect(neurons_i, neurons_i, weights.w_ii, conductance, inhibitory, eq.SYNAPSES_I_I, b2.uS))
 
     monitors = {
         "spikes_e": b2.SpikeMonitor(neurons_e, name="spikes_e"),

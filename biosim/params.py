@@ -167,8 +167,10 @@ class ConnectivityParams:
     """Population sizes and which blocks exist.
 
     Input -> E is sparse (a fixed random mask); E -> I and I -> E are dense
-    with probability ``p_ei`` / ``p_ie`` (1.0 = all to all). E -> E and I -> I
-    blocks are not modelled.
+    with probability ``p_ei`` / ``p_ie`` (1.0 = all to all). The recurrent
+    E -> E and I -> I blocks are optional (SPEC section 1): ``p_ee`` /
+    ``p_ii`` = 0 (the default) means the block does not exist; above 0 it
+    exists with that connection probability (no autapses).
     """
 
     n_input: int = 784
@@ -179,6 +181,10 @@ class ConnectivityParams:
     """Probability that an input -> E edge exists (95 % sparsity)."""
     p_ei: float = 1.0
     p_ie: float = 1.0
+    p_ee: float = 0.0
+    """Probability of an E -> E edge (excitatory, onto ``ge`` of E); 0: no E -> E block."""
+    p_ii: float = 0.0
+    """Probability of an I -> I edge (inhibitory, onto ``gi`` of I); 0: no I -> I block."""
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -189,6 +195,19 @@ class ConnectivityParams:
         for attr in ("p_input", "p_ei", "p_ie"):
             value = getattr(self, attr)
             _check(0.0 < value <= 1.0, name, f"must lie in (0, 1], got {value!r}", attr)
+        for attr in ("p_ee", "p_ii"):
+            value = getattr(self, attr)
+            _check(0.0 <= value <= 1.0, name, f"must lie in [0, 1] (0: no block), got {value!r}", attr)
+
+    @property
+    def has_ee(self) -> bool:
+        """Whether the network has an E -> E block (``p_ee > 0``)."""
+        return self.p_ee > 0
+
+    @property
+    def has_ii(self) -> bool:
+        """Whether the network has an I -> I block (``p_ii > 0``)."""
+        return self.p_ii > 0
 
 
 @dataclass(frozen=True)
@@ -197,7 +216,10 @@ class InitParams:
 
     ``W_EI ~ N(w_ei_mean, w_ei_std) uS / n_e`` per edge,
     ``W_IE ~ N(w_ie_mean, w_ie_std) uS / n_i`` per edge,
-    ``W_in ~ N(w_in_mean, w_in_std) * input_scale_us`` per existing edge.
+    ``W_in ~ N(w_in_mean, w_in_std) * input_scale_us`` per existing edge,
+    and for the optional recurrent blocks (:class:`ConnectivityParams`
+    ``p_ee``, ``p_ii``) ``W_EE ~ N(w_ee_mean, w_ee_std) uS / n_e`` and
+    ``W_II ~ N(w_ii_mean, w_ii_std) uS / n_i`` per existing edge.
     Samples are drawn once; negative draws are kept as stored values (Dale's
     law clamps them to 0 in the forward pass).
     """
@@ -212,12 +234,18 @@ class InitParams:
     """Conductance (uS) of one unit of ``W_in``; set by calibration."""
     w_out_std: float = 0.01
     """Std of the readout weights (dimensionless, zero-mean normal)."""
+    w_ee_mean_us: float = 0.5
+    """E -> E (used only when ``connectivity.p_ee > 0``): summed conductance if all-to-all, / n_e per edge."""
+    w_ee_std_us: float = 0.05
+    w_ii_mean_us: float = 1.0
+    """I -> I (used only when ``connectivity.p_ii > 0``): summed conductance if all-to-all, / n_i per edge."""
+    w_ii_std_us: float = 0.1
 
     def __post_init__(self) -> None:
         _check_types(self)
         # Means too: a negative mean conductance would be mostly pruned (clamped to 0) from the start.
-        _non_negative(self, "w_ei_mean_us", "w_ie_mean_us", "w_in_mean")
-        _non_negative(self, "w_ei_std_us", "w_ie_std_us", "w_in_std", "w_out_std")
+        _non_negative(self, "w_ei_mean_us", "w_ie_mean_us", "w_in_mean", "w_ee_mean_us", "w_ii_mean_us")
+        _non_negative(self, "w_ei_std_us", "w_ie_std_us", "w_in_std", "w_out_std", "w_ee_std_us", "w_ii_std_us")
         _positive(self, "input_scale_us")
 
 

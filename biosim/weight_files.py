@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from .params import NetworkParams, ParameterError
+from .params import ConnectivityParams, NetworkParams, ParameterError
 from .records import atomic_output, jsonable
-from .weights import CONDUCTANCE_MATRICES, MATRICES, NetworkWeights, expected_shapes
+from .weights import MATRICES, RECURRENT_BLOCKS, NetworkWeights, expected_shapes, is_conductance
 
 __all__ = [
     "FORMAT",
@@ -59,7 +59,9 @@ FORMAT_VERSION = 1
 LAYOUT = "pre,post"
 """Axis order of every matrix: row = presynaptic, column = postsynaptic neuron."""
 UNITS = {"w_in": "uS", "w_ei": "uS", "w_ie": "uS", "w_out": "1"}
-"""Unit of each matrix: conductances in microsiemens, the readout dimensionless."""
+"""Unit of each matrix every network has: conductances in microsiemens, the readout dimensionless."""
+BLOCK_UNITS = {"w_ee": "uS", "w_ii": "uS"}
+"""Unit of each optional recurrent block (present in a file when its network has it)."""
 
 _KINDS = ("stored", "effective")
 _MASK = "input_mask"
@@ -88,9 +90,18 @@ class LoadedWeights:
     """The decoded metadata entry, including the caller's ``provenance``."""
 
 
-def entry_names() -> list[str]:
-    """Names of the array entries of a version-1 file (``metadata`` excluded)."""
-    return [f"{kind}/{name}" for kind in _KINDS for name in MATRICES] + [_MASK]
+def entry_names(params: NetworkParams | None = None) -> list[str]:
+    """Names of the array entries of a version-1 file (``metadata`` excluded).
+
+    Without ``params``: those of a network without recurrent blocks; with
+    them, also ``stored/w_ee`` etc. for the blocks that network has.
+    """
+    names = MATRICES if params is None else tuple(expected_shapes(params))
+    return [f"{kind}/{name}" for kind in _KINDS for name in names] + [_MASK]
+
+
+def _unit(name: str) -> str:
+    return UNITS[name] if name in UNITS else BLOCK_UNITS[name]
 
 
 # --- writing ----------------------------------------------------------------
@@ -113,7 +124,8 @@ def save_weights(
         replaced only once the new one is complete.
     weights : NetworkWeights
         *Stored* (unconstrained) weights: conductances ``w_in``, ``w_ei``,
-        ``w_ie`` in uS, readout ``w_out`` dimensionless, boolean
+        ``w_ie`` (and the recurrent blocks ``w_ee``, ``w_ii`` where
+        ``params`` has them) in uS, readout ``w_out`` dimensionless, boolean
         ``input_mask``, layout ``(pre, post)``. Real floating arrays are
         written as float64 (a float32 tensor's values are kept exactly).
         The effective weights are computed here with
@@ -140,12 +152,13 @@ def save_weights(
     """
     path = Path(path)
     source = f"{path} (while saving)"
-    stored = {name: _as_float64(source, f"stored/{name}", getattr(weights, name)) for name in MATRICES}
-    mask = np.asarray(weights.input_mask)
     shapes = expected_shapes(params)
+    _check_blocks(source, {name for name in RECURRENT_BLOCKS if getattr(weights, name) is not None}, shapes)
+    stored = {name: _as_float64(source, f"stored/{name}", getattr(weights, name)) for name in shapes}
+    mask = np.asarray(weights.input_mask)
     # Check shapes before effective(), which would fail on mismatched ones with a bare numpy error.
     _check_mask(source, mask, shapes["w_in"])
-    for name in MATRICES:
+    for name in shapes:
         _check_array(source, f"stored/{name}", stored[name], shapes[name])
     effective = NetworkWeights(**stored, input_mask=mask).effective()
 
@@ -153,7 +166,7 @@ def save_weights(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "matrices": {
-            name: {"units": UNITS[name], "shape": list(stored[name].shape), "layout": LAYOUT} for name in MATRICES
+            name: {"units": _unit(name), "shape": list(stored[name].shape), "layout": LAYOUT} for name in shapes
         },
         "connectivity": params.to_dict()["connectivity"],
         "network_params": params.to_dict(),
@@ -167,14 +180,30 @@ def save_weights(
     except (TypeError, ValueError) as error:
         raise WeightFileError(f"{source}: provenance: expected JSON-serialisable values, found {error}") from error
 
-    arrays = {f"stored/{name}": stored[name] for name in MATRICES}
-    arrays |= {f"effective/{name}": getattr(effective, name) for name in MATRICES}
+    arrays = {f"stored/{name}": stored[name] for name in shapes}
+    arrays |= {f"effective/{name}": getattr(effective, name) for name in shapes}
     arrays[_MASK] = mask
     arrays[_METADATA] = np.array(text)
     # The same checks as on load, so a file that is written can always be read back.
     _validate(source, arrays, params=params)
     _atomic_savez(path, arrays)
     return path
+
+
+def _check_blocks(source: str, found: set[str], shapes: dict[str, tuple[int, int]]) -> None:
+    """The recurrent blocks present (``found``) are exactly those the network has (``shapes``)."""
+    for name in RECURRENT_BLOCKS:
+        probability = {"w_ee": "p_ee", "w_ii": "p_ii"}[name]
+        if name in found and name not in shapes:
+            raise WeightFileError(
+                f"{source}: stored/{name}: expected no such matrix (network_params.connectivity.{probability} = 0: "
+                "the network has no such block), found one"
+            )
+        if name in shapes and name not in found:
+            raise WeightFileError(
+                f"{source}: stored/{name}: expected a matrix of shape {shapes[name]} "
+                f"(network_params.connectivity.{probability} > 0), found none"
+            )
 
 
 def _as_float64(source: str, entry: str, value: Any) -> np.ndarray:
@@ -233,7 +262,8 @@ def load_weights(
     WeightFileError
         The file is missing or not an ``.npz`` archive; holds a pickled entry;
         has another ``format`` or an unsupported ``format_version``; lacks an
-        entry; has a matrix of the wrong shape, units or layout, a non-finite
+        entry (a recurrent block its parameters have included) or holds a
+        recurrent block its parameters do not have; has a matrix of the wrong shape, units or layout, a non-finite
         value, a negative effective conductance (Dale's law), effective
         weights other than ``max(stored, 0)`` (masked for ``w_in``), a
         non-boolean ``input_mask`` or ``w_in`` nonzero outside it; or its
@@ -333,8 +363,9 @@ def _validate(
 
     mask = _require(source, arrays, _MASK)
     _check_mask(source, mask, shapes["w_in"])
+    _check_blocks(source, {name for name in RECURRENT_BLOCKS if f"stored/{name}" in arrays}, shapes)
     loaded: dict[str, dict[str, np.ndarray]] = {kind: {} for kind in _KINDS}
-    for name in MATRICES:
+    for name in shapes:
         _check_description(source, name, matrices.get(name), shapes[name])
         for kind in _KINDS:
             entry = f"{kind}/{name}"
@@ -351,7 +382,7 @@ def _validate(
                 f"{source}: {kind}/w_in: expected 0 outside input_mask (edges that do not exist), "
                 f"found {n_outside} nonzero entries there"
             )
-    for name in CONDUCTANCE_MATRICES:
+    for name in filter(is_conductance, shapes):
         effective = loaded["effective"][name]
         n_negative = int(np.count_nonzero(effective < 0))
         if n_negative:
@@ -363,7 +394,7 @@ def _validate(
     stored = NetworkWeights(**loaded["stored"], input_mask=mask)
     effective = NetworkWeights(**loaded["effective"], input_mask=mask)
     recomputed = stored.effective()
-    for name in MATRICES:
+    for name in shapes:
         expected, found = getattr(recomputed, name), getattr(effective, name)
         if not np.array_equal(expected, found):
             rule = "stored/w_out (unclamped)" if name == "w_out" else f"max(stored/{name}, 0)"
@@ -420,12 +451,19 @@ def _read_params(source: str, meta: dict[str, Any]) -> NetworkParams:
             f"{source}: metadata.network_params: expected valid NetworkParams, found: {error}"
         ) from error
     expected = file_params.to_dict()["connectivity"]
-    if meta.get("connectivity") != expected:
+    found = meta.get("connectivity")
+    if isinstance(found, dict):  # fields added since the file was written (p_ee, p_ii) have their defaults
+        found = {**{name: getattr(ConnectivityParams(), name) for name in _ADDED_CONNECTIVITY}, **found}
+    if found != expected:
         raise WeightFileError(
             f"{source}: metadata.connectivity: expected network_params.connectivity {expected}, "
             f"found {meta.get('connectivity')!r}"
         )
     return file_params
+
+
+_ADDED_CONNECTIVITY = ("p_ee", "p_ii")
+"""Connectivity fields newer than the format: a file without them was written for a network without the blocks."""
 
 
 def _check_params(
@@ -452,10 +490,10 @@ def _check_description(source: str, name: str, description: Any, shape: tuple[in
     prefix = f"{source}: metadata.matrices.{name}"
     if not isinstance(description, dict):
         raise WeightFileError(f"{prefix}: expected a description with units, shape and layout, found {description!r}")
-    if description.get("units") != UNITS[name]:
+    if description.get("units") != _unit(name):
         # Never rescale: a file in other units was written by something that does not follow this format.
         raise WeightFileError(
-            f"{prefix}.units: {name} expected units {UNITS[name]!r}, found {description.get('units')!r} "
+            f"{prefix}.units: {name} expected units {_unit(name)!r}, found {description.get('units')!r} "
             "(weight files are not converted on load)"
         )
     if description.get("layout") != LAYOUT:

@@ -9,7 +9,15 @@ name      shape                  meaning
 ``w_ei``  (n_e, n_i)             E -> I (drives the interneurons)
 ``w_ie``  (n_i, n_e)             I -> E (the inhibitory shunt)
 ``w_out`` (n_e, n_classes)       E -> readout, dimensionless, any sign
+``w_ee``  (n_e, n_e)             E -> E, optional (``connectivity.p_ee > 0``)
+``w_ii``  (n_i, n_i)             I -> I, optional (``connectivity.p_ii > 0``)
 ========  =====================  =========================================
+
+The recurrent blocks ``w_ee`` and ``w_ii`` exist only when their connection
+probability is above 0 (:class:`~biosim.params.ConnectivityParams`); a
+network without them has ``None`` there. :func:`expected_shapes` lists the
+matrices a network has, and every consumer (Brian2 builder, weight files,
+mirror) iterates over it.
 
 Training stores unconstrained values; the network uses ``max(w, 0)``
 (Dale's law). A stored entry below zero is a structural zero ("pruned").
@@ -26,6 +34,7 @@ from .params import NetworkParams
 
 __all__ = [
     "CONDUCTANCE_MATRICES",
+    "RECURRENT_BLOCKS",
     "DaleLawError",
     "WeightShapeError",
     "NetworkWeights",
@@ -35,11 +44,16 @@ __all__ = [
 ]
 
 CONDUCTANCE_MATRICES = ("w_in", "w_ei", "w_ie")
+"""The conductance matrices every network has."""
+RECURRENT_BLOCKS = ("w_ee", "w_ii")
+"""The optional recurrent conductance blocks (E -> E, I -> I), present when ``p_ee`` / ``p_ii`` > 0."""
 
 # Random streams are SeedSequence([seed, WEIGHT_STREAM, k]) with k >= 1: the
 # tag keeps them apart from the input streams of biosim.inputs (same seed).
+# The recurrent blocks have streams of their own, so turning them on leaves
+# every other matrix's draw unchanged.
 WEIGHT_STREAM = 1
-_MASK, _W_IN, _W_EI, _W_IE, _W_OUT, _P_EI, _P_IE = range(1, 8)
+_MASK, _W_IN, _W_EI, _W_IE, _W_OUT, _P_EI, _P_IE, _W_EE, _P_EE, _W_II, _P_II = range(1, 12)
 
 
 def _rng(seed: int, k: int) -> np.random.Generator:
@@ -47,6 +61,7 @@ def _rng(seed: int, k: int) -> np.random.Generator:
 
 
 MATRICES = (*CONDUCTANCE_MATRICES, "w_out")
+"""The matrices every network has; :func:`expected_shapes` adds the recurrent blocks it has."""
 
 # An initialisation is "canonical", "zero", or a multiple of canonical.
 InitSpec = str | float
@@ -60,14 +75,28 @@ class DaleLawError(ValueError):
     """A conductance weight is negative where only effective weights are allowed."""
 
 
+_BLOCK_PROBABILITY = {"w_ee": "p_ee", "w_ii": "p_ii"}
+
+
 def expected_shapes(params: NetworkParams) -> dict[str, tuple[int, int]]:
+    """Shape ``(pre, post)`` of every matrix the network has: :data:`MATRICES`, then its recurrent blocks."""
     c = params.connectivity
-    return {
+    shapes = {
         "w_in": (c.n_input, c.n_e),
         "w_ei": (c.n_e, c.n_i),
         "w_ie": (c.n_i, c.n_e),
         "w_out": (c.n_e, c.n_classes),
     }
+    if c.has_ee:
+        shapes["w_ee"] = (c.n_e, c.n_e)
+    if c.has_ii:
+        shapes["w_ii"] = (c.n_i, c.n_i)
+    return shapes
+
+
+def is_conductance(name: str) -> bool:
+    """Whether matrix ``name`` is a conductance (uS, Dale's law), i.e. anything but the readout."""
+    return name != "w_out"
 
 
 @dataclass(frozen=True)
@@ -80,20 +109,43 @@ class NetworkWeights:
     w_out: np.ndarray
     input_mask: np.ndarray
     """Boolean (n_input, n_e): which input -> E edges exist."""
+    w_ee: np.ndarray | None = None
+    """E -> E (n_e, n_e), or None: the network has no E -> E block."""
+    w_ii: np.ndarray | None = None
+    """I -> I (n_i, n_i), or None: the network has no I -> I block."""
+
+    def matrices(self) -> dict[str, np.ndarray]:
+        """The matrices present, by name: :data:`MATRICES`, then the recurrent blocks that are not None."""
+        present = {name: getattr(self, name) for name in MATRICES}
+        present |= {name: getattr(self, name) for name in RECURRENT_BLOCKS if getattr(self, name) is not None}
+        return present
 
     def check_shapes(self, params: NetworkParams) -> None:
-        """Raise :class:`WeightShapeError` naming the first matrix of the wrong shape."""
+        """Raise :class:`WeightShapeError` naming the first matrix of the wrong shape, missing or extra."""
         shapes = expected_shapes(params)
         shapes["input_mask"] = shapes["w_in"]
+        for name in RECURRENT_BLOCKS:
+            if name not in shapes and getattr(self, name) is not None:
+                raise WeightShapeError(
+                    f"{name}: the network has no such block (connectivity.{_BLOCK_PROBABILITY[name]} = 0), "
+                    f"found a matrix of shape {np.shape(getattr(self, name))}"
+                )
         for name, shape in shapes.items():
-            found = np.shape(getattr(self, name))
+            value = getattr(self, name)
+            if value is None:
+                raise WeightShapeError(
+                    f"{name}: expected shape {shape} (pre, post) (connectivity.{_BLOCK_PROBABILITY[name]} > 0), "
+                    "found none"
+                )
+            found = np.shape(value)
             if found != shape:
                 raise WeightShapeError(f"{name}: expected shape {shape} (pre, post), found {found}")
 
     def check_dale(self) -> None:
         """Raise :class:`DaleLawError` if a conductance matrix has a negative entry."""
-        for name in CONDUCTANCE_MATRICES:
-            w = getattr(self, name)
+        for name, w in self.matrices().items():
+            if not is_conductance(name):
+                continue
             if np.any(w < 0):
                 n_negative = int(np.sum(w < 0))
                 raise DaleLawError(
@@ -103,15 +155,20 @@ class NetworkWeights:
 
     def effective(self) -> NetworkWeights:
         """Weights as the network uses them: conductances clamped at 0, masked input."""
+        blocks = {
+            name: np.maximum(getattr(self, name), 0.0) for name in RECURRENT_BLOCKS if getattr(self, name) is not None
+        }
         return replace(
             self,
             w_in=np.where(self.input_mask, np.maximum(self.w_in, 0.0), 0.0),
             w_ei=np.maximum(self.w_ei, 0.0),
             w_ie=np.maximum(self.w_ie, 0.0),
+            **blocks,
         )
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in (*MATRICES, "input_mask")}
+        """The matrices present and the input mask."""
+        return {**self.matrices(), "input_mask": self.input_mask}
 
 
 def input_mask(params: NetworkParams, seed: int) -> np.ndarray:
@@ -137,23 +194,32 @@ def init_weights(
     w_in: InitSpec = "canonical",
     w_ei: InitSpec = "canonical",
     w_ie: InitSpec = "canonical",
+    w_ee: InitSpec = "canonical",
+    w_ii: InitSpec = "canonical",
 ) -> NetworkWeights:
     """Draw the canonical, fan-in normalised weights of SPEC section 1.
 
     Each matrix has its own random stream (``SeedSequence([seed, 1, k])``), so
-    changing one matrix's initialisation leaves the others unchanged.
+    changing one matrix's initialisation leaves the others unchanged, and a
+    network with recurrent blocks has the same ``w_in``, ``w_ei``, ``w_ie``
+    and ``w_out`` as one without.
 
     Parameters
     ----------
     params : NetworkParams
     seed : int
-    w_in, w_ei, w_ie : "canonical", "zero" or float
+    w_in, w_ei, w_ie, w_ee, w_ii : "canonical", "zero" or float
         A float multiplies the canonical draw (``0.1`` = 0.1 x canonical).
+        ``w_ee`` / ``w_ii`` apply only where the network has the block.
 
     Returns
     -------
     NetworkWeights
         Stored values (negative draws are kept; see :meth:`NetworkWeights.effective`).
+        ``w_ee`` / ``w_ii`` are None where ``p_ee`` / ``p_ii`` is 0; where
+        they exist, an edge is present with that probability, never from a
+        neuron onto itself (no autapses), and absent edges are stored zeros
+        (as for ``p_ei < 1``).
     """
     c, init = params.connectivity, params.init
 
@@ -167,10 +233,26 @@ def init_weights(
         w_ei_draw = w_ei_draw * (_rng(seed, _P_EI).random(w_ei_draw.shape) < c.p_ei)
     if c.p_ie < 1.0:
         w_ie_draw = w_ie_draw * (_rng(seed, _P_IE).random(w_ie_draw.shape) < c.p_ie)
+    blocks = {}
+    if c.has_ee:
+        blocks["w_ee"] = _recurrent_block(seed, _W_EE, _P_EE, c.n_e, init.w_ee_mean_us, init.w_ee_std_us, c.p_ee)
+        blocks["w_ee"] *= _scale(w_ee, "w_ee")
+    if c.has_ii:
+        blocks["w_ii"] = _recurrent_block(seed, _W_II, _P_II, c.n_i, init.w_ii_mean_us, init.w_ii_std_us, c.p_ii)
+        blocks["w_ii"] *= _scale(w_ii, "w_ii")
     return NetworkWeights(
         w_in=np.where(mask, w_in_draw * _scale(w_in, "w_in"), 0.0),
         w_ei=w_ei_draw * _scale(w_ei, "w_ei"),
         w_ie=w_ie_draw * _scale(w_ie, "w_ie"),
         w_out=w_out,
         input_mask=mask,
+        **blocks,
     )
+
+
+def _recurrent_block(seed: int, draw: int, edges: int, n: int, mean_us: float, std_us: float, p: float) -> np.ndarray:
+    """``N(mean, std) / n`` per edge of an (n, n) block: edges with probability ``p``, no autapses."""
+    weights = _rng(seed, draw).normal(mean_us, std_us, (n, n)) / n
+    exists = _rng(seed, edges).random((n, n)) < p
+    np.fill_diagonal(exists, False)
+    return weights * exists

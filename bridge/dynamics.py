@@ -8,7 +8,8 @@ Brian2's schedule order:
    ``v`` held while refractory, refractoriness counted in whole steps);
 2. threshold ``v > v_threshold`` outside the refractory period;
 3. synaptic propagation with zero delay (input -> E, E -> I, I -> E,
-   E -> readout); the membrane sees it from the next step on;
+   E -> readout, and the optional E -> E and I -> I blocks); the membrane
+   sees it from the next step on;
 4. reset of the neurons that spiked; the readout accumulator adds ``u``.
 
 The state is an immutable :class:`NetworkState`; loops call :func:`step`,
@@ -27,9 +28,9 @@ write per neuron and step; ``ready`` changes only when a neuron spikes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 
@@ -74,13 +75,47 @@ class NetworkState(NamedTuple):
     """Index of the next step: steps taken since the state was initialised."""
 
 
-class Weights(NamedTuple):
-    """Effective weights (uS; ``w_out`` dimensionless), layout (pre, post)."""
+@dataclass(frozen=True, eq=False)
+class Weights:
+    """Effective weights (uS; ``w_out`` dimensionless), layout (pre, post).
+
+    ``w_ee`` (E -> E, (n_e, n_e)) and ``w_ii`` (I -> I, (n_i, n_i)) are the
+    optional recurrent blocks, None where the network has none. Iterating
+    gives the matrices present, in field order (the four of every network,
+    then the blocks there are), so code that handles "every matrix" (leaf
+    copies, dtype checks, gradients) sees exactly the network's;
+    :meth:`items` gives them with their names. ``Weights._fields`` names
+    the four every network has.
+    """
+
+    _fields: ClassVar[tuple[str, ...]] = ("w_in", "w_ei", "w_ie", "w_out")
+    BLOCKS: ClassVar[tuple[str, ...]] = ("w_ee", "w_ii")
 
     w_in: torch.Tensor
     w_ei: torch.Tensor
     w_ie: torch.Tensor
     w_out: torch.Tensor
+    w_ee: torch.Tensor | None = None
+    w_ii: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # Positional construction from an iteration with one block only would put w_ii in w_ee's place.
+        n_e, n_i = self.w_in.shape[-1], self.w_ie.shape[0]
+        for name, shape in (("w_ee", (n_e, n_e)), ("w_ii", (n_i, n_i))):
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != shape:
+                raise ValueError(f"Weights.{name}: expected shape {shape} (pre, post), found {tuple(value.shape)}")
+
+    def items(self) -> list[tuple[str, torch.Tensor]]:
+        """``(name, matrix)`` of the matrices present, in field order."""
+        names = (*self._fields, *(name for name in self.BLOCKS if getattr(self, name) is not None))
+        return [(name, getattr(self, name)) for name in names]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (matrix for _, matrix in self.items())
+
+    def __len__(self) -> int:
+        return len(self.items())
 
 
 @dataclass(frozen=True)
@@ -255,10 +290,14 @@ def advance(
     # 2. threshold
     spikes_e = fire(v_e, integrating_e, k_e, spike_fn)
     spikes_i = fire(v_i, integrating_i, k_i, spike_fn)
-    # 3. synaptic propagation
+    # 3. synaptic propagation (ge_e: the input, then E -> E, in Brian2's pathway order; biosim.equations)
     ge_e = ge_e + input_drive
+    if weights.w_ee is not None:
+        ge_e = ge_e + spikes_e @ weights.w_ee
     gi_e = gi_e + spikes_i @ weights.w_ie
     ge_i = ge_i + spikes_e @ weights.w_ei
+    if weights.w_ii is not None:
+        gi_i = gi_i + spikes_i @ weights.w_ii
     u = u + spikes_e @ weights.w_out
     # 4. reset; readout accumulates u at the end of the step
     v_e, ready_e = reset(v_e, state.ready_e, spikes_e > 0, t, k_e)

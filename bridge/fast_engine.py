@@ -159,8 +159,12 @@ class _Network(ctypes.Structure):
         + _pointers("x", "w_in", "w_ie", "w_e_out")
         + [("surrogate", ctypes.c_int64), ("surrogate_slope", ctypes.c_double), ("surrogate_unit_mv", ctypes.c_double)]
         + [("membrane_grad_scale", ctypes.c_double)]
+        + _pointers("w_ee", "w_ii")
     )
 
+
+_GRADIENT_ACCUMULATORS = ("grad_in", "grad_ie", "grad_e_out", "grad_ee", "grad_ii")
+"""The weight gradients the kernels' backward blocks add up, each into an accumulator of its own."""
 
 _TRIALS_PER_TASK = 8
 """Trials per block of the kernels' backward pass: the AVX-512 products run as fast on 8 trials as on 16 or
@@ -191,13 +195,22 @@ class _ChunkBuffers(ctypes.Structure):
     _fields_ = (
         [("first", ctypes.c_int64), ("last", ctypes.c_int64), ("start", _State)]
         + _pointers("raster_e", "raster_i")
-        + _pointers("s_e", "cv_e", "cge_e", "cgi_e", "s_i", "cv_i", "cge_i")
+        + _pointers("s_e", "cv_e", "cge_e", "cgi_e", "s_i", "cv_i", "cge_i", "cgi_i")
     )
 
 
 class _ChunkExtras(ctypes.Structure):
     _fields_ = _pointers(
-        "g_counts_e", "g_counts_i", "grad_in", "grad_ie", "grad_e_out", "packed_e", "packed_i", "g_population_e"
+        "g_counts_e",
+        "g_counts_i",
+        "grad_in",
+        "grad_ie",
+        "grad_e_out",
+        "packed_e",
+        "packed_i",
+        "g_population_e",
+        "grad_ee",
+        "grad_ii",
     )
 
 
@@ -221,6 +234,8 @@ class _AdjointBuffers(ctypes.Structure):
         "leo",
         "g_sum",
         "g_trace",
+        "cgi_i",
+        "lgi_i",
     )
 
 
@@ -588,7 +603,14 @@ class _Problem:
     def derivative(self) -> Derivative | None:
         return None if self.surrogate is None else self.surrogate.derivative
 
-    def network_struct(self, w_in: torch.Tensor, w_ie: torch.Tensor, w_e_out: torch.Tensor) -> _Network:
+    def network_struct(
+        self,
+        w_in: torch.Tensor,
+        w_ie: torch.Tensor,
+        w_e_out: torch.Tensor,
+        w_ee: torch.Tensor | None,
+        w_ii: torch.Tensor | None,
+    ) -> _Network:
         c, (batch, n_steps, n_input) = self.constants, self.x.shape
         return _Network(
             batch,
@@ -612,6 +634,8 @@ class _Problem:
             _address(w_e_out),
             *_surrogate_fields(self.surrogate),
             self.membrane_grad_scale,
+            _address(w_ee),
+            _address(w_ii),
         )
 
 
@@ -636,13 +660,15 @@ def _initial_state(problem: _Problem) -> dict[str, torch.Tensor]:
     }
 
 
-def _forward_kernels(problem: _Problem, w_in, w_ie, w_e_out, u, score_sum, trace, raster_e, raster_i, checkpoints):
+def _forward_kernels(
+    problem: _Problem, w_in, w_ie, w_e_out, w_ee, w_ii, u, score_sum, trace, raster_e, raster_i, checkpoints
+):
     """The whole time loop in the CPU kernels; returns the final state, spike counts and population counts."""
     state = _initial_state(problem)
     batch, n_steps, _ = problem.x.shape
     counts = {name: torch.zeros_like(state[f"v_{name}"]) for name in ("e", "i")}
     population = {name: u.new_empty(batch, n_steps) for name in ("e", "i")}
-    problem.saved["network"] = network = problem.network_struct(w_in, w_ie, w_e_out)
+    problem.saved["network"] = network = problem.network_struct(w_in, w_ie, w_e_out, w_ee, w_ii)
     buffers = _ForwardBuffers(
         _state_struct(state),
         *(_address(t) for t in (u, score_sum, raster_e, raster_i, counts["e"], counts["i"])),
@@ -655,7 +681,9 @@ def _forward_kernels(problem: _Problem, w_in, w_ie, w_e_out, u, score_sum, trace
     return state, counts["e"], counts["i"], population["e"], population["i"]
 
 
-def _forward_torch(problem: _Problem, w_in, w_ie, w_e_out, u, score_sum, trace, raster_e, raster_i, checkpoints):
+def _forward_torch(
+    problem: _Problem, w_in, w_ie, w_e_out, w_ee, w_ii, u, score_sum, trace, raster_e, raster_i, checkpoints
+):
     """The whole time loop in torch operations; returns what :func:`_forward_kernels` returns."""
     x, constants, k_e, k_i = problem.x, problem.constants, problem.constants.e, problem.constants.i
     dt, chunk, sparse = constants.dt, problem.chunk_steps, problem.sparse
@@ -682,6 +710,13 @@ def _forward_torch(problem: _Problem, w_in, w_ie, w_e_out, u, score_sum, trace, 
             gi_e = gi_e * constants.decay_gaba
             ge_i = ge_i * constants.decay_ampa
             gi_i = gi_i * constants.decay_gaba
+            # The recurrent blocks, where they exist: E -> E after the input (bridge.dynamics.advance).
+            from_ee = None if w_ee is None else _propagate(fired_e, w_ee, sparse)
+            if from_ee is not None:
+                ge_e = ge_e + from_ee
+            from_ii = None if w_ii is None else _propagate(fired_i, w_ii, sparse)
+            if from_ii is not None:
+                gi_i = gi_i + from_ii
             u.mul_(constants.decay_readout)
             from_i = _propagate(fired_i, w_ie, sparse)
             if from_i is not None:
@@ -703,8 +738,11 @@ def _forward_torch(problem: _Problem, w_in, w_ie, w_e_out, u, score_sum, trace, 
     return state, counts_e, counts_i, population_e.contiguous(), population_i.contiguous()
 
 
-def _run_forward(problem: _Problem, w_in, w_ie, w_e_out, n_classes: int):
-    """The forward time loop (kernels or torch operations), with the buffers it fills."""
+def _run_forward(problem: _Problem, w_in, w_ie, w_e_out, n_classes: int, w_ee=None, w_ii=None):
+    """The forward time loop (kernels or torch operations), with the buffers it fills.
+
+    ``w_ee`` / ``w_ii``: the recurrent blocks (contiguous), None where the network has none.
+    """
     batch, n_steps, _ = problem.x.shape
     n_e, n_i = w_in.shape[1], w_ie.shape[0]
     dtype, device = w_e_out.dtype, w_e_out.device
@@ -722,7 +760,7 @@ def _run_forward(problem: _Problem, w_in, w_ie, w_e_out, n_classes: int):
             for name, value in _initial_state(problem).items()
         }
     run = _forward_kernels if problem.library is not None else _forward_torch
-    outputs = run(problem, w_in, w_ie, w_e_out, u, score_sum, trace, raster_e, raster_i, checkpoints)
+    outputs = run(problem, w_in, w_ie, w_e_out, w_ee, w_ii, u, score_sum, trace, raster_e, raster_i, checkpoints)
     return (checkpoints, raster_e, raster_i, u, score_sum, trace, *outputs)
 
 
@@ -730,18 +768,19 @@ class _FusedNetwork(torch.autograd.Function):
     """Forward: the time loop without autograd. Backward: the adjoint recursion (:class:`_Adjoint`)."""
 
     @staticmethod
-    def forward(ctx, problem: _Problem, w_in, w_ei, w_ie, w_out):  # type: ignore[override]
+    def forward(ctx, problem: _Problem, w_in, w_ei, w_ie, w_out, w_ee, w_ii):  # type: ignore[override]
         n_steps = problem.x.shape[1]
         w_in, w_ie = w_in.contiguous(), w_ie.contiguous()
+        w_ee, w_ii = (None if w is None else w.contiguous() for w in (w_ee, w_ii))  # None: no such block
         w_e_out = torch.cat([w_ei, w_out], dim=1)  # E spikes feed ge_i and the readout: one gather serves both
         checkpoints, raster_e, raster_i, u, score_sum, trace, state, counts_e, counts_i, population_e, population_i = (
-            _run_forward(problem, w_in, w_ie, w_e_out, w_out.shape[1])
+            _run_forward(problem, w_in, w_ie, w_e_out, w_out.shape[1], w_ee, w_ii)
         )
         ready_e, ready_i = state["ready_e"], state["ready_i"]
         if problem.save:
             problem.saved.update(raster_e=raster_e, raster_i=raster_i, checkpoints=checkpoints, w_e_out=w_e_out)
             ctx.problem = problem
-            ctx.save_for_backward(w_in, w_ie, w_out)
+            ctx.save_for_backward(w_in, w_ie, w_out, w_ee, w_ii)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(ready_e, ready_i, population_i)
         return (
@@ -766,10 +805,9 @@ class _FusedNetwork(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # first derivatives only: the adjoint itself is not differentiated
     def backward(ctx, *grads):  # type: ignore[override]
-        w_in, w_ie, w_out = ctx.saved_tensors
-        adjoint = _Adjoint(
-            ctx.problem, w_in, w_ie, w_out, (*grads[:11], grads[13], grads[15]), ctx.needs_input_grad[1:5]
-        )
+        w_in, w_ie, w_out, w_ee, w_ii = ctx.saved_tensors
+        grads = (*grads[:11], grads[13], grads[15])
+        adjoint = _Adjoint(ctx.problem, w_in, w_ie, w_out, grads, ctx.needs_input_grad[1:7], w_ee=w_ee, w_ii=w_ii)
         with flushed_denormals():
             return (None, *adjoint.run())
 
@@ -784,12 +822,13 @@ class _Adjoint:
     gradients of step ``t`` use slot ``t - first + 1``.
     """
 
-    def __init__(self, problem: _Problem, w_in, w_ie, w_out, grads, needs) -> None:
-        g_scores, g_counts_e, g_counts_i, g_v_e, g_ge_e, g_gi_e, g_v_i, g_ge_i, _, g_u, g_score_sum = grads[:11]
+    def __init__(self, problem: _Problem, w_in, w_ie, w_out, grads, needs, *, w_ee=None, w_ii=None) -> None:
+        g_scores, g_counts_e, g_counts_i, g_v_e, g_ge_e, g_gi_e, g_v_i, g_ge_i, g_gi_i, g_u, g_score_sum = grads[:11]
         g_population_e, g_trace = grads[11:]
         self.problem = problem
-        self.need_in, self.need_ei, self.need_ie, self.need_out = needs
+        self.need_in, self.need_ei, self.need_ie, self.need_out, self.need_ee, self.need_ii = needs
         self.w_in, self.w_ie, self.w_out = w_in, w_ie, w_out
+        self.w_ee, self.w_ii = w_ee, w_ii  # the recurrent blocks, None where the network has none
         self.w_e_out = problem.saved["w_e_out"]
         raster_e: torch.Tensor = problem.saved["raster_e"]
         self.n_steps, self.batch, self.n_e = raster_e.shape
@@ -801,11 +840,16 @@ class _Adjoint:
         self.g_sum = self._zeros_or(g_score_sum, (batch, n_classes))
         if g_scores is not None:
             self.g_sum += g_scores.to(self.dtype) / self.n_steps
-        # The membrane chain has a source only through a surrogate or a loss on the state or the counts.
+        # The membrane chain has a source only through a surrogate or a loss on the state or the counts
+        # (gi_i depends on the weights only through an I -> I block).
+        g_gi_i = g_gi_i if w_ii is not None else None
         self.full = problem.derivative is not None or any(
-            g is not None for g in (g_counts_e, g_counts_i, g_v_e, g_ge_e, g_gi_e, g_v_i, g_ge_i, g_population_e)
+            g is not None
+            for g in (g_counts_e, g_counts_i, g_v_e, g_ge_e, g_gi_e, g_v_i, g_ge_i, g_gi_i, g_population_e)
         )
-        self.want_ge_e = self.need_in and self.full
+        # l_ge_e feeds dW_in and, through w_ee, the E spikes; l_gi_i exists only with an I -> I block.
+        self.want_ge_e = (self.need_in or w_ee is not None) and self.full
+        self.want_gi_i = w_ii is not None and self.full
         self.g_counts_e = None if g_counts_e is None else g_counts_e.to(self.dtype).contiguous()
         self.g_counts_i = None if g_counts_i is None else g_counts_i.to(self.dtype).contiguous()
         # Losses on the per-step outputs: the E population count of each step and the readout trace.
@@ -824,7 +868,7 @@ class _Adjoint:
         self.leo[last_slot, :, n_i:] = self._zeros_or(g_u, (batch, n_classes)) + self.g_sum
         if self.g_trace is not None:  # the final u is the trace's last entry
             self.leo[last_slot, :, n_i:] += self.g_trace[:, -1]
-        self.lgi_e = self.lge_e = None
+        self.lgi_e = self.lge_e = self.lgi_i = None
         if self.full:
             self.lv_e = self._zeros_or(g_v_e, (batch, n_e))
             self.lv_i = self._zeros_or(g_v_i, (batch, n_i))
@@ -833,9 +877,14 @@ class _Adjoint:
             if self.want_ge_e:
                 self.lge_e = self._empty(slots, batch, n_e)
                 self.lge_e[last_slot] = self._zeros_or(g_ge_e, (batch, n_e))
+            if self.want_gi_i:
+                self.lgi_i = self._empty(slots, batch, n_i)
+                self.lgi_i[last_slot] = self._zeros_or(g_gi_i, (batch, n_i))
         self.grad_in = torch.zeros_like(w_in) if self.need_in else None
         self.grad_ie = torch.zeros_like(w_ie) if self.need_ie else None
         self.grad_e_out = torch.zeros_like(self.w_e_out) if (self.need_ei or self.need_out) else None
+        self.grad_ee = torch.zeros_like(w_ee) if self.need_ee else None
+        self.grad_ii = torch.zeros_like(w_ii) if self.need_ii else None
 
     def _empty(self, *shape: int) -> torch.Tensor:
         return torch.empty(shape, dtype=self.dtype, device=self.device)
@@ -854,7 +903,7 @@ class _Adjoint:
         if self.grad_e_out is not None:
             grad_ei = self.grad_e_out[:, : self.n_i].contiguous() if self.need_ei else None
             grad_out = self.grad_e_out[:, self.n_i :].contiguous() if self.need_out else None
-        return self.grad_in, grad_ei, self.grad_ie, grad_out
+        return self.grad_in, grad_ei, self.grad_ie, grad_out, self.grad_ee, self.grad_ii
 
     def _chunk_bounds(self) -> Iterator[tuple[int, int, int]]:
         """``(index, first, last)`` of every chunk, last chunk first."""
@@ -870,7 +919,7 @@ class _Adjoint:
             chunk_adjoint(index, first, last)
             self._accumulate_weight_gradients(first, last, raster_e[first:last], raster_i[first:last])
             # Slot 0 of this chunk is the last slot of the one before.
-            for buffer in (self.leo, self.lgi_e, self.lge_e):
+            for buffer in (self.leo, self.lgi_e, self.lge_e, self.lgi_i):
                 if buffer is not None:
                     buffer[chunk] = buffer[0]
 
@@ -887,6 +936,11 @@ class _Adjoint:
             blocks.append((self.grad_e_out, raster_e, self.leo))
         if self.grad_ie is not None and self.full:
             blocks.append((self.grad_ie, raster_i, self.lgi_e))
+        # The recurrent blocks: dW_ee = sum_t s_e(t)^T l_ge_e(t + 1), dW_ii = sum_t s_i(t)^T l_gi_i(t + 1).
+        if self.grad_ee is not None and self.full:
+            blocks.append((self.grad_ee, raster_e, self.lge_e))
+        if self.grad_ii is not None and self.full:
+            blocks.append((self.grad_ii, raster_i, self.lgi_i))
         for grad, raster, adjoint in blocks:
             after = adjoint[1 : n + 1].reshape(n * batch, -1)
             if dense:
@@ -933,6 +987,11 @@ class _Adjoint:
             (self.g_counts_i, self.lgi_e[j + 1], self.w_ie),
         ):
             product.append(torch.mm(adjoint, weight.t()) if bias is None else torch.addmm(bias, adjoint, weight.t()))
+        # The recurrent blocks: + l_ge_e w_ee^T and + l_gi_i w_ii^T.
+        if self.w_ee is not None:
+            product[0].addmm_(self.lge_e[j + 1], self.w_ee.t())
+        if self.w_ii is not None:
+            product[1].addmm_(self.lgi_i[j + 1], self.w_ii.t())
         return product
 
     # --- CPU kernels -------------------------------------------------------------
@@ -947,6 +1006,7 @@ class _Adjoint:
         self.cv_e, self.cgi_e = self._empty(chunk, batch, n_e), self._empty(chunk, batch, n_e)
         self.cge_e = self._empty(chunk, batch, n_e) if self.want_ge_e else None
         self.cv_i, self.cge_i = self._empty(chunk, batch, n_i), self._empty(chunk, batch, n_i)
+        self.cgi_i = self._empty(chunk, batch, n_i) if self.want_gi_i else None
         self.ls_e, self.ls_i = self._empty(batch, n_e), self._empty(batch, n_i)
         # Blocks of trials, each taken through the whole backward pass by one thread (ctypes releases the
         # GIL); more blocks than threads, so that a thread that another process slows down takes fewer.
@@ -956,7 +1016,7 @@ class _Adjoint:
         # does not depend on which thread ran which block.
         self.gradient_parts = {
             name: torch.zeros((len(self.trial_blocks), *getattr(self, name).shape), dtype=self.dtype)
-            for name in ("grad_in", "grad_ie", "grad_e_out")
+            for name in _GRADIENT_ACCUMULATORS
             if getattr(self, name) is not None
         }
         self.packed = (None, None)
@@ -979,7 +1039,8 @@ class _Adjoint:
         network = ctypes.byref(self.network)
         checkpoints, saved = problem.saved["checkpoints"], problem.saved
         chunk_pointers = [
-            _address(t) for t in (self.s_e, self.cv_e, self.cge_e, self.cgi_e, self.s_i, self.cv_i, self.cge_i)
+            _address(t)
+            for t in (self.s_e, self.cv_e, self.cge_e, self.cgi_e, self.s_i, self.cv_i, self.cge_i, self.cgi_i)
         ]
 
         def through_all_chunks(part: int) -> None:  # one block of trials
@@ -990,6 +1051,7 @@ class _Adjoint:
                 *(_address(accumulators.get(name)) for name in ("grad_in", "grad_ie", "grad_e_out")),
                 *(_address(t) for t in self.packed),
                 _address(self.g_population_e),
+                *(_address(accumulators.get(name)) for name in ("grad_ee", "grad_ii")),
             )
             rasters = _address(saved["raster_e"]), _address(saved["raster_i"])
             for index, first, last in self._chunk_bounds():
@@ -1023,6 +1085,8 @@ class _Adjoint:
             _address(self.leo),
             _address(self.g_sum),
             _address(self.g_trace),
+            _address(self.cgi_i),
+            _address(self.lgi_i),
         )
 
     # --- torch operations --------------------------------------------------------
@@ -1034,9 +1098,11 @@ class _Adjoint:
         s_e, cv_e, cge_e, cgi_e = _adjoint_coefficients(
             v_e, ge_e, gi_e, integrating_e, k_e, dt, derivative, self.want_ge_e, True
         )
-        s_i, cv_i, cge_i, _ = _adjoint_coefficients(v_i, ge_i, gi_i, integrating_i, k_i, dt, derivative, True, False)
+        s_i, cv_i, cge_i, cgi_i = _adjoint_coefficients(
+            v_i, ge_i, gi_i, integrating_i, k_i, dt, derivative, True, self.want_gi_i
+        )
         fired_e, fired_i = problem.saved["raster_e"][first:last], problem.saved["raster_i"][first:last]
-        leo, lgi_e, lge_e = self.leo, self.lgi_e, self.lge_e
+        leo, lgi_e, lge_e, lgi_i = self.leo, self.lgi_e, self.lge_e, self.lgi_i
         for j in range(last - first - 1, -1, -1):
             lambda_s_e, lambda_s_i = self._spike_adjoints(j, first + j)
             # E: the reset cuts the adjoint where a spike fired; the spike adds the surrogate path.
@@ -1054,6 +1120,8 @@ class _Adjoint:
             if s_i is not None:
                 lambda_v1_i.addcmul_(lambda_s_i, s_i[j])
             torch.mul(leo[j + 1, :, :n_i], constants.decay_ampa, out=leo[j, :, :n_i]).addcmul_(lambda_v1_i, cge_i[j])
+            if lgi_i is not None:
+                torch.mul(lgi_i[j + 1], constants.decay_gaba, out=lgi_i[j]).addcmul_(lambda_v1_i, cgi_i[j])
             self.lv_i = lambda_v1_i.mul_(cv_i[j])
             if damping != 1.0:
                 self.lv_i.mul_(damping)
@@ -1081,10 +1149,19 @@ class _Adjoint:
             from_i = _scatter_rows(rows, neuron, self.w_ie, n * batch).view(n, batch, n_e)
             rows, neuron = _raster_events(raster_e[first:last])
             from_e = _scatter_rows(rows, neuron, self.w_e_out[:, :n_i], n * batch).view(n, batch, n_i)
+            if self.w_ee is not None:
+                from_ee = _scatter_rows(rows, neuron, self.w_ee, n * batch).view(n, batch, n_e)
+            if self.w_ii is not None:
+                rows, neuron = _raster_events(raster_i[first:last])
+                from_ii = _scatter_rows(rows, neuron, self.w_ii, n * batch).view(n, batch, n_i)
         else:
             drive = problem.x[:, first:last].transpose(0, 1).to(self.dtype) @ self.w_in
             from_i = raster_i[first:last].to(self.dtype) @ self.w_ie
             from_e = raster_e[first:last].to(self.dtype) @ self.w_e_out[:, :n_i]
+            if self.w_ee is not None:
+                from_ee = raster_e[first:last].to(self.dtype) @ self.w_ee
+            if self.w_ii is not None:
+                from_ii = raster_i[first:last].to(self.dtype) @ self.w_ii
         out = [self._empty(n, batch, n_e) for _ in range(3)]
         out.append(torch.empty(n, batch, n_e, dtype=torch.bool, device=self.device))
         out += [self._empty(n, batch, n_i) for _ in range(3)]
@@ -1095,9 +1172,13 @@ class _Adjoint:
             v_e, out[3][j] = update_membrane(v_e, ge_e, gi_e, ready_e, t, k_e, dt)
             v_i, out[7][j] = update_membrane(v_i, ge_i, gi_i, ready_i, t, k_i, dt)
             ge_e = ge_e * constants.decay_ampa + drive[j]
+            if self.w_ee is not None:  # after the input, as in the forward pass
+                ge_e = ge_e + from_ee[j]
             gi_e = gi_e * constants.decay_gaba + from_i[j]
             ge_i = ge_i * constants.decay_ampa + from_e[j]
             gi_i = gi_i * constants.decay_gaba
+            if self.w_ii is not None:
+                gi_i = gi_i + from_ii[j]
             v_e, ready_e = reset(v_e, ready_e, raster_e[t], t, k_e)
             v_i, ready_i = reset(v_i, ready_i, raster_i[t], t, k_i)
         return tuple(out)
@@ -1192,9 +1273,10 @@ class FusedEngine:
         save = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
         problem = self._problem(x, v_init_e, v_init_i, weights, constants, surrogate, save)
         problem.membrane_grad_scale = float(membrane_grad_scale)
+        w = weights
         # The kernels take the caller's flush-to-zero mode at the forward pass into the backward pass too.
         with flushed_denormals():
-            outputs = _FusedNetwork.apply(problem, *weights)
+            outputs = _FusedNetwork.apply(problem, w.w_in, w.w_ei, w.w_ie, w.w_out, w.w_ee, w.w_ii)
         scores, counts_e, counts_i = outputs[:3]
         v_e, ge_e, gi_e, v_i, ge_i, gi_i, u, score_sum, ready_e, ready_i = outputs[3:13]
         population_e, population_i, trace = outputs[13:]
@@ -1255,8 +1337,9 @@ class FusedEngine:
         problem = self._problem(x, v_init_e, v_init_i, weights, constants, None, save=False)
         w_e_out = torch.cat([weights.w_ei, weights.w_out], dim=1)
         with flushed_denormals():
+            blocks = (None if w is None else w.contiguous() for w in (weights.w_ee, weights.w_ii))
             _, raster_e, raster_i, _, score_sum, trace, *_ = _run_forward(
-                problem, weights.w_in.contiguous(), weights.w_ie.contiguous(), w_e_out, weights.w_out.shape[1]
+                problem, weights.w_in.contiguous(), weights.w_ie.contiguous(), w_e_out, weights.w_out.shape[1], *blocks
             )
         rasters = (score_sum / x.shape[1], raster_e, raster_i)
         return (*rasters, trace) if readout_trace else rasters

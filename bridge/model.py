@@ -35,6 +35,7 @@ from .fast_engine import run_network_fused
 __all__ = [
     "ENGINES",
     "MATRICES",
+    "RECURRENT_BLOCKS",
     "NetworkOutput",
     "PINGModel",
     "get_engine",
@@ -42,7 +43,9 @@ __all__ = [
 ]
 
 MATRICES = ("w_in", "w_ei", "w_ie", "w_out")
-"""Stored weight matrices of the model, in :class:`~bridge.dynamics.Weights` order."""
+"""Stored weight matrices of every model, in :class:`~bridge.dynamics.Weights` order."""
+RECURRENT_BLOCKS = Weights.BLOCKS
+"""The optional recurrent blocks (``w_ee``, ``w_ii``): parameters of the models whose network has them."""
 
 
 ENGINES: dict[str, Engine] = {"eager": run_network, "fused": run_network_fused}
@@ -67,8 +70,10 @@ class PINGModel(nn.Module):
         Initial *stored* weights (e.g. :func:`biosim.weights.init_weights`);
         negative conductances are kept and act as pruned edges.
     trainable : dict of str to bool, optional
-        Trainable flag per matrix (``w_in``, ``w_ei``, ``w_ie``, ``w_out``);
-        missing ones default to True.
+        Trainable flag per matrix (``w_in``, ``w_ei``, ``w_ie``, ``w_out``,
+        and ``w_ee``, ``w_ii`` where the network has them); missing ones
+        default to True. A block the network lacks may be named with
+        False (it has nothing to train), never with True.
     spike_fn : callable
         Spike function for the forward pass (default exact Heaviside, no gradient).
     engine : str
@@ -91,6 +96,11 @@ class PINGModel(nn.Module):
         Stored conductances (uS), shapes ``(pre, post)`` as in :mod:`biosim.weights`.
     w_out : nn.Parameter
         Stored readout weights divided by ``w_out_unit``.
+    w_ee, w_ii : nn.Parameter
+        Stored recurrent blocks (uS), only where ``params`` has them
+        (``connectivity.p_ee`` / ``p_ii`` > 0).
+    matrices : tuple of str
+        The names of the stored matrices, :data:`MATRICES` and then the blocks.
     input_mask : Tensor (n_input, n_e) of bool
         Buffer: which input -> E edges exist. ``w_in`` is multiplied by it in
         the forward pass, so entries outside the mask get zero gradient.
@@ -116,16 +126,23 @@ class PINGModel(nn.Module):
             raise ValueError(f"w_out_unit must be a finite number > 0, got {w_out_unit!r}")
         self.w_out_unit = float(w_out_unit)
         weights.check_shapes(params)
+        self.matrices = tuple(weights.matrices())
         trainable = dict(trainable or {})
-        unknown = sorted(set(trainable) - set(MATRICES))
+        unknown = sorted(set(trainable) - set(MATRICES) - set(RECURRENT_BLOCKS))
         if unknown:
-            raise ValueError(f"trainable: unknown matrix name(s) {unknown}; valid names: {', '.join(MATRICES)}")
+            valid = ", ".join((*MATRICES, *RECURRENT_BLOCKS))
+            raise ValueError(f"trainable: unknown matrix name(s) {unknown}; valid names: {valid}")
+        absent = sorted(name for name, flag in trainable.items() if flag and name not in self.matrices)
+        if absent:
+            raise ValueError(
+                f"trainable: {absent} set to True, but the network has no such block (connectivity.p_ee / p_ii = 0)"
+            )
         self.params = params
         self.constants = make_constants(params)
         self.spike_fn = spike_fn
         self.engine = engine
         get_engine(engine)  # fail at construction, not at the first forward
-        for name in MATRICES:
+        for name in self.matrices:
             value = np.asarray(getattr(weights, name), dtype=np.float64)
             value = torch.as_tensor(value / self.w_out_unit if name == "w_out" else value, dtype=dtype)
             self.register_parameter(name, nn.Parameter(value.clone(), requires_grad=trainable.get(name, True)))
@@ -160,14 +177,15 @@ class PINGModel(nn.Module):
 
     @property
     def trainable(self) -> dict[str, bool]:
-        """Trainable flag of each matrix."""
-        return {name: getattr(self, name).requires_grad for name in MATRICES}
+        """Trainable flag of each matrix the model has."""
+        return {name: getattr(self, name).requires_grad for name in self.matrices}
 
     def effective_weights(self) -> Weights:
         """Weights the dynamics see: conductances clamped at 0 (Dale's law), ``w_in`` masked."""
         w_in = torch.clamp(self.w_in, min=0.0) * self.input_mask.to(self.w_in.dtype)
         w_out = self.w_out * self.w_out_unit if self.w_out_unit != 1.0 else self.w_out
-        return Weights(w_in, torch.clamp(self.w_ei, min=0.0), torch.clamp(self.w_ie, min=0.0), w_out)
+        blocks = {name: torch.clamp(getattr(self, name), min=0.0) for name in self.matrices if name in RECURRENT_BLOCKS}
+        return Weights(w_in, torch.clamp(self.w_ei, min=0.0), torch.clamp(self.w_ie, min=0.0), w_out, **blocks)
 
     def to_network_weights(self, stored: bool = True) -> NetworkWeights:
         """The weights as float64 numpy arrays.
@@ -178,7 +196,7 @@ class PINGModel(nn.Module):
             True: the stored, unconstrained values (what training changes).
             False: the effective values (what Brian2 receives).
         """
-        arrays = {name: getattr(self, name).detach().cpu().to(torch.float64).numpy().copy() for name in MATRICES}
+        arrays = {name: getattr(self, name).detach().cpu().to(torch.float64).numpy().copy() for name in self.matrices}
         arrays["w_out"] = arrays["w_out"] * self.w_out_unit
         weights = NetworkWeights(**arrays, input_mask=self.input_mask.detach().cpu().numpy().copy())
         return weights if stored else weights.effective()

@@ -20,9 +20,9 @@ __all__ = ["MIRROR_ENGINES", "torch_weights", "input_drive", "run_mirror"]
 
 
 def torch_weights(weights: NetworkWeights, *, dtype: torch.dtype, device: torch.device | str = "cpu") -> Weights:
-    """Effective weights as tensors (clamped under Dale's law, input masked)."""
-    effective = weights.effective()
-    return Weights(*(torch.as_tensor(getattr(effective, n), dtype=dtype, device=device) for n in Weights._fields))
+    """Effective weights as tensors (clamped under Dale's law, input masked), recurrent blocks included."""
+    matrices = weights.effective().matrices()
+    return Weights(**{name: torch.as_tensor(value, dtype=dtype, device=device) for name, value in matrices.items()})
 
 
 def input_drive(

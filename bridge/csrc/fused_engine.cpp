@@ -84,6 +84,8 @@ struct Network {
   int64_t surrogate;             // sigma' the kernels evaluate (Surrogate below); kNoSurrogate: none
   double surrogate_slope, surrogate_unit_mv;
   double membrane_grad_scale;    // factor on the membrane adjoint handed to the step before (1: exact)
+  const void* w_ee;              // (n_e, n_e) E -> E onto ge_e, or null: no such block
+  const void* w_ii;              // (n_i, n_i) I -> I onto gi_i, or null: no such block
 };
 
 struct State {  // (batch, n) rows; ready = first step at which a neuron integrates again
@@ -110,6 +112,7 @@ struct ChunkBuffers {
   // outputs, (last - first, batch, n): m sigma'(v1 - v_threshold), dv/dv, dv/dge, dv/dgi
   void *s_e, *cv_e, *cge_e, *cgi_e;  // s_e (no surrogate) and cge_e may be null
   void *s_i, *cv_i, *cge_i;          // s_i likewise
+  void* cgi_i;                       // dv/dgi of I: only with an I -> I block (null otherwise)
 };
 
 struct AdjointBuffers {
@@ -122,6 +125,8 @@ struct AdjointBuffers {
   void* leo;                         // (2, batch, n_i + n_classes): [l_ge_i, l_u], ring slots likewise
   const void* g_sum;                 // (batch, n_classes): dL/dscore_sum
   const void* g_trace;               // (batch, n_steps, n_classes): dL/du after each step, or null
+  const void* cgi_i;                 // (n, batch, n_i) dv/dgi of I, or null: no I -> I block
+  void* lgi_i;                       // (2, batch, n_i) l_gi_i ring slots, or null: no I -> I block
 };
 
 struct ChunkExtras {
@@ -129,6 +134,7 @@ struct ChunkExtras {
   void *grad_in, *grad_ie, *grad_e_out; // the block's own weight-gradient accumulators, or null
   const void *packed_e, *packed_i;      // float32: [w_ei, w_out] and w_ie packed for cblas_sgemm_compute, or null
   const void* g_population_e;           // (batch, n_steps): dL/d(E spikes of the step), or null
+  void *grad_ee, *grad_ii;              // accumulators of the recurrent blocks' gradients, or null
 };
 
 // For the guard's lifetime, this thread gets the caller's floating-point control word (flush-to-zero of
@@ -301,18 +307,21 @@ void copy_trial(const Trial<T>& from, const Trial<T>& to, int64_t n_e, int64_t n
 // and take the summed weight rows of this step's presynaptic spikes.
 template <typename T>
 struct Propagation {
-  std::vector<T> from_input, from_i, from_e;
+  std::vector<T> from_input, from_i, from_e, from_ee, from_ii;  // from_ee, from_ii: empty without the blocks
   std::vector<int64_t> spiking_e, spiking_i, spiking_input;
   explicit Propagation(const Network& net)
       : from_input(net.n_e),
         from_i(net.n_e),
         from_e(net.n_i + net.n_classes),
+        from_ee(net.w_ee != nullptr ? net.n_e : 0),
+        from_ii(net.w_ii != nullptr ? net.n_i : 0),
         spiking_e(net.n_e),
         spiking_i(net.n_i),
         spiking_input(net.n_input) {}
 
-  // ge_e = ge_e * decay + input drive, gi_e = gi_e * decay + I spikes, ge_i = ge_i * decay + E spikes,
-  // gi_i = gi_i * decay, u = u * decay + E spikes (u may be null).
+  // ge_e = ge_e * decay + input drive (+ E spikes through w_ee, after the input as in Brian2), gi_e = gi_e *
+  // decay + I spikes, ge_i = ge_i * decay + E spikes, gi_i = gi_i * decay (+ I spikes through w_ii),
+  // u = u * decay + E spikes (u may be null).
   void apply(const Network& net, const Trial<T>& s, int64_t b, int64_t t, int64_t count_e, int64_t count_i, T* u) {
     const int64_t n_e = net.n_e, n_i = net.n_i, n_classes = net.n_classes, n_eo = n_i + n_classes;
     const T decay_ampa = static_cast<T>(net.decay_ampa), decay_gaba = static_cast<T>(net.decay_gaba);
@@ -322,6 +331,10 @@ struct Propagation {
       for (int64_t j = 0; j < n_e; ++j) s.ge_e[j] = s.ge_e[j] * decay_ampa + from_input[j];
     } else {
       for (int64_t j = 0; j < n_e; ++j) s.ge_e[j] = s.ge_e[j] * decay_ampa;
+    }
+    if (net.w_ee != nullptr && count_e > 0) {  // no spike: + 0 is exact, as the eager product's zeros
+      gather_rows(static_cast<const T*>(net.w_ee), n_e, n_e, spiking_e.data(), count_e, from_ee.data());
+      for (int64_t j = 0; j < n_e; ++j) s.ge_e[j] = s.ge_e[j] + from_ee[j];
     }
     if (count_i > 0) {
       gather_rows(static_cast<const T*>(net.w_ie), n_e, n_e, spiking_i.data(), count_i, from_i.data());
@@ -340,7 +353,12 @@ struct Propagation {
       if (u != nullptr)
         for (int64_t c = 0; c < n_classes; ++c) u[c] = u[c] * decay_readout;
     }
-    for (int64_t j = 0; j < n_i; ++j) s.gi_i[j] = s.gi_i[j] * decay_gaba;
+    if (net.w_ii != nullptr && count_i > 0) {
+      gather_rows(static_cast<const T*>(net.w_ii), n_i, n_i, spiking_i.data(), count_i, from_ii.data());
+      for (int64_t j = 0; j < n_i; ++j) s.gi_i[j] = s.gi_i[j] * decay_gaba + from_ii[j];
+    } else {
+      for (int64_t j = 0; j < n_i; ++j) s.gi_i[j] = s.gi_i[j] * decay_gaba;
+    }
   }
 };
 
@@ -480,7 +498,7 @@ void recompute(const Network& net, const ChunkBuffers& buf, int64_t b0, int64_t 
     const Trial<T> s{p, p + n_e, p + 2 * n_e, ready.data(), p + 3 * n_e, p + 3 * n_e + n_i, p + 3 * n_e + 2 * n_i,
                      ready.data() + n_e};
     copy_trial(trial_rows<T>(buf.start, b, n_e, n_i), s, n_e, n_i);
-    std::vector<T> total(n_e), growth(n_e), unused(n_e);  // unused: coefficients nobody reads
+    std::vector<T> total(n_e), growth(n_e), unused(n_e);  // unused: coefficients nobody reads (gi_i's without I -> I)
     std::vector<uint8_t> integrating(n_e);
     Propagation<T> propagation(net);
     for (int64_t t = buf.first; t < buf.last; ++t) {
@@ -494,7 +512,7 @@ void recompute(const Network& net, const ChunkBuffers& buf, int64_t b0, int64_t 
                    integrating.data(), row(buf.s_e, e_row), row(buf.cv_e, e_row), cge_e, row(buf.cgi_e, e_row));
       coefficients(k_i, surrogate, dt, n_i, step, s.v_i, s.ge_i, s.gi_i, s.ready_i, total.data(), growth.data(),
                    integrating.data(), row(buf.s_i, i_row), row(buf.cv_i, i_row), row(buf.cge_i, i_row),
-                   unused.data());
+                   buf.cgi_i != nullptr ? static_cast<T*>(buf.cgi_i) + i_row : unused.data());
       // Advance with the saved spikes.
       const uint8_t* raster_e = buf.raster_e + (t * batch + b) * n_e;
       const uint8_t* raster_i = buf.raster_i + (t * batch + b) * n_i;
@@ -570,6 +588,7 @@ void adjoint_trial(const Network& net, const AdjointBuffers& buf, const ChunkExt
   const T* lgi_next = at(buf.lgi_e, next * n_e);
   const T* lge_next = buf.lge_e != nullptr ? at(buf.lge_e, next * n_e) : nullptr;
   const T* leo_next = at(buf.leo, next * n_eo);
+  const T* lgi_i_next = buf.lgi_i != nullptr ? at(buf.lgi_i, next * n_i) : nullptr;
   // weight gradients of this step, before slot t % 2 is overwritten
   if (extra.grad_e_out != nullptr)
     for (int64_t k = 0; k < n_e; ++k)
@@ -577,6 +596,12 @@ void adjoint_trial(const Network& net, const AdjointBuffers& buf, const ChunkExt
   if (extra.grad_ie != nullptr)
     for (int64_t k = 0; k < n_i; ++k)
       if (fired_i[k]) add_row(n_e, static_cast<T*>(extra.grad_ie) + k * n_e, lgi_next);
+  if (extra.grad_ee != nullptr)  // l_ge_e exists wherever w_ee does
+    for (int64_t k = 0; k < n_e; ++k)
+      if (fired_e[k]) add_row(n_e, static_cast<T*>(extra.grad_ee) + k * n_e, lge_next);
+  if (extra.grad_ii != nullptr)
+    for (int64_t k = 0; k < n_i; ++k)
+      if (fired_i[k]) add_row(n_i, static_cast<T*>(extra.grad_ii) + k * n_i, lgi_i_next);
   if (extra.grad_in != nullptr) {
     const int64_t count = input_spikes(net, b, t, inputs);
     for (int64_t e = 0; e < count; ++e) add_row(n_e, static_cast<T*>(extra.grad_in) + inputs[e] * n_e, lge_next);
@@ -589,11 +614,13 @@ void adjoint_trial(const Network& net, const AdjointBuffers& buf, const ChunkExt
                         at(buf.cgi_e, e_row), at_mutable(buf.lgi_e, now * n_e), decay_ampa, lge_next,
                         with_ge ? at(buf.cge_e, e_row) : nullptr, with_ge ? at_mutable(buf.lge_e, now * n_e) : nullptr,
                         damping);
-  // I: ge_i lives in the first n_i columns of [l_ge_i, l_u].
+  // I: ge_i lives in the first n_i columns of [l_ge_i, l_u]; gi_i only with an I -> I block.
   const int64_t i_row = (j * batch + b) * n_i;
+  const bool with_gi = buf.lgi_i != nullptr;
   population_adjoint<T>(n_i, fired_i, at(buf.ls_i, b * n_i), buf.s_i != nullptr ? at(buf.s_i, i_row) : nullptr,
                         at(buf.cv_i, i_row), at_mutable(buf.lv_i, b * n_i), decay_ampa, leo_next,
-                        at(buf.cge_i, i_row), at_mutable(buf.leo, now * n_eo), T(0), nullptr, nullptr, nullptr,
+                        at(buf.cge_i, i_row), at_mutable(buf.leo, now * n_eo), decay_gaba, lgi_i_next,
+                        with_gi ? at(buf.cgi_i, i_row) : nullptr, with_gi ? at_mutable(buf.lgi_i, now * n_i) : nullptr,
                         damping);
   // readout: l_u = decay l_u' + dL/dscore_sum (+ dL/du of the trace: u at time t is the one step t - 1 made)
   const T* g_sum = at(buf.g_sum, b * n_classes);
@@ -725,10 +752,28 @@ void panel_product(int64_t rows, int64_t n_post, int64_t depth, const float* l, 
 #endif
 
 // Spike adjoints of step first + j for trials [b0, b1):
-//   ls_e = [l_ge_i, l_u](slot j + 1) [w_ei, w_out]^T (+ dL/dcount_e) (+ dL/dpopulation_e(t), every neuron),
-//   ls_i = l_gi_e(slot j + 1) w_ie^T (+ dL/dcount_i).
+//   ls_e = [l_ge_i, l_u](slot j + 1) [w_ei, w_out]^T (+ dL/dcount_e) (+ dL/dpopulation_e(t), every neuron)
+//          (+ l_ge_e(slot j + 1) w_ee^T),
+//   ls_i = l_gi_e(slot j + 1) w_ie^T (+ dL/dcount_i) (+ l_gi_i(slot j + 1) w_ii^T).
 // With MKL: row-major (trials, n) blocks are column-major (n, trials): ls^T = W lambda^T, with W stored
 // row-major (post, pre), which is column-major (pre, post), hence "T".
+// The recurrent blocks' terms of the spike adjoints, added to ls_e / ls_i (rows trials from ring row `next`):
+// ls_e += l_ge_e w_ee^T, ls_i += l_gi_i w_ii^T. Nothing without the blocks.
+template <typename T>
+void recurrent_spike_adjoints(const Network& net, const AdjointBuffers& buf, int64_t next, int64_t rows, T* ls_e,
+                              T* ls_i) {
+  const int64_t n_e = net.n_e, n_i = net.n_i;
+  const T one = T(1);
+  if (net.w_ee != nullptr) {
+    const T* lge = static_cast<const T*>(buf.lge_e) + next * n_e;
+    gemm("T", "N", &n_e, &rows, &n_e, &one, static_cast<const T*>(net.w_ee), &n_e, lge, &n_e, &one, ls_e, &n_e);
+  }
+  if (net.w_ii != nullptr) {
+    const T* lgi = static_cast<const T*>(buf.lgi_i) + next * n_i;
+    gemm("T", "N", &n_i, &rows, &n_i, &one, static_cast<const T*>(net.w_ii), &n_i, lgi, &n_i, &one, ls_i, &n_i);
+  }
+}
+
 template <typename T>
 void spike_adjoints(const Network& net, const AdjointBuffers& buf, const ChunkExtras& extra, int64_t j, int64_t b0,
                     int64_t b1) {
@@ -769,11 +814,13 @@ void spike_adjoints(const Network& net, const AdjointBuffers& buf, const ChunkEx
                           n_e);
       cblas_sgemm_compute(kColumnMajor, kPacked, kNoTrans, n_i, rows, n_e, packed_i, n_e, lgi, n_e, beta_i, ls_i, n_i);
 #endif
+      recurrent_spike_adjoints<T>(net, buf, next, rows, ls_e, ls_i);
       return;
     }
   }
   gemm("T", "N", &n_e, &rows, &n_eo, &one, static_cast<const T*>(net.w_e_out), &n_eo, leo, &n_eo, &beta_e, ls_e, &n_e);
   gemm("T", "N", &n_i, &rows, &n_e, &one, static_cast<const T*>(net.w_ie), &n_e, lgi, &n_e, &beta_i, ls_i, &n_i);
+  recurrent_spike_adjoints<T>(net, buf, next, rows, ls_e, ls_i);
 }
 
 // Bytes of the packed [w_ei, w_out] and w_ie (float32), for products with up to `rows` trials: panels on
@@ -884,12 +931,12 @@ int64_t biosim_struct_layout(const char* name, int64_t* out, int64_t capacity) {
   const std::string wanted(name);
 #define BIOSIM_AT(S, f) static_cast<int64_t>(offsetof(S, f))
   if (wanted == "Population") layout = {static_cast<int64_t>(sizeof(Population)), BIOSIM_AT(Population, e_exc_over_c), BIOSIM_AT(Population, e_inh_over_c), BIOSIM_AT(Population, leak_drive_over_c), BIOSIM_AT(Population, minus_g_leak_over_c), BIOSIM_AT(Population, one_over_c), BIOSIM_AT(Population, v_threshold), BIOSIM_AT(Population, v_reset), BIOSIM_AT(Population, refractory_steps)};
-  if (wanted == "Network") layout = {static_cast<int64_t>(sizeof(Network)), BIOSIM_AT(Network, batch), BIOSIM_AT(Network, n_steps), BIOSIM_AT(Network, n_e), BIOSIM_AT(Network, n_i), BIOSIM_AT(Network, n_classes), BIOSIM_AT(Network, chunk), BIOSIM_AT(Network, n_threads), BIOSIM_AT(Network, mxcsr), BIOSIM_AT(Network, dt), BIOSIM_AT(Network, decay_ampa), BIOSIM_AT(Network, decay_gaba), BIOSIM_AT(Network, decay_readout), BIOSIM_AT(Network, e), BIOSIM_AT(Network, i), BIOSIM_AT(Network, n_input), BIOSIM_AT(Network, x), BIOSIM_AT(Network, w_in), BIOSIM_AT(Network, w_ie), BIOSIM_AT(Network, w_e_out), BIOSIM_AT(Network, surrogate), BIOSIM_AT(Network, surrogate_slope), BIOSIM_AT(Network, surrogate_unit_mv), BIOSIM_AT(Network, membrane_grad_scale)};
+  if (wanted == "Network") layout = {static_cast<int64_t>(sizeof(Network)), BIOSIM_AT(Network, batch), BIOSIM_AT(Network, n_steps), BIOSIM_AT(Network, n_e), BIOSIM_AT(Network, n_i), BIOSIM_AT(Network, n_classes), BIOSIM_AT(Network, chunk), BIOSIM_AT(Network, n_threads), BIOSIM_AT(Network, mxcsr), BIOSIM_AT(Network, dt), BIOSIM_AT(Network, decay_ampa), BIOSIM_AT(Network, decay_gaba), BIOSIM_AT(Network, decay_readout), BIOSIM_AT(Network, e), BIOSIM_AT(Network, i), BIOSIM_AT(Network, n_input), BIOSIM_AT(Network, x), BIOSIM_AT(Network, w_in), BIOSIM_AT(Network, w_ie), BIOSIM_AT(Network, w_e_out), BIOSIM_AT(Network, surrogate), BIOSIM_AT(Network, surrogate_slope), BIOSIM_AT(Network, surrogate_unit_mv), BIOSIM_AT(Network, membrane_grad_scale), BIOSIM_AT(Network, w_ee), BIOSIM_AT(Network, w_ii)};
   if (wanted == "State") layout = {static_cast<int64_t>(sizeof(State)), BIOSIM_AT(State, v_e), BIOSIM_AT(State, ge_e), BIOSIM_AT(State, gi_e), BIOSIM_AT(State, ready_e), BIOSIM_AT(State, v_i), BIOSIM_AT(State, ge_i), BIOSIM_AT(State, gi_i), BIOSIM_AT(State, ready_i)};
   if (wanted == "ForwardBuffers") layout = {static_cast<int64_t>(sizeof(ForwardBuffers)), BIOSIM_AT(ForwardBuffers, state), BIOSIM_AT(ForwardBuffers, u), BIOSIM_AT(ForwardBuffers, score_sum), BIOSIM_AT(ForwardBuffers, raster_e), BIOSIM_AT(ForwardBuffers, raster_i), BIOSIM_AT(ForwardBuffers, counts_e), BIOSIM_AT(ForwardBuffers, counts_i), BIOSIM_AT(ForwardBuffers, population_e), BIOSIM_AT(ForwardBuffers, population_i), BIOSIM_AT(ForwardBuffers, checkpoints), BIOSIM_AT(ForwardBuffers, readout_trace)};
-  if (wanted == "ChunkBuffers") layout = {static_cast<int64_t>(sizeof(ChunkBuffers)), BIOSIM_AT(ChunkBuffers, first), BIOSIM_AT(ChunkBuffers, last), BIOSIM_AT(ChunkBuffers, start), BIOSIM_AT(ChunkBuffers, raster_e), BIOSIM_AT(ChunkBuffers, raster_i), BIOSIM_AT(ChunkBuffers, s_e), BIOSIM_AT(ChunkBuffers, cv_e), BIOSIM_AT(ChunkBuffers, cge_e), BIOSIM_AT(ChunkBuffers, cgi_e), BIOSIM_AT(ChunkBuffers, s_i), BIOSIM_AT(ChunkBuffers, cv_i), BIOSIM_AT(ChunkBuffers, cge_i)};
-  if (wanted == "AdjointBuffers") layout = {static_cast<int64_t>(sizeof(AdjointBuffers)), BIOSIM_AT(AdjointBuffers, first), BIOSIM_AT(AdjointBuffers, s_e), BIOSIM_AT(AdjointBuffers, cv_e), BIOSIM_AT(AdjointBuffers, cge_e), BIOSIM_AT(AdjointBuffers, cgi_e), BIOSIM_AT(AdjointBuffers, s_i), BIOSIM_AT(AdjointBuffers, cv_i), BIOSIM_AT(AdjointBuffers, cge_i), BIOSIM_AT(AdjointBuffers, raster_e), BIOSIM_AT(AdjointBuffers, raster_i), BIOSIM_AT(AdjointBuffers, ls_e), BIOSIM_AT(AdjointBuffers, ls_i), BIOSIM_AT(AdjointBuffers, lv_e), BIOSIM_AT(AdjointBuffers, lv_i), BIOSIM_AT(AdjointBuffers, lgi_e), BIOSIM_AT(AdjointBuffers, lge_e), BIOSIM_AT(AdjointBuffers, leo), BIOSIM_AT(AdjointBuffers, g_sum), BIOSIM_AT(AdjointBuffers, g_trace)};
-  if (wanted == "ChunkExtras") layout = {static_cast<int64_t>(sizeof(ChunkExtras)), BIOSIM_AT(ChunkExtras, g_counts_e), BIOSIM_AT(ChunkExtras, g_counts_i), BIOSIM_AT(ChunkExtras, grad_in), BIOSIM_AT(ChunkExtras, grad_ie), BIOSIM_AT(ChunkExtras, grad_e_out), BIOSIM_AT(ChunkExtras, packed_e), BIOSIM_AT(ChunkExtras, packed_i), BIOSIM_AT(ChunkExtras, g_population_e)};
+  if (wanted == "ChunkBuffers") layout = {static_cast<int64_t>(sizeof(ChunkBuffers)), BIOSIM_AT(ChunkBuffers, first), BIOSIM_AT(ChunkBuffers, last), BIOSIM_AT(ChunkBuffers, start), BIOSIM_AT(ChunkBuffers, raster_e), BIOSIM_AT(ChunkBuffers, raster_i), BIOSIM_AT(ChunkBuffers, s_e), BIOSIM_AT(ChunkBuffers, cv_e), BIOSIM_AT(ChunkBuffers, cge_e), BIOSIM_AT(ChunkBuffers, cgi_e), BIOSIM_AT(ChunkBuffers, s_i), BIOSIM_AT(ChunkBuffers, cv_i), BIOSIM_AT(ChunkBuffers, cge_i), BIOSIM_AT(ChunkBuffers, cgi_i)};
+  if (wanted == "AdjointBuffers") layout = {static_cast<int64_t>(sizeof(AdjointBuffers)), BIOSIM_AT(AdjointBuffers, first), BIOSIM_AT(AdjointBuffers, s_e), BIOSIM_AT(AdjointBuffers, cv_e), BIOSIM_AT(AdjointBuffers, cge_e), BIOSIM_AT(AdjointBuffers, cgi_e), BIOSIM_AT(AdjointBuffers, s_i), BIOSIM_AT(AdjointBuffers, cv_i), BIOSIM_AT(AdjointBuffers, cge_i), BIOSIM_AT(AdjointBuffers, raster_e), BIOSIM_AT(AdjointBuffers, raster_i), BIOSIM_AT(AdjointBuffers, ls_e), BIOSIM_AT(AdjointBuffers, ls_i), BIOSIM_AT(AdjointBuffers, lv_e), BIOSIM_AT(AdjointBuffers, lv_i), BIOSIM_AT(AdjointBuffers, lgi_e), BIOSIM_AT(AdjointBuffers, lge_e), BIOSIM_AT(AdjointBuffers, leo), BIOSIM_AT(AdjointBuffers, g_sum), BIOSIM_AT(AdjointBuffers, g_trace), BIOSIM_AT(AdjointBuffers, cgi_i), BIOSIM_AT(AdjointBuffers, lgi_i)};
+  if (wanted == "ChunkExtras") layout = {static_cast<int64_t>(sizeof(ChunkExtras)), BIOSIM_AT(ChunkExtras, g_counts_e), BIOSIM_AT(ChunkExtras, g_counts_i), BIOSIM_AT(ChunkExtras, grad_in), BIOSIM_AT(ChunkExtras, grad_ie), BIOSIM_AT(ChunkExtras, grad_e_out), BIOSIM_AT(ChunkExtras, packed_e), BIOSIM_AT(ChunkExtras, packed_i), BIOSIM_AT(ChunkExtras, g_population_e), BIOSIM_AT(ChunkExtras, grad_ee), BIOSIM_AT(ChunkExtras, grad_ii)};
 #undef BIOSIM_AT
   for (size_t k = 0; k < layout.size() && static_cast<int64_t>(k) < capacity; ++k) out[k] = layout[k];
   return static_cast<int64_t>(layout.size());  // 0: an unknown name
