@@ -20,7 +20,7 @@ runs the adjoint recursion through the chunk. Autograd records nothing per
 step.
 
 Spikes propagate event-driven: the rows of ``w_in``, ``w_ei``, ``w_ie`` and
-``w_out`` of the neurons that spiked are summed instead of multiplying dense
+``w_out`` (and ``w_ee``, ``w_ii`` where they exist) of the neurons that spiked are summed instead of multiplying dense
 0/1 matrices, forward and in the weight gradients (``dW_ei = sum_t s_e(t)^T
 l_ge_i(t+1)`` over the spiking rows only).
 
@@ -49,9 +49,19 @@ dL/dcount_e`` and ``l_s_i = l_gi_e' w_ie^T + dL/dcount_i``; the readout's is
 ``l_u = dL/dscore_sum + decay_readout l_u'``. The weight gradients are
 ``dW_in = sum_t x(t)^T l_ge_e(t+1)``, ``dW_ie = sum_t s_i(t)^T l_gi_e(t+1)``,
 ``dW_ei = sum_t s_e(t)^T l_ge_i(t+1)``, ``dW_out = sum_t s_e(t)^T l_u(t+1)``.
-``gi_i`` has no input, so its adjoint reaches no weight and is not computed;
-``l_ge_e`` only feeds ``dW_in`` and is computed only when ``w_in`` needs a
-gradient. This is the graph autograd records for the eager engine.
+Without an I -> I block ``gi_i`` has no input, so its adjoint reaches no
+weight and is not computed; without an E -> E block ``l_ge_e`` only feeds
+``dW_in`` and is computed only when ``w_in`` needs a gradient. This is the
+graph autograd records for the eager engine.
+
+The optional recurrent blocks (``Weights.w_ee``, ``Weights.w_ii``) add
+``l_ge_e' w_ee^T`` to ``l_s_e`` and ``l_gi_i' w_ii^T`` to ``l_s_i``, give
+``gi_i`` its adjoint (``l_gi_i = decay_gaba l_gi_i' + m (E_inh/C (E - 1)/A -
+Q/C) l_v1``, I population), and have the gradients ``dW_ee = sum_t s_e(t)^T
+l_ge_e(t+1)`` and ``dW_ii = sum_t s_i(t)^T l_gi_i(t+1)``. Forward, E -> E
+adds to ``ge_e`` after the input (Brian2's pathway order). Where a block is
+absent its pointers are null and no step does any of this work: the results
+are bit for bit those of a network that never had the option.
 
 Two implementations
 -------------------
@@ -1370,8 +1380,9 @@ def run_network_fused(
         Initial membrane potentials (mV), in the dtype of the weights. No
         gradient flows to them.
     weights : Weights
-        Effective weights (uS; readout dimensionless). Gradients flow to all
-        four (the caller's clamp and mask act outside, through autograd).
+        Effective weights (uS; readout dimensionless), with the recurrent
+        blocks where the network has them. Gradients flow to all of them
+        (the caller's clamp and mask act outside, through autograd).
     constants : Constants
         From :func:`bridge.dynamics.make_constants`.
     spike_fn : callable

@@ -59,7 +59,9 @@ def inputs(trials, dtype=torch.float64, count=N_TRIALS):
 
 
 def leaf_weights(weights, dtype=torch.float64) -> Weights:
-    return Weights(*(w.detach().clone().requires_grad_(True) for w in torch_weights(weights, dtype=dtype)))
+    """Leaf copies of the effective weights, by name (a network may have one recurrent block without the other)."""
+    effective = torch_weights(weights, dtype=dtype).items()
+    return Weights(**{name: w.detach().clone().requires_grad_(True) for name, w in effective})
 
 
 def bptt(engine, trials, weights, spike_fn, *, dtype=torch.float64, count=N_TRIALS, loss_fn=None):
