@@ -19,7 +19,7 @@ from biosim.analysis import gamma_peak, population_rates, population_spectrum, w
 from biosim.inputs import TrialSet
 from biosim.results import SpikeTrains
 from biosim.streams import StreamSet, accuracy_by_position, window_means
-from biosim.weights import CONDUCTANCE_MATRICES
+from biosim.weights import CONDUCTANCE_MATRICES, RECURRENT_BLOCKS
 
 from .feeding import _batch_tensors
 from .model import NetworkOutput, PINGModel
@@ -177,7 +177,7 @@ def _weight_metrics(model: PINGModel) -> dict[str, float]:
     """:func:`biosim.analysis.weight_stats` of each stored conductance matrix, keyed ``{matrix}_{statistic}``."""
     metrics = {}
     mask = model.input_mask.cpu().numpy()
-    for name in CONDUCTANCE_MATRICES:
+    for name in (*CONDUCTANCE_MATRICES, *(n for n in model.matrices if n in RECURRENT_BLOCKS)):
         stored = getattr(model, name).detach().cpu().to(torch.float64).numpy()
         stats = weight_stats(stored, mask if name == "w_in" else None)
         for key, value in stats.as_dict().items():

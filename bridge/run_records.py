@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from biosim.params import NetworkParams, ParameterError
 from biosim.records import atomic_write_text
 from biosim.weight_files import WeightFileError, load_weights
 
@@ -100,11 +101,14 @@ def _now() -> str:
 
 
 def _check_same_config(stored: dict[str, Any], config: TrainConfig, where: Path) -> None:
-    # A field that an older config lacks has its default, which is what the older code did.
+    # A field that an older config lacks has its default, which is what the older code did; that holds
+    # for the network parameters too (fields added since, such as connectivity p_ee, keep their defaults).
     current = config.to_dict()
     try:
         stored = TrainConfig.from_dict(stored).to_dict()
-    except (ConfigError, TypeError):
+        stored["network"] = NetworkParams.from_dict(stored["network"]).to_dict()
+        current["network"] = NetworkParams.from_dict(current["network"]).to_dict()
+    except (ConfigError, ParameterError, TypeError):
         pass  # reported below as differing fields
     differing = sorted(key for key in set(stored) | set(current) if stored.get(key) != current.get(key))
     if differing:

@@ -23,7 +23,7 @@ from biosim.params import NetworkParams, ParameterError
 from biosim.tiers import TIERS, RunSize
 from biosim.weights import init_weights
 
-from .model import ENGINES, MATRICES, PINGModel
+from .model import ENGINES, MATRICES, RECURRENT_BLOCKS, PINGModel
 from .surrogates import SURROGATES, get_surrogate
 
 __all__ = ["ConfigError", "TrainConfig", "build_model"]
@@ -80,12 +80,15 @@ class TrainConfig:
     surrogate_unit_mv : float
         Unit of the surrogate's argument ``v - v_threshold`` in mV (1000:
         volts, the default; see :mod:`bridge.surrogates` for why).
-    init_w_in, init_w_ei, init_w_ie : "canonical", "zero" or float
+    init_w_in, init_w_ei, init_w_ie, init_w_ee, init_w_ii : "canonical", "zero" or float
         Initialisation of each conductance matrix; a float is a multiple of
-        the canonical draw (``0.1`` = 0.1 x canonical).
-    train_w_in, train_w_ei, train_w_ie, train_w_out : bool
+        the canonical draw (``0.1`` = 0.1 x canonical). ``init_w_ee`` /
+        ``init_w_ii`` apply to the optional recurrent blocks, where the
+        network has them (``network`` connectivity ``p_ee`` / ``p_ii`` > 0).
+    train_w_in, train_w_ei, train_w_ie, train_w_out, train_w_ee, train_w_ii : bool
         Trainable flag of each matrix. The defaults are the frozen-loop
-        control: input and readout train, the E-I loop does not.
+        control: input and readout train, the E-I loop (and the recurrent
+        blocks) does not. ``train_w_ee`` / ``train_w_ii`` need the block.
     membrane_grad_scale : float
         Factor on the membrane-potential gradient at every step, in (0, 1]
         (:func:`bridge.model.run_network`); 1 = exact BPTT, 1e-3 = the
@@ -149,6 +152,10 @@ class TrainConfig:
     train_w_ei: bool = False
     train_w_ie: bool = False
     train_w_out: bool = True
+    init_w_ee: str | float = "canonical"
+    init_w_ii: str | float = "canonical"
+    train_w_ee: bool = False
+    train_w_ii: bool = False
     reg_w_ei_distance: float = 0.0
     reg_gamma_power: float = 0.0
     stream_digits: int = 1
@@ -195,11 +202,14 @@ class TrainConfig:
             fail("w_out_unit", "must be a finite number > 0")
         if not (is_number(self.membrane_grad_scale) and 0 < self.membrane_grad_scale <= 1):
             fail("membrane_grad_scale", "must lie in (0, 1] (1 = exact BPTT)")
-        for name in ("init_w_in", "init_w_ei", "init_w_ie"):
+        for name in ("init_w_in", "init_w_ei", "init_w_ie", "init_w_ee", "init_w_ii"):
             value = getattr(self, name)
             if not (value in _INIT_NAMES if isinstance(value, str) else is_number(value) and value >= 0):
                 fail(name, "must be 'canonical', 'zero' or a finite number >= 0 (a multiple of canonical)")
-        for name in ("train_w_in", "train_w_ei", "train_w_ie", "train_w_out", "deterministic"):
+        for name in ("train_w_in", "train_w_ei", "train_w_ie", "train_w_out", "train_w_ee", "train_w_ii"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "must be a bool")
+        for name in ("deterministic",):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "must be a bool")
         for name in ("reg_w_ei_distance", "reg_gamma_power"):
@@ -219,6 +229,13 @@ class TrainConfig:
             NetworkParams.from_dict(self.network)
         except (ParameterError, TypeError) as error:
             raise ConfigError(f"TrainConfig.network: {error}") from error
+        connectivity = self.network_params().connectivity
+        for name, probability in (("w_ee", "p_ee"), ("w_ii", "p_ii")):
+            if getattr(self, f"train_{name}") and getattr(connectivity, probability) == 0:
+                fail(
+                    f"train_{name}",
+                    f"trains a block the network does not have (network connectivity {probability} = 0)",
+                )
         if not (is_int(self.max_retries) and self.max_retries >= 0):
             fail("max_retries", "must be a non-negative int")
         if not (is_number(self.retry_lr_factor) and 0 < self.retry_lr_factor <= 1):
@@ -290,8 +307,11 @@ class TrainConfig:
         return NetworkParams.from_dict(self.network)
 
     def trainable(self) -> dict[str, bool]:
-        """Trainable flag per matrix, keyed as in :data:`bridge.model.MATRICES`."""
-        return {name: getattr(self, f"train_{name}") for name in MATRICES}
+        """Trainable flag per matrix, keyed as in :data:`bridge.model.MATRICES` and ``RECURRENT_BLOCKS``.
+
+        The blocks' flags are there whether or not the network has the block (False where it has not).
+        """
+        return {name: getattr(self, f"train_{name}") for name in (*MATRICES, *RECURRENT_BLOCKS)}
 
     def torch_dtype(self) -> torch.dtype:
         return _DTYPES[self.dtype]
@@ -322,7 +342,8 @@ class TrainConfig:
 
 def build_model(config: TrainConfig, params: NetworkParams) -> PINGModel:
     """The untrained model of ``config``: weights ``init_weights(params, seed)``, on the config's device."""
-    weights = init_weights(params, config.seed, w_in=config.init_w_in, w_ei=config.init_w_ei, w_ie=config.init_w_ie)
+    inits = {name: getattr(config, f"init_{name}") for name in ("w_in", "w_ei", "w_ie", *RECURRENT_BLOCKS)}
+    weights = init_weights(params, config.seed, **inits)
     return PINGModel.from_network_weights(
         params,
         weights,

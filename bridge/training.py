@@ -20,13 +20,14 @@ training loss and accuracy measured without gradients on the epoch-0 inputs):
 ``gamma_peak_hz``, ``gamma_relative_power`` E-population spectrum peak in 20-100 Hz
 ``grad_norm``                               mean global gradient norm before clipping
 ``grad_norm_{w_in,w_ei,w_ie,w_out}``        mean norm of each trainable matrix's gradient before
-                                            clipping
+                                            clipping (and ``w_ee``, ``w_ii`` where they train)
 ``adam_eps_dominated_{...}``                mean fraction of the matrix's Adam steps set by eps
                                             (``sqrt(v_hat) < eps``)
 ``optimizer_steps``                         Adam steps taken by the end of the epoch
 ``{w_in,w_ei,w_ie}_mean_abs_stored``        :func:`biosim.analysis.weight_stats` of the stored
 ``{w_in,w_ei,w_ie}_pruned_fraction``        matrix (``w_in`` over its existing edges); effective
-``{w_in,w_ei,w_ie}_effective_mean``         mean in uS
+``{w_in,w_ei,w_ie}_effective_mean``         mean in uS; likewise ``w_ee_...``, ``w_ii_...`` for the
+                                            recurrent blocks the network has
 ``lr``, ``retries``                         learning rate and retries used so far
 ``wall_time_s``, ``elapsed_s``              this epoch's and the run's cumulative wall time
 ==========================================  ===================================================
@@ -88,7 +89,7 @@ from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, capture_rng_state, r
 from .checkpoint import save_checkpoint as _save_checkpoint_file
 from .evaluation import _forward, _nonfinite_state, _weight_metrics, evaluate
 from .feeding import TrainingDigits, test_stream_set, test_trial_set
-from .model import MATRICES, NetworkOutput, PINGModel
+from .model import NetworkOutput, PINGModel
 from .regularisers import gamma_shortfall, w_ei_distance
 from .run_records import (
     WEIGHTS_NAME,
@@ -354,7 +355,8 @@ class _Trainer:
         check(([] if bool(torch.isfinite(loss)) else ["loss"]) + _nonfinite_state(output))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        trainable = {name: getattr(self.model, name) for name in MATRICES if getattr(self.model, name).requires_grad}
+        model = self.model
+        trainable = {name: getattr(model, name) for name in model.matrices if getattr(model, name).requires_grad}
         check([f"gradient of {name}" for name, p in trainable.items() if not bool(torch.isfinite(p.grad).all())])
         norms = _clip_gradients(trainable, self.config.grad_clip, self.config.grad_clip_mode)
         # Entries finite, but the sum of their squares overflowed.

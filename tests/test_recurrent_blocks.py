@@ -332,3 +332,62 @@ def test_mirror_weights_carry_the_blocks(stored_weights):
     assert off.w_ee is None and off.w_ii is None and len(list(off)) == 4
     with pytest.raises(ValueError, match=r"Weights.w_ee: expected shape \(64, 64\)"):
         type(weights)(weights.w_in, weights.w_ei, weights.w_ie, weights.w_out, weights.w_ii)
+
+
+# --- the trainer and validation -----------------------------------------------------------------
+
+
+def test_config_flags_of_the_blocks_and_old_configs_resume(tmp_path):
+    from test_training import SMOKE
+
+    from bridge.run_records import _check_same_config
+    from bridge.train_config import ConfigError
+
+    assert SMOKE.trainable()["w_ee"] is False and SMOKE.trainable()["w_ii"] is False
+    with pytest.raises(ConfigError, match=r"train_w_ee.*network connectivity p_ee = 0"):
+        replace(SMOKE, train_w_ee=True)
+    # A config written before p_ee / p_ii existed (its resolved network lacks them) is the same config.
+    old = SMOKE.resolved().to_dict()
+    for name in ("p_ee", "p_ii"):
+        del old["network"]["connectivity"][name]
+    for name in ("init_w_ee", "init_w_ii", "train_w_ee", "train_w_ii"):
+        del old[name]
+    _check_same_config(old, SMOKE.resolved(), tmp_path / "checkpoint.pt")
+    with pytest.raises(ConfigError, match=r"fields \['network'\] differ"):
+        blocks = replace(
+            SMOKE, network={**SMOKE.network, "connectivity": {**SMOKE.network["connectivity"], "p_ee": 0.1}}
+        )
+        _check_same_config(old, blocks.resolved(), tmp_path / "checkpoint.pt")
+
+
+def test_training_the_blocks_and_validating_them_in_brian2(tmp_path):
+    """A smoke run that trains w_ee and w_ii (fused engine), its bookkeeping, and Brian2 against its weights."""
+    from test_training import SMOKE
+
+    from bridge.training import train
+    from bridge.validation import validate
+
+    network = NetworkParams.from_dict(SMOKE.network).replace(connectivity__p_ee=0.2, connectivity__p_ii=0.2)
+    config = replace(
+        SMOKE,
+        epochs=1,
+        n_train=8,
+        network=network.to_dict(),
+        train_w_ee=True,
+        train_w_ii=True,
+        init_w_ii=2.0,
+        engine="fused",
+    )
+    result = train(config, tmp_path, progress=False)
+    assert result.status == "completed" and result.model.matrices == NAMES
+    last = result.metrics[-1]
+    for name in ("w_ee", "w_ii"):
+        assert last[f"grad_norm_{name}"] > 0, name
+        for stat in ("mean_abs_stored", "pruned_fraction", "effective_mean"):
+            assert np.isfinite(last[f"{name}_{stat}"]), (name, stat)
+        assert last[f"{name}_mean_abs_stored"] != result.metrics[0][f"{name}_mean_abs_stored"], f"{name} trained"
+    initial = init_weights(network, seed=config.seed, w_ii=2.0)
+    loaded = load_weights(tmp_path / "weights.npz", params=network)
+    assert not np.array_equal(loaded.stored.w_ee, initial.w_ee)
+    report = validate(tmp_path, backend="numpy", progress=False)
+    assert report["spike_identity_float64"]["fraction"] == 1.0 and report["verdict"] == "pass", report
