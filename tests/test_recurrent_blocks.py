@@ -391,3 +391,13 @@ def test_training_the_blocks_and_validating_them_in_brian2(tmp_path):
     assert not np.array_equal(loaded.stored.w_ee, initial.w_ee)
     report = validate(tmp_path, backend="numpy", progress=False)
     assert report["spike_identity_float64"]["fraction"] == 1.0 and report["verdict"] == "pass", report
+
+
+def test_dense_propagation_with_the_blocks(trials, stored_weights):
+    """The torch path's dense spike products (its default on GPU) carry the blocks too."""
+    expected_output, expected = eager_gradients(trials, stored_weights, "fast_sigmoid", "state", "both")
+    engine = FusedEngine(chunk_steps=37, implementation="torch", propagation="dense")
+    output, actual = bptt(engine, trials, stored_weights, get_surrogate(), loss_fn=recurrent_state_loss)
+    assert torch.equal(expected_output.spike_counts_e, output.spike_counts_e)
+    assert torch.equal(expected_output.spike_counts_i, output.spike_counts_i)
+    assert_gradients_match(expected, actual, NAMES)
