@@ -84,11 +84,11 @@ class Weights:
     gives the matrices present, in field order (the four of every network,
     then the blocks there are), so code that handles "every matrix" (leaf
     copies, dtype checks, gradients) sees exactly the network's;
-    :meth:`items` gives them with their names. ``Weights._fields`` names
-    the four every network has.
+    :meth:`items` gives them with their names. :attr:`BASE` names the
+    four every network has, :attr:`BLOCKS` the optional ones.
     """
 
-    _fields: ClassVar[tuple[str, ...]] = ("w_in", "w_ei", "w_ie", "w_out")
+    BASE: ClassVar[tuple[str, ...]] = ("w_in", "w_ei", "w_ie", "w_out")
     BLOCKS: ClassVar[tuple[str, ...]] = ("w_ee", "w_ii")
 
     w_in: torch.Tensor
@@ -108,7 +108,7 @@ class Weights:
 
     def items(self) -> list[tuple[str, torch.Tensor]]:
         """``(name, matrix)`` of the matrices present, in field order."""
-        names = (*self._fields, *(name for name in self.BLOCKS if getattr(self, name) is not None))
+        names = (*self.BASE, *(name for name in self.BLOCKS if getattr(self, name) is not None))
         return [(name, getattr(self, name)) for name in names]
 
     def __iter__(self) -> Iterator[torch.Tensor]:

@@ -127,7 +127,7 @@ def test_gradients_match_eager_autograd(trials, stored_weights, surrogate, imple
     engine = FusedEngine(chunk_steps=37, implementation=implementation)  # chunks that do not divide T
     output, actual = bptt(engine, trials, stored_weights, get_surrogate(surrogate))
     assert_same_forward(expected_output, output)
-    for name, a, b in zip(Weights._fields, expected, actual, strict=True):
+    for name, a, b in zip(Weights.BASE, expected, actual, strict=True):
         assert a is not None and float(a.abs().max()) > 0, name
         assert relative_difference(a, b) < 1e-6, name
 
@@ -160,7 +160,7 @@ def test_gradients_through_counts_and_final_state(
 ):
     engine = FusedEngine(chunk_steps=64, implementation=implementation)
     _, actual = bptt(engine, trials, stored_weights, get_surrogate(), loss_fn=state_and_count_loss)
-    for name, a, b in zip(Weights._fields, eager_state_and_count_gradients, actual, strict=True):
+    for name, a, b in zip(Weights.BASE, eager_state_and_count_gradients, actual, strict=True):
         assert relative_difference(a, b) < 1e-6, name
 
 
@@ -189,7 +189,7 @@ def test_gradients_through_population_and_readout_trace(
     output, actual = bptt(engine, trials, stored_weights, get_surrogate(), loss_fn=per_step_loss)
     assert_same_forward(expected_output, output)
     assert torch.allclose(output.readout_trace.mean(dim=1), output.scores, rtol=1e-12, atol=0)
-    for name, a, b in zip(Weights._fields, expected, actual, strict=True):
+    for name, a, b in zip(Weights.BASE, expected, actual, strict=True):
         assert a is not None and float(a.abs().max()) > 0, name
         assert relative_difference(a, b) < 1e-6, name
 
@@ -216,7 +216,7 @@ def test_membrane_gradient_damping_matches_eager_autograd(
     output, actual = bptt(damped, trials, stored_weights, get_surrogate())
     assert_same_forward(expected_output, output)  # the forward pass does not change
     _, exact = eager_bptt(trials, stored_weights, key="canonical")
-    for name, a, b, undamped in zip(Weights._fields, expected, actual, exact, strict=True):
+    for name, a, b, undamped in zip(Weights.BASE, expected, actual, exact, strict=True):
         assert a is not None and float(a.abs().max()) > 0, name
         assert relative_difference(a, b) < 1e-6, name
         if name != "w_out":  # the readout's gradient does not pass through a membrane; the others' do
@@ -231,7 +231,7 @@ def test_zero_initialised_loop_and_batch_of_one(trials, stored_weights, implemen
         expected_output, expected = eager_bptt(trials, weights, count=count, key=key)
         output, actual = bptt(engine, trials, weights, get_surrogate(), count=count)
         assert_same_forward(expected_output, output)
-        for name, a, b in zip(Weights._fields, expected, actual, strict=True):
+        for name, a, b in zip(Weights.BASE, expected, actual, strict=True):
             assert relative_difference(a, b) < 1e-6, name
     # the zero-initialised loop still learns: its conductances receive gradient
     assert float(actual[1].abs().max()) > 0 and float(actual[2].abs().max()) > 0
@@ -245,7 +245,7 @@ def test_float32_runs_and_agrees_with_eager(trials, stored_weights, implementati
     output, actual = bptt(engine, trials, stored_weights, spike_fn, dtype=torch.float32)
     assert output.scores.dtype == torch.float32
     assert_same_forward(expected_output, output)
-    for name, a, b in zip(Weights._fields, expected, actual, strict=True):
+    for name, a, b in zip(Weights.BASE, expected, actual, strict=True):
         assert b.dtype == torch.float32 and torch.isfinite(b).all(), name
         assert relative_difference(a, b) < 1e-3, name
 
@@ -381,7 +381,7 @@ def test_a_surrogate_the_kernels_do_not_know_runs_on_torch_operations(trials, st
     expected_output, expected = bptt(run_network, trials, stored_weights, surrogate)
     output, actual = bptt(run_network_fused, trials, stored_weights, surrogate)
     assert_same_forward(expected_output, output)
-    for name, a, b in zip(Weights._fields, expected, actual, strict=True):
+    for name, a, b in zip(Weights.BASE, expected, actual, strict=True):
         assert relative_difference(a, b) < 1e-6, name
     if kernels_available():
         with pytest.raises(RuntimeError, match="gaussian"):
@@ -397,7 +397,7 @@ def test_float32_kernel_products_for_every_block_shape(stored_weights, count):
     _, expected = bptt(run_network, trials, stored_weights, get_surrogate(), dtype=torch.float32, count=count)
     engine = FusedEngine(implementation="kernels")
     _, actual = bptt(engine, trials, stored_weights, get_surrogate(), dtype=torch.float32, count=count)
-    for name, a, b in zip(Weights._fields, expected, actual, strict=True):
+    for name, a, b in zip(Weights.BASE, expected, actual, strict=True):
         assert float(a.abs().max()) > 0, name
         assert relative_difference(a, b) < 1e-4, name  # measured: up to 2e-6 (float32 rounding)
 
@@ -415,7 +415,7 @@ def test_kernel_results_do_not_depend_on_the_thread_count(stored_weights):
             torch.set_num_threads(1)
     (output_1, grads_1), (output_2, grads_2) = results
     assert_same_forward(output_1, output_2)
-    for name, a, b in zip(Weights._fields, grads_1, grads_2, strict=True):
+    for name, a, b in zip(Weights.BASE, grads_1, grads_2, strict=True):
         assert torch.equal(a, b), name
 
 
