@@ -25,8 +25,9 @@ Protocols (:data:`PROTOCOLS`):
   to keep the loop?
 - ``streaming`` (SPEC section 6): streams of four digits back to back in one
   trial, no reset between them, one readout window per digit
-  (:mod:`biosim.streams`), loop frozen and trainable: does the loop survive,
-  and does it help, when the network must follow a continuous input?
+  (:mod:`biosim.streams`), loop frozen and trainable (exact BPTT and with
+  the reference's membrane-gradient damping): does the loop survive, and
+  does it help, when the network must follow a continuous input?
 - ``membrane_damping``: the four ``dale_pruning`` conditions, exact and with
   the reference study's membrane-gradient damping (SPEC section 3): does
   the stabiliser change the answer?
@@ -196,6 +197,17 @@ STREAMING = (
         "canonical",
         True,
         stream_digits=STREAM_DIGITS,
+    ),
+    # BPTT through 8000 steps explodes more often than through 2000 (one of three exact
+    # trainable streams diverged): is that what stops it, and does bounding it change the loop?
+    _loop(
+        "stream_trainable_damped",
+        f"streams of {STREAM_DIGITS} digits, no reset between them; canonical loop, trainable; "
+        f"membrane gradient x {REFERENCE_DAMPING:g} per step",
+        "canonical",
+        True,
+        stream_digits=STREAM_DIGITS,
+        membrane_grad_scale=REFERENCE_DAMPING,
     ),
 )
 
