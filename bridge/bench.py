@@ -411,7 +411,7 @@ def run_benchmark(
         if progress:
             print(f"[bench {time.perf_counter() - started:7.1f} s] {message}", file=sys.stderr, flush=True)
 
-    from . import fast_engine
+    from . import fused_kernels
     from .surrogates import get_surrogate
 
     result: dict[str, Any] = {
@@ -438,8 +438,8 @@ def run_benchmark(
             "platform": platform.platform(),
             "processor": _processor_name(),
             "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
-            "fused_cpu_kernels": fast_engine.kernels_available() if device == "cpu" else False,
-            "fused_product_path": fast_engine.kernel_info()["product_path"] if device == "cpu" else None,
+            "fused_cpu_kernels": fused_kernels.kernels_available() if device == "cpu" else False,
+            "fused_product_path": fused_kernels.kernel_info()["product_path"] if device == "cpu" else None,
             "load_average_start": _load_average(),
         },
         "versions": library_versions(),
@@ -477,7 +477,7 @@ def run_benchmark(
         # matrices (n_e x n_i each, one multiply and one add per entry) per trial-step.
         params = _params(n_steps)
         useful_flops = 4 * params.connectivity.n_e * params.connectivity.n_i
-        peak = fast_engine.fma_peak_flops(result["fused_threads"])
+        peak = fused_kernels.fma_peak_flops(result["fused_threads"])
         if peak is not None:
             result.update(
                 fma_peak_flops=peak,

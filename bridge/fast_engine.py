@@ -9,6 +9,13 @@ the same spikes in float64, but runs the time loop inside one
 recursion (the adjoint) of :func:`bridge.dynamics.advance`, written out by
 hand. It is the model engine ``"fused"`` (:data:`bridge.model.ENGINES`).
 
+This module is the algorithm: the forward pass, the recomputation and the
+adjoint, on torch operations and driving the C++ kernels. It is long (about
+1000 lines) because those three must be read side by side: they share the
+chunk layout, the saved buffers and the index conventions of the adjoint
+below, and a change to one is a change to all. Building, loading and
+binding the C++ (``csrc/fused_engine.cpp``) is :mod:`bridge.fused_kernels`.
+
 What is saved, what is recomputed
 ---------------------------------
 The forward pass keeps only the spike rasters (one byte per neuron and step)
@@ -91,19 +98,9 @@ Two implementations
 from __future__ import annotations
 
 import ctypes
-import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
-import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -122,377 +119,32 @@ from .dynamics import (
     update_membrane,
 )
 from .eager import NetworkOutput, run_network
+from .fused_kernels import (
+    GRADIENT_ACCUMULATORS,
+    KERNEL_SURROGATES,
+    STATE_NAMES,
+    AdjointBuffers,
+    ChunkBuffers,
+    ChunkExtras,
+    ForwardBuffers,
+    KernelLibrary,
+    Network,
+    address,
+    kernel_library,
+    population_struct,
+    state_struct,
+)
 from .surrogates import Surrogate
 from .torch_settings import flushed_denormals, torch_threads
 
-__all__ = ["PRODUCT_PATHS", "FusedEngine", "fma_peak_flops", "kernel_info", "kernels_available", "run_network_fused"]
+__all__ = ["FusedEngine", "run_network_fused"]
 
 Derivative = Callable[[torch.Tensor], torch.Tensor]
 
 
-# --- CPU kernel library ---------------------------------------------------------
-
-_KERNEL_SOURCE_PATH = Path(__file__).with_name("csrc") / "fused_engine.cpp"
-"""The C++ of the CPU kernels; its text is part of the cache key of the compiled library."""
-
-_COMPILER_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-fast-math")
-"""No fused multiply-adds and no reassociation: the kernels must round like separate torch operations."""
-
-
-class _Population(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_double)
-        for name in (
-            "e_exc_over_c",
-            "e_inh_over_c",
-            "leak_drive_over_c",
-            "minus_g_leak_over_c",
-            "one_over_c",
-            "v_threshold",
-            "v_reset",
-        )
-    ] + [("refractory_steps", ctypes.c_int64)]
-
-
-def _pointers(*names: str) -> list[tuple[str, Any]]:
-    return [(name, ctypes.c_void_p) for name in names]
-
-
-class _Network(ctypes.Structure):
-    _fields_ = (
-        [
-            (name, ctypes.c_int64)
-            for name in ("batch", "n_steps", "n_e", "n_i", "n_classes", "chunk", "n_threads", "mxcsr")
-        ]
-        + [(name, ctypes.c_double) for name in ("dt", "decay_ampa", "decay_gaba", "decay_readout")]
-        + [("e", _Population), ("i", _Population), ("n_input", ctypes.c_int64)]
-        + _pointers("x", "w_in", "w_ie", "w_e_out")
-        + [("surrogate", ctypes.c_int64), ("surrogate_slope", ctypes.c_double), ("surrogate_unit_mv", ctypes.c_double)]
-        + [("membrane_grad_scale", ctypes.c_double)]
-        + _pointers("w_ee", "w_ii")
-    )
-
-
-_GRADIENT_ACCUMULATORS = ("grad_in", "grad_ie", "grad_e_out", "grad_ee", "grad_ii")
-"""The weight gradients the kernels' backward blocks add up, each into an accumulator of its own."""
-
 _TRIALS_PER_TASK = 8
 """Trials per block of the kernels' backward pass: the AVX-512 products run as fast on 8 trials as on 16 or
 32 (tiles of 4), and 4 blocks per batch of 32 balance 2 threads when one of them is slowed."""
-
-_KERNEL_SURROGATES = {"fast_sigmoid": 1, "sigmoid": 2, "atan": 3, "triangle": 4}
-"""Surrogates whose derivative the CPU kernels evaluate (``Surrogate`` in the kernel source); the torch
-implementation runs any other."""
-
-
-_STATE_NAMES = ("v_e", "ge_e", "gi_e", "ready_e", "v_i", "ge_i", "gi_i", "ready_i")
-
-
-class _State(ctypes.Structure):
-    _fields_ = _pointers(*_STATE_NAMES)
-
-
-class _ForwardBuffers(ctypes.Structure):
-    _fields_ = (
-        [("state", _State)]
-        + _pointers("u", "score_sum", "raster_e", "raster_i", "counts_e", "counts_i", "population_e", "population_i")
-        + [("checkpoints", _State)]
-        + _pointers("readout_trace")
-    )
-
-
-class _ChunkBuffers(ctypes.Structure):
-    _fields_ = (
-        [("first", ctypes.c_int64), ("last", ctypes.c_int64), ("start", _State)]
-        + _pointers("raster_e", "raster_i")
-        + _pointers("s_e", "cv_e", "cge_e", "cgi_e", "s_i", "cv_i", "cge_i", "cgi_i")
-    )
-
-
-class _ChunkExtras(ctypes.Structure):
-    _fields_ = _pointers(
-        "g_counts_e",
-        "g_counts_i",
-        "grad_in",
-        "grad_ie",
-        "grad_e_out",
-        "packed_e",
-        "packed_i",
-        "g_population_e",
-        "grad_ee",
-        "grad_ii",
-    )
-
-
-class _AdjointBuffers(ctypes.Structure):
-    _fields_ = [("first", ctypes.c_int64)] + _pointers(
-        "s_e",
-        "cv_e",
-        "cge_e",
-        "cgi_e",
-        "s_i",
-        "cv_i",
-        "cge_i",
-        "raster_e",
-        "raster_i",
-        "ls_e",
-        "ls_i",
-        "lv_e",
-        "lv_i",
-        "lgi_e",
-        "lge_e",
-        "leo",
-        "g_sum",
-        "g_trace",
-        "cgi_i",
-        "lgi_i",
-    )
-
-
-_STRUCTS = {
-    "Population": _Population,
-    "Network": _Network,
-    "State": _State,
-    "ForwardBuffers": _ForwardBuffers,
-    "ChunkBuffers": _ChunkBuffers,
-    "AdjointBuffers": _AdjointBuffers,
-    "ChunkExtras": _ChunkExtras,
-}
-"""The ctypes copies of the kernels' structs, by their C++ names."""
-
-
-def _layout_mismatches(library: ctypes.CDLL, structs: dict[str, type] | None = None) -> list[str]:
-    """Structs whose size or field offsets differ between the C++ (``biosim_struct_layout``) and ctypes."""
-    layout = library.biosim_struct_layout
-    layout.argtypes, layout.restype = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64], ctypes.c_int64
-    buffer = (ctypes.c_int64 * 64)()
-    mismatches = []
-    for name, struct in (structs or _STRUCTS).items():
-        count = layout(name.encode(), buffer, len(buffer))
-        native = list(buffer[: min(count, len(buffer))])
-        ours = [ctypes.sizeof(struct)] + [getattr(struct, field).offset for field, _ in struct._fields_]
-        if native != ours:
-            mismatches.append(f"{name}: size and offsets {native} in C++, {ours} in ctypes")
-    return mismatches
-
-
-def _address(tensor: torch.Tensor | None) -> int | None:
-    return None if tensor is None else tensor.data_ptr()
-
-
-def _state_struct(tensors: dict[str, torch.Tensor] | None) -> _State:
-    if tensors is None:
-        return _State()
-    return _State(*(_address(tensors[name]) for name in _STATE_NAMES))
-
-
-@dataclass(frozen=True)
-class _KernelLibrary:
-    """The loaded CPU kernels, one function per dtype."""
-
-    forward: dict[torch.dtype, Any]
-    recompute: dict[torch.dtype, Any]
-    adjoint_steps: dict[torch.dtype, Any]
-    surrogate: dict[torch.dtype, Any]
-    """The kernels' masked surrogate derivative, for tests: ``(network, n, x (in/out), integrating)``."""
-    packed_sizes: Any
-    pack_weights: Any
-    control_word: Any
-    """The calling thread's floating-point control word (flush-to-zero), -1 where there is none."""
-    path: str
-    fma_peak: Any
-    """``(iterations, threads) -> flops`` of independent FMA chains (:func:`fma_peak_flops` times it)."""
-    product_path: str
-    """How the float32 products with the recurrent weights run: a key of :data:`PRODUCT_PATHS`."""
-
-
-def _cpu_description() -> str:
-    """Model and feature flags of this CPU (part of the kernel cache key)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return ""
-    return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags", "Features"))}))
-
-
-def _torch_library_directory() -> Path:
-    return Path(torch.__file__).resolve().parent / "lib"
-
-
-_MKL_SYMBOLS = (
-    "vmsExp",
-    "vmdExp",
-    "sgemm_",
-    "dgemm_",
-    "cblas_sgemm_pack_get_size",
-    "cblas_sgemm_pack",
-    "cblas_sgemm_compute",
-    "MKL_Set_Num_Threads_Local",
-)
-"""What the kernels call in the MKL that ``libtorch_cpu`` carries."""
-
-
-PRODUCT_PATHS = {
-    "avx512": "AVX-512 register tiles (panels of 64 columns, 4 x 4 zmm accumulators)",
-    "avx2": "AVX2 + FMA register tiles (panels of 16 columns, 6 x 2 ymm accumulators)",
-    "mkl": "MKL packed GEMM (cblas_sgemm_compute)",
-}
-"""The float32 product paths of the kernels; the two tiled ones give the same bits."""
-_PRODUCT_PATH_CODES = {1: "avx512", 2: "avx2", 0: "mkl"}
-_KERNEL_ISA_ENV = "BIOSIM_KERNEL_ISA"
-_KERNEL_ISA_FLAGS = {"native": (), "avx2": ("-mno-avx512f",)}
-"""``BIOSIM_KERNEL_ISA``: ``native`` (default) or ``avx2``, which builds without AVX-512 (to test the
-AVX2 path on an AVX-512 machine)."""
-
-
-def fma_peak_flops(threads: int, seconds: float = 0.3) -> float | None:
-    """Measured float32 FMA peak of this machine (flop/s) with ``threads`` threads; None without the kernels.
-
-    Independent FMA chains at the kernels' vector width, timed over about
-    ``seconds``: the ceiling of the benchmark's roofline (:mod:`bridge.bench`).
-    """
-    library = _kernel_library()
-    if library is None:
-        return None
-    iterations = 1 << 16
-    while True:
-        start = time.perf_counter()
-        flops = library.fma_peak(iterations, threads)
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds or iterations >= 1 << 34:
-            return flops / elapsed
-        iterations *= 2
-
-
-def kernel_info() -> dict[str, Any]:
-    """Which CPU kernels this process uses: ``{"available", "product_path", "description", "library"}``."""
-    library = _kernel_library()
-    if library is None:
-        return {"available": False, "product_path": None, "description": "torch operations", "library": None}
-    return {
-        "available": True,
-        "product_path": library.product_path,
-        "description": PRODUCT_PATHS[library.product_path],
-        "library": library.path,
-    }
-
-
-@functools.cache
-def _kernel_library() -> _KernelLibrary | None:
-    """Build (once per machine and source version) and load the CPU kernels; ``None`` if unavailable.
-
-    Needs Linux, the system C++ compiler with OpenMP, and the MKL vector math
-    (``vmsExp``/``vmdExp``) exported by ``libtorch_cpu``, which is what
-    ``torch.exp`` calls on CPU. Set ``BIOSIM_FUSED_KERNELS=0`` to skip them.
-    """
-    if os.environ.get("BIOSIM_FUSED_KERNELS", "1") == "0" or not sys.platform.startswith("linux"):
-        return None
-    torch_cpu = _torch_library_directory() / "libtorch_cpu.so"
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-
-    def unavailable(reason: str) -> None:
-        warnings.warn(f"fused engine: CPU kernels unavailable ({reason}); using torch operations", stacklevel=3)
-
-    try:
-        exports = ctypes.CDLL(str(torch_cpu))
-    except OSError as error:
-        return unavailable(f"cannot load {torch_cpu}: {error}")
-    missing = [symbol for symbol in _MKL_SYMBOLS if not hasattr(exports, symbol)]
-    if missing:
-        return unavailable(f"this torch build exports no MKL {', '.join(missing)}")
-    if compiler is None:
-        return unavailable("no C++ compiler: set CXX or install g++")
-    try:
-        kernel_source = _KERNEL_SOURCE_PATH.read_text()
-    except OSError as error:
-        return unavailable(f"cannot read the kernel source {_KERNEL_SOURCE_PATH}: {error}")
-    isa = os.environ.get(_KERNEL_ISA_ENV, "native")
-    if isa not in _KERNEL_ISA_FLAGS:
-        raise ValueError(f"{_KERNEL_ISA_ENV}={isa!r}: expected one of {', '.join(_KERNEL_ISA_FLAGS)}")
-    flags = [*_COMPILER_FLAGS, "-march=native", *_KERNEL_ISA_FLAGS[isa]]
-    link = [f"-L{torch_cpu.parent}", "-Wl,--no-as-needed", "-ltorch_cpu", f"-Wl,-rpath,{torch_cpu.parent}"]
-    # -march=native: the cached library belongs to this kind of CPU as well.
-    key = hashlib.sha256(
-        "\n".join([kernel_source, compiler, *flags, *link, torch.__version__, _cpu_description()]).encode()
-    ).hexdigest()
-    cache = Path(os.environ.get("BIOSIM_KERNEL_CACHE") or Path.home() / ".cache" / "biosim" / "kernels")
-    target = cache / f"fused_engine_{key[:20]}.so"
-    try:
-        if not target.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache) as build:
-                source = Path(build) / "fused_engine.cpp"
-                source.write_text(kernel_source)
-                output = Path(build) / target.name
-                subprocess.run(
-                    [compiler, *flags, str(source), "-o", str(output), *link],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                )
-                os.replace(output, target)  # atomic: concurrent builds cannot leave a partial file
-        library = ctypes.CDLL(str(target))
-    except (OSError, subprocess.CalledProcessError) as error:
-        detail = (getattr(error, "stderr", "") or str(error)).strip().splitlines()
-        return unavailable(f"the build failed: {' | '.join(detail[:5])}")
-    mismatches = _layout_mismatches(library)
-    if mismatches:  # a struct changed on one side only: calling the kernels would corrupt memory
-        raise RuntimeError(
-            f"{_KERNEL_SOURCE_PATH.name} and bridge/fast_engine.py disagree on struct layouts: " + "; ".join(mismatches)
-        )
-
-    def bind(name: str, *argtypes: Any) -> dict[torch.dtype, Any]:
-        functions = {}
-        for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
-            function = getattr(library, f"biosim_{name}_{suffix}")
-            function.argtypes, function.restype = list(argtypes), None
-            functions[dtype] = function
-        return functions
-
-    pointer = ctypes.POINTER
-    return _KernelLibrary(
-        forward=bind("forward", pointer(_Network), pointer(_ForwardBuffers)),
-        recompute=bind("recompute", pointer(_Network), pointer(_ChunkBuffers), ctypes.c_int64, ctypes.c_int64),
-        adjoint_steps=bind(
-            "adjoint_steps",
-            pointer(_Network),
-            pointer(_AdjointBuffers),
-            pointer(_ChunkExtras),
-            *(ctypes.c_int64,) * 4,
-        ),
-        surrogate=bind("surrogate", pointer(_Network), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p),
-        packed_sizes=_function(library.biosim_packed_sizes, pointer(_Network), ctypes.c_int64, ctypes.c_void_p),
-        control_word=_function(library.biosim_control_word, restype=ctypes.c_int64),
-        pack_weights=_function(
-            library.biosim_pack_weights, pointer(_Network), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p
-        ),
-        path=str(target),
-        fma_peak=_function(library.biosim_fma_peak, ctypes.c_int64, ctypes.c_int64, restype=ctypes.c_double),
-        product_path=_PRODUCT_PATH_CODES[_function(library.biosim_product_path, restype=ctypes.c_int64)()],
-    )
-
-
-def _function(function: Any, *argtypes: Any, restype: Any = None) -> Any:
-    function.argtypes, function.restype = list(argtypes), restype
-    return function
-
-
-def kernels_available() -> bool:
-    """Whether the compiled CPU kernels can be used here (building them on first call)."""
-    return _kernel_library() is not None
-
-
-def _population_struct(k: PopulationConstants) -> _Population:
-    return _Population(
-        k.e_exc_over_c,
-        k.e_inh_over_c,
-        k.leak_drive_over_c,
-        k.minus_g_leak_over_c,
-        k.one_over_c,
-        k.v_threshold,
-        k.v_reset,
-        k.refractory_steps,
-    )
 
 
 # --- torch-operation kernels (any device; the fallback) ---------------------------
@@ -600,7 +252,7 @@ class _Problem:
     chunk_steps: int
     sparse: bool
     save: bool
-    library: _KernelLibrary | None
+    library: KernelLibrary | None
     membrane_grad_scale: float = 1.0
     """Factor on the membrane adjoint at every step (:func:`run_network_fused`)."""
     saved: dict[str, Any] = field(default_factory=dict)
@@ -620,9 +272,9 @@ class _Problem:
         w_e_out: torch.Tensor,
         w_ee: torch.Tensor | None,
         w_ii: torch.Tensor | None,
-    ) -> _Network:
+    ) -> Network:
         c, (batch, n_steps, n_input) = self.constants, self.x.shape
-        return _Network(
+        return Network(
             batch,
             n_steps,
             w_in.shape[1],
@@ -635,17 +287,17 @@ class _Problem:
             c.decay_ampa,
             c.decay_gaba,
             c.decay_readout,
-            _population_struct(c.e),
-            _population_struct(c.i),
+            population_struct(c.e),
+            population_struct(c.i),
             n_input,
-            _address(self.x),
-            _address(w_in),
-            _address(w_ie),
-            _address(w_e_out),
+            address(self.x),
+            address(w_in),
+            address(w_ie),
+            address(w_e_out),
             *_surrogate_fields(self.surrogate),
             self.membrane_grad_scale,
-            _address(w_ee),
-            _address(w_ii),
+            address(w_ee),
+            address(w_ii),
         )
 
 
@@ -653,7 +305,7 @@ def _surrogate_fields(surrogate: Surrogate | None) -> tuple[int, float, float]:
     """``(kind, slope, unit_mv)`` of the kernels' ``Network``; kind 0: no surrogate."""
     if surrogate is None:
         return 0, 0.0, 1.0
-    return _KERNEL_SURROGATES[surrogate.name], float(surrogate.slope), float(surrogate.unit_mv)
+    return KERNEL_SURROGATES[surrogate.name], float(surrogate.slope), float(surrogate.unit_mv)
 
 
 def _initial_state(problem: _Problem) -> dict[str, torch.Tensor]:
@@ -679,13 +331,13 @@ def _forward_kernels(
     counts = {name: torch.zeros_like(state[f"v_{name}"]) for name in ("e", "i")}
     population = {name: u.new_empty(batch, n_steps) for name in ("e", "i")}
     problem.saved["network"] = network = problem.network_struct(w_in, w_ie, w_e_out, w_ee, w_ii)
-    buffers = _ForwardBuffers(
-        _state_struct(state),
-        *(_address(t) for t in (u, score_sum, raster_e, raster_i, counts["e"], counts["i"])),
-        _address(population["e"]),
-        _address(population["i"]),
-        _state_struct(checkpoints),
-        _address(trace),
+    buffers = ForwardBuffers(
+        state_struct(state),
+        *(address(t) for t in (u, score_sum, raster_e, raster_i, counts["e"], counts["i"])),
+        address(population["e"]),
+        address(population["i"]),
+        state_struct(checkpoints),
+        address(trace),
     )
     problem.library.forward[u.dtype](ctypes.byref(network), ctypes.byref(buffers))
     return state, counts["e"], counts["i"], population["e"], population["i"]
@@ -700,7 +352,7 @@ def _forward_torch(
     batch, n_steps, _ = x.shape
     n_i = w_ie.shape[0]
     state = _initial_state(problem)
-    v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i = (state[name] for name in _STATE_NAMES)
+    v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i = (state[name] for name in STATE_NAMES)
     events: _InputEvents = problem.saved["input_events"]
     for index, first in enumerate(range(0, n_steps, chunk)):
         last = min(first + chunk, n_steps)
@@ -710,7 +362,7 @@ def _forward_torch(
         else:
             drive = x[:, first:last].transpose(0, 1).to(w_in.dtype) @ w_in
         if checkpoints is not None:
-            for name, value in zip(_STATE_NAMES, (v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i), strict=True):
+            for name, value in zip(STATE_NAMES, (v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i), strict=True):
                 checkpoints[name][index] = value
         for t in range(first, last):
             v1_e, integrating_e = update_membrane(v_e, ge_e, gi_e, ready_e, t, k_e, dt)
@@ -741,7 +393,7 @@ def _forward_torch(
             trace[:, t] = u
             raster_e[t] = fired_e
             raster_i[t] = fired_i
-    state = dict(zip(_STATE_NAMES, (v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i), strict=True))
+    state = dict(zip(STATE_NAMES, (v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i), strict=True))
     dtype = u.dtype
     counts_e, counts_i = raster_e.sum(dim=0).to(dtype), raster_i.sum(dim=0).to(dtype)
     population_e, population_i = raster_e.sum(dim=2).t().to(dtype), raster_i.sum(dim=2).t().to(dtype)
@@ -1026,7 +678,7 @@ class _Adjoint:
         # does not depend on which thread ran which block.
         self.gradient_parts = {
             name: torch.zeros((len(self.trial_blocks), *getattr(self, name).shape), dtype=self.dtype)
-            for name in _GRADIENT_ACCUMULATORS
+            for name in GRADIENT_ACCUMULATORS
             if getattr(self, name) is not None
         }
         self.packed = (None, None)
@@ -1036,7 +688,7 @@ class _Adjoint:
             sizes = torch.zeros(2, dtype=torch.int64)
             problem.library.packed_sizes(ctypes.byref(self.network), rows, sizes.data_ptr())
             self.packed = tuple(torch.empty(int(size), dtype=torch.uint8) for size in sizes.tolist())
-            problem.library.pack_weights(ctypes.byref(self.network), rows, *(_address(t) for t in self.packed))
+            problem.library.pack_weights(ctypes.byref(self.network), rows, *(address(t) for t in self.packed))
 
     def _run_kernels(self) -> None:
         """The CPU kernels: each block of trials goes through all chunks, last to first, in one thread.
@@ -1049,24 +701,24 @@ class _Adjoint:
         network = ctypes.byref(self.network)
         checkpoints, saved = problem.saved["checkpoints"], problem.saved
         chunk_pointers = [
-            _address(t)
+            address(t)
             for t in (self.s_e, self.cv_e, self.cge_e, self.cgi_e, self.s_i, self.cv_i, self.cge_i, self.cgi_i)
         ]
 
         def through_all_chunks(part: int) -> None:  # one block of trials
             trials = self.trial_blocks[part]
             accumulators = {name: parts[part] for name, parts in self.gradient_parts.items()}
-            extras = _ChunkExtras(
-                *(_address(t) for t in (self.g_counts_e, self.g_counts_i)),
-                *(_address(accumulators.get(name)) for name in ("grad_in", "grad_ie", "grad_e_out")),
-                *(_address(t) for t in self.packed),
-                _address(self.g_population_e),
-                *(_address(accumulators.get(name)) for name in ("grad_ee", "grad_ii")),
+            extras = ChunkExtras(
+                *(address(t) for t in (self.g_counts_e, self.g_counts_i)),
+                *(address(accumulators.get(name)) for name in ("grad_in", "grad_ie", "grad_e_out")),
+                *(address(t) for t in self.packed),
+                address(self.g_population_e),
+                *(address(accumulators.get(name)) for name in ("grad_ee", "grad_ii")),
             )
-            rasters = _address(saved["raster_e"]), _address(saved["raster_i"])
+            rasters = address(saved["raster_e"]), address(saved["raster_i"])
             for index, first, last in self._chunk_bounds():
-                start = _state_struct({name: value[index] for name, value in checkpoints.items()})
-                buffers = _ChunkBuffers(first, last, start, *rasters, *chunk_pointers)
+                start = state_struct({name: value[index] for name, value in checkpoints.items()})
+                buffers = ChunkBuffers(first, last, start, *rasters, *chunk_pointers)
                 library.recompute[self.dtype](network, ctypes.byref(buffers), *trials)
                 adjoint = self._adjoint_buffers(first)
                 library.adjoint_steps[self.dtype](
@@ -1085,18 +737,18 @@ class _Adjoint:
         for name, parts in self.gradient_parts.items():  # the blocks' own accumulators
             torch.sum(parts, dim=0, out=getattr(self, name))
 
-    def _adjoint_buffers(self, first: int) -> _AdjointBuffers:
-        return _AdjointBuffers(
+    def _adjoint_buffers(self, first: int) -> AdjointBuffers:
+        return AdjointBuffers(
             first,
-            *(_address(t) for t in (self.s_e, self.cv_e, self.cge_e, self.cgi_e, self.s_i, self.cv_i, self.cge_i)),
-            _address(self.problem.saved["raster_e"]),
-            _address(self.problem.saved["raster_i"]),
-            *(_address(t) for t in (self.ls_e, self.ls_i, self.lv_e, self.lv_i, self.lgi_e, self.lge_e)),
-            _address(self.leo),
-            _address(self.g_sum),
-            _address(self.g_trace),
-            _address(self.cgi_i),
-            _address(self.lgi_i),
+            *(address(t) for t in (self.s_e, self.cv_e, self.cge_e, self.cgi_e, self.s_i, self.cv_i, self.cge_i)),
+            address(self.problem.saved["raster_e"]),
+            address(self.problem.saved["raster_i"]),
+            *(address(t) for t in (self.ls_e, self.ls_i, self.lv_e, self.lv_i, self.lgi_e, self.lge_e)),
+            address(self.leo),
+            address(self.g_sum),
+            address(self.g_trace),
+            address(self.cgi_i),
+            address(self.lgi_i),
         )
 
     # --- torch operations --------------------------------------------------------
@@ -1150,7 +802,7 @@ class _Adjoint:
         n, batch, n_e, n_i = last - first, self.batch, self.n_e, self.n_i
         raster_e, raster_i = problem.saved["raster_e"], problem.saved["raster_i"]
         v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i = (
-            problem.saved["checkpoints"][name][index].clone() for name in _STATE_NAMES
+            problem.saved["checkpoints"][name][index].clone() for name in STATE_NAMES
         )
         if problem.sparse:
             rows, neuron = problem.saved["input_events"].chunk(first, last, batch)
@@ -1235,15 +887,15 @@ class FusedEngine:
         if self.propagation not in ("auto", "sparse", "dense"):
             raise ValueError(f"FusedEngine.propagation must be 'auto', 'sparse' or 'dense', got {self.propagation!r}")
 
-    def _library(self, tensor: torch.Tensor, surrogate: Surrogate | None) -> _KernelLibrary | None:
+    def _library(self, tensor: torch.Tensor, surrogate: Surrogate | None) -> KernelLibrary | None:
         reason = None
         if not (tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64)):
             reason = "they need float32/float64 CPU tensors"
-        elif surrogate is not None and surrogate.name not in _KERNEL_SURROGATES:
-            reason = f"they evaluate the surrogates {', '.join(_KERNEL_SURROGATES)}, not {surrogate.name!r}"
+        elif surrogate is not None and surrogate.name not in KERNEL_SURROGATES:
+            reason = f"they evaluate the surrogates {', '.join(KERNEL_SURROGATES)}, not {surrogate.name!r}"
         if self.implementation == "torch" or (self.implementation == "auto" and reason is not None):
             return None
-        library = _kernel_library()
+        library = kernel_library()
         if self.implementation == "kernels" and (library is None or reason is not None):
             raise RuntimeError(f"FusedEngine(implementation='kernels'): {reason or 'they cannot be built here'}")
         return library

@@ -11,7 +11,8 @@ from biosim.inputs import make_trials
 from biosim.params import NetworkParams
 from biosim.weights import init_weights
 from bridge.dynamics import Weights, heaviside, make_constants
-from bridge.fast_engine import FusedEngine, kernel_info, kernels_available, run_network_fused
+from bridge.fast_engine import FusedEngine, run_network_fused
+from bridge.fused_kernels import kernel_info, kernels_available
 from bridge.model import run_network
 from bridge.simulate import torch_weights
 from bridge.surrogates import SURROGATES, get_surrogate
@@ -353,16 +354,17 @@ def test_registered_as_a_model_engine(trials, stored_weights, monkeypatch):
 @pytest.mark.parametrize("slope, unit_mv", [(1.0, 1000.0), (10.0, 1.0), (0.5, 1.0)])
 def test_kernel_surrogates_equal_their_torch_definitions(dtype, slope, unit_mv):
     """The kernels evaluate sigma' themselves; it must be the surrogate's own ``derivative``, masked by m."""
-    from bridge.fast_engine import _KERNEL_SURROGATES, _kernel_library, _Network, _surrogate_fields
+    from bridge.fast_engine import _surrogate_fields
+    from bridge.fused_kernels import KERNEL_SURROGATES, Network, kernel_library
     from bridge.surrogates import Surrogate
 
-    library = _kernel_library()
+    library = kernel_library()
     generator = torch.Generator().manual_seed(0)
     x = torch.cat([torch.linspace(-90.0, 60.0, 20001, dtype=dtype), torch.tensor([0.0, -0.0, 1e-30], dtype=dtype)])
     integrating = torch.rand(x.shape, generator=generator) < 0.9
-    for name in _KERNEL_SURROGATES:
+    for name in KERNEL_SURROGATES:
         surrogate = Surrogate(name, slope=slope, unit_mv=unit_mv)
-        network = _Network()
+        network = Network()
         network.surrogate, network.surrogate_slope, network.surrogate_unit_mv = _surrogate_fields(surrogate)
         actual = x.clone()
         library.surrogate[dtype](network, x.numel(), actual.data_ptr(), integrating.data_ptr())
@@ -446,7 +448,8 @@ import hashlib, json, sys, torch
 sys.path.insert(0, {tests!r})
 import test_fast_engine as t
 from biosim.weights import init_weights
-from bridge.fast_engine import FusedEngine, kernel_info
+from bridge.fast_engine import FusedEngine
+from bridge.fused_kernels import kernel_info
 from bridge.surrogates import get_surrogate
 torch.set_num_threads(1)
 split = t.load_split("smoke")
@@ -467,8 +470,6 @@ def test_avx2_product_path_gives_the_native_paths_bits(tmp_path):
     import sys
     from pathlib import Path
 
-    from bridge.fast_engine import kernel_info
-
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if " avx2" not in flags or " fma" not in flags:
         pytest.skip("this CPU has no AVX2 + FMA")
@@ -488,16 +489,16 @@ def test_avx2_product_path_gives_the_native_paths_bits(tmp_path):
 
 def test_kernels_that_cannot_be_built_say_why(tmp_path, monkeypatch):
     """No compiler: one warning naming the cause, and the torch implementation runs instead."""
-    from bridge import fast_engine
+    from bridge import fused_kernels
 
     monkeypatch.setenv("BIOSIM_KERNEL_CACHE", str(tmp_path))  # nothing cached there
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with pytest.warns(UserWarning, match=r"CPU kernels unavailable \(the build failed: .*no-such-compiler"):
-        assert fast_engine._kernel_library.__wrapped__() is None
-    monkeypatch.setattr(fast_engine.shutil, "which", lambda name: None)
+        assert fused_kernels.kernel_library.__wrapped__() is None
+    monkeypatch.setattr(fused_kernels.shutil, "which", lambda name: None)
     monkeypatch.delenv("CXX")
     with pytest.warns(UserWarning, match="no C.. compiler: set CXX or install g.."):
-        assert fast_engine._kernel_library.__wrapped__() is None
+        assert fused_kernels.kernel_library.__wrapped__() is None
 
 
 @pytest.mark.skipif(not kernels_available(), reason="CPU kernels cannot be built here")
@@ -505,13 +506,13 @@ def test_struct_layouts_of_ctypes_and_cpp_agree():
     """The loader refuses a library whose structs differ from the ctypes copies; here they agree."""
     import ctypes
 
-    from bridge import fast_engine
+    from bridge import fused_kernels
 
     library = ctypes.CDLL(kernel_info()["library"])
-    assert fast_engine._layout_mismatches(library) == []
+    assert fused_kernels.layout_mismatches(library) == []
 
     class Truncated(ctypes.Structure):  # ChunkExtras without its last field
-        _fields_ = fast_engine._ChunkExtras._fields_[:-1]
+        _fields_ = fused_kernels.ChunkExtras._fields_[:-1]
 
-    (problem,) = fast_engine._layout_mismatches(library, {"ChunkExtras": Truncated})
+    (problem,) = fused_kernels.layout_mismatches(library, {"ChunkExtras": Truncated})
     assert problem.startswith("ChunkExtras: size and offsets")

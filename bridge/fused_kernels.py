@@ -1,0 +1,405 @@
+"""The fused engine's CPU kernels: build, load and bind the C++ of ``csrc/fused_engine.cpp``.
+
+:func:`kernel_library` compiles the C++ once per machine and source version
+(the cache key holds the source text, the compiler and its flags, the torch
+version and this CPU's model and feature flags), loads it with ctypes and
+checks every struct the two sides share against the layout the library
+exports (``biosim_struct_layout``): a mismatch is a ``RuntimeError`` naming the
+field, never silent memory corruption. When the kernels cannot be built, it
+says why (no compiler, no MKL symbols in ``libtorch_cpu``, the compiler's
+first lines) in one warning, and :mod:`bridge.fast_engine` runs its torch
+implementation instead. The algorithm the kernels compute, and its adjoint,
+are described in :mod:`bridge.fast_engine`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .dynamics import PopulationConstants
+
+__all__ = [
+    "PRODUCT_PATHS",
+    "KERNEL_SURROGATES",
+    "STATE_NAMES",
+    "KernelLibrary",
+    "kernel_library",
+    "kernels_available",
+    "kernel_info",
+    "fma_peak_flops",
+]
+
+
+# --- CPU kernel library ---------------------------------------------------------
+
+_KERNEL_SOURCE_PATH = Path(__file__).with_name("csrc") / "fused_engine.cpp"
+"""The C++ of the CPU kernels; its text is part of the cache key of the compiled library."""
+
+_COMPILER_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-fast-math")
+"""No fused multiply-adds and no reassociation: the kernels must round like separate torch operations."""
+
+
+class Population(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_double)
+        for name in (
+            "e_exc_over_c",
+            "e_inh_over_c",
+            "leak_drive_over_c",
+            "minus_g_leak_over_c",
+            "one_over_c",
+            "v_threshold",
+            "v_reset",
+        )
+    ] + [("refractory_steps", ctypes.c_int64)]
+
+
+def _pointers(*names: str) -> list[tuple[str, Any]]:
+    return [(name, ctypes.c_void_p) for name in names]
+
+
+class Network(ctypes.Structure):
+    _fields_ = (
+        [
+            (name, ctypes.c_int64)
+            for name in ("batch", "n_steps", "n_e", "n_i", "n_classes", "chunk", "n_threads", "mxcsr")
+        ]
+        + [(name, ctypes.c_double) for name in ("dt", "decay_ampa", "decay_gaba", "decay_readout")]
+        + [("e", Population), ("i", Population), ("n_input", ctypes.c_int64)]
+        + _pointers("x", "w_in", "w_ie", "w_e_out")
+        + [("surrogate", ctypes.c_int64), ("surrogate_slope", ctypes.c_double), ("surrogate_unit_mv", ctypes.c_double)]
+        + [("membrane_grad_scale", ctypes.c_double)]
+        + _pointers("w_ee", "w_ii")
+    )
+
+
+GRADIENT_ACCUMULATORS = ("grad_in", "grad_ie", "grad_e_out", "grad_ee", "grad_ii")
+"""The weight gradients the kernels' backward blocks add up, each into an accumulator of its own."""
+
+KERNEL_SURROGATES = {"fast_sigmoid": 1, "sigmoid": 2, "atan": 3, "triangle": 4}
+"""Surrogates whose derivative the CPU kernels evaluate (``Surrogate`` in the kernel source); the torch
+implementation runs any other."""
+
+
+STATE_NAMES = ("v_e", "ge_e", "gi_e", "ready_e", "v_i", "ge_i", "gi_i", "ready_i")
+
+
+class State(ctypes.Structure):
+    _fields_ = _pointers(*STATE_NAMES)
+
+
+class ForwardBuffers(ctypes.Structure):
+    _fields_ = (
+        [("state", State)]
+        + _pointers("u", "score_sum", "raster_e", "raster_i", "counts_e", "counts_i", "population_e", "population_i")
+        + [("checkpoints", State)]
+        + _pointers("readout_trace")
+    )
+
+
+class ChunkBuffers(ctypes.Structure):
+    _fields_ = (
+        [("first", ctypes.c_int64), ("last", ctypes.c_int64), ("start", State)]
+        + _pointers("raster_e", "raster_i")
+        + _pointers("s_e", "cv_e", "cge_e", "cgi_e", "s_i", "cv_i", "cge_i", "cgi_i")
+    )
+
+
+class ChunkExtras(ctypes.Structure):
+    _fields_ = _pointers(
+        "g_counts_e",
+        "g_counts_i",
+        "grad_in",
+        "grad_ie",
+        "grad_e_out",
+        "packed_e",
+        "packed_i",
+        "g_population_e",
+        "grad_ee",
+        "grad_ii",
+    )
+
+
+class AdjointBuffers(ctypes.Structure):
+    _fields_ = [("first", ctypes.c_int64)] + _pointers(
+        "s_e",
+        "cv_e",
+        "cge_e",
+        "cgi_e",
+        "s_i",
+        "cv_i",
+        "cge_i",
+        "raster_e",
+        "raster_i",
+        "ls_e",
+        "ls_i",
+        "lv_e",
+        "lv_i",
+        "lgi_e",
+        "lge_e",
+        "leo",
+        "g_sum",
+        "g_trace",
+        "cgi_i",
+        "lgi_i",
+    )
+
+
+STRUCTS = {
+    "Population": Population,
+    "Network": Network,
+    "State": State,
+    "ForwardBuffers": ForwardBuffers,
+    "ChunkBuffers": ChunkBuffers,
+    "AdjointBuffers": AdjointBuffers,
+    "ChunkExtras": ChunkExtras,
+}
+"""The ctypes copies of the kernels' structs, by their C++ names."""
+
+
+def layout_mismatches(library: ctypes.CDLL, structs: dict[str, type] | None = None) -> list[str]:
+    """Structs whose size or field offsets differ between the C++ (``biosim_struct_layout``) and ctypes."""
+    layout = library.biosim_struct_layout
+    layout.argtypes, layout.restype = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64], ctypes.c_int64
+    buffer = (ctypes.c_int64 * 64)()
+    mismatches = []
+    for name, struct in (structs or STRUCTS).items():
+        count = layout(name.encode(), buffer, len(buffer))
+        native = list(buffer[: min(count, len(buffer))])
+        ours = [ctypes.sizeof(struct)] + [getattr(struct, field).offset for field, _ in struct._fields_]
+        if native != ours:
+            mismatches.append(f"{name}: size and offsets {native} in C++, {ours} in ctypes")
+    return mismatches
+
+
+def address(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def state_struct(tensors: dict[str, torch.Tensor] | None) -> State:
+    if tensors is None:
+        return State()
+    return State(*(address(tensors[name]) for name in STATE_NAMES))
+
+
+@dataclass(frozen=True)
+class KernelLibrary:
+    """The loaded CPU kernels, one function per dtype."""
+
+    forward: dict[torch.dtype, Any]
+    recompute: dict[torch.dtype, Any]
+    adjoint_steps: dict[torch.dtype, Any]
+    surrogate: dict[torch.dtype, Any]
+    """The kernels' masked surrogate derivative, for tests: ``(network, n, x (in/out), integrating)``."""
+    packed_sizes: Any
+    pack_weights: Any
+    control_word: Any
+    """The calling thread's floating-point control word (flush-to-zero), -1 where there is none."""
+    path: str
+    fma_peak: Any
+    """``(iterations, threads) -> flops`` of independent FMA chains (:func:`fma_peak_flops` times it)."""
+    product_path: str
+    """How the float32 products with the recurrent weights run: a key of :data:`PRODUCT_PATHS`."""
+
+
+def _cpu_description() -> str:
+    """Model and feature flags of this CPU (part of the kernel cache key)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags", "Features"))}))
+
+
+def _torch_library_directory() -> Path:
+    return Path(torch.__file__).resolve().parent / "lib"
+
+
+_MKL_SYMBOLS = (
+    "vmsExp",
+    "vmdExp",
+    "sgemm_",
+    "dgemm_",
+    "cblas_sgemm_pack_get_size",
+    "cblas_sgemm_pack",
+    "cblas_sgemm_compute",
+    "MKL_Set_Num_Threads_Local",
+)
+"""What the kernels call in the MKL that ``libtorch_cpu`` carries."""
+
+
+PRODUCT_PATHS = {
+    "avx512": "AVX-512 register tiles (panels of 64 columns, 4 x 4 zmm accumulators)",
+    "avx2": "AVX2 + FMA register tiles (panels of 16 columns, 6 x 2 ymm accumulators)",
+    "mkl": "MKL packed GEMM (cblas_sgemm_compute)",
+}
+"""The float32 product paths of the kernels; the two tiled ones give the same bits."""
+_PRODUCT_PATH_CODES = {1: "avx512", 2: "avx2", 0: "mkl"}
+_KERNEL_ISA_ENV = "BIOSIM_KERNEL_ISA"
+_KERNEL_ISA_FLAGS = {"native": (), "avx2": ("-mno-avx512f",)}
+"""``BIOSIM_KERNEL_ISA``: ``native`` (default) or ``avx2``, which builds without AVX-512 (to test the
+AVX2 path on an AVX-512 machine)."""
+
+
+def fma_peak_flops(threads: int, seconds: float = 0.3) -> float | None:
+    """Measured float32 FMA peak of this machine (flop/s) with ``threads`` threads; None without the kernels.
+
+    Independent FMA chains at the kernels' vector width, timed over about
+    ``seconds``: the ceiling of the benchmark's roofline (:mod:`bridge.bench`).
+    """
+    library = kernel_library()
+    if library is None:
+        return None
+    iterations = 1 << 16
+    while True:
+        start = time.perf_counter()
+        flops = library.fma_peak(iterations, threads)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds or iterations >= 1 << 34:
+            return flops / elapsed
+        iterations *= 2
+
+
+def kernel_info() -> dict[str, Any]:
+    """Which CPU kernels this process uses: ``{"available", "product_path", "description", "library"}``."""
+    library = kernel_library()
+    if library is None:
+        return {"available": False, "product_path": None, "description": "torch operations", "library": None}
+    return {
+        "available": True,
+        "product_path": library.product_path,
+        "description": PRODUCT_PATHS[library.product_path],
+        "library": library.path,
+    }
+
+
+@functools.cache
+def kernel_library() -> KernelLibrary | None:
+    """Build (once per machine and source version) and load the CPU kernels; ``None`` if unavailable.
+
+    Needs Linux, the system C++ compiler with OpenMP, and the MKL vector math
+    (``vmsExp``/``vmdExp``) exported by ``libtorch_cpu``, which is what
+    ``torch.exp`` calls on CPU. Set ``BIOSIM_FUSED_KERNELS=0`` to skip them.
+    """
+    if os.environ.get("BIOSIM_FUSED_KERNELS", "1") == "0" or not sys.platform.startswith("linux"):
+        return None
+    torch_cpu = _torch_library_directory() / "libtorch_cpu.so"
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+    def unavailable(reason: str) -> None:
+        warnings.warn(f"fused engine: CPU kernels unavailable ({reason}); using torch operations", stacklevel=3)
+
+    try:
+        exports = ctypes.CDLL(str(torch_cpu))
+    except OSError as error:
+        return unavailable(f"cannot load {torch_cpu}: {error}")
+    missing = [symbol for symbol in _MKL_SYMBOLS if not hasattr(exports, symbol)]
+    if missing:
+        return unavailable(f"this torch build exports no MKL {', '.join(missing)}")
+    if compiler is None:
+        return unavailable("no C++ compiler: set CXX or install g++")
+    try:
+        kernel_source = _KERNEL_SOURCE_PATH.read_text()
+    except OSError as error:
+        return unavailable(f"cannot read the kernel source {_KERNEL_SOURCE_PATH}: {error}")
+    isa = os.environ.get(_KERNEL_ISA_ENV, "native")
+    if isa not in _KERNEL_ISA_FLAGS:
+        raise ValueError(f"{_KERNEL_ISA_ENV}={isa!r}: expected one of {', '.join(_KERNEL_ISA_FLAGS)}")
+    flags = [*_COMPILER_FLAGS, "-march=native", *_KERNEL_ISA_FLAGS[isa]]
+    link = [f"-L{torch_cpu.parent}", "-Wl,--no-as-needed", "-ltorch_cpu", f"-Wl,-rpath,{torch_cpu.parent}"]
+    # -march=native: the cached library belongs to this kind of CPU as well.
+    key = hashlib.sha256(
+        "\n".join([kernel_source, compiler, *flags, *link, torch.__version__, _cpu_description()]).encode()
+    ).hexdigest()
+    cache = Path(os.environ.get("BIOSIM_KERNEL_CACHE") or Path.home() / ".cache" / "biosim" / "kernels")
+    target = cache / f"fused_engine_{key[:20]}.so"
+    try:
+        if not target.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache) as build:
+                source = Path(build) / "fused_engine.cpp"
+                source.write_text(kernel_source)
+                output = Path(build) / target.name
+                subprocess.run(
+                    [compiler, *flags, str(source), "-o", str(output), *link],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                os.replace(output, target)  # atomic: concurrent builds cannot leave a partial file
+        library = ctypes.CDLL(str(target))
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = (getattr(error, "stderr", "") or str(error)).strip().splitlines()
+        return unavailable(f"the build failed: {' | '.join(detail[:5])}")
+    mismatches = layout_mismatches(library)
+    if mismatches:  # a struct changed on one side only: calling the kernels would corrupt memory
+        raise RuntimeError(
+            f"{_KERNEL_SOURCE_PATH.name} and bridge/fast_engine.py disagree on struct layouts: " + "; ".join(mismatches)
+        )
+
+    def bind(name: str, *argtypes: Any) -> dict[torch.dtype, Any]:
+        functions = {}
+        for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
+            function = getattr(library, f"biosim_{name}_{suffix}")
+            function.argtypes, function.restype = list(argtypes), None
+            functions[dtype] = function
+        return functions
+
+    pointer = ctypes.POINTER
+    return KernelLibrary(
+        forward=bind("forward", pointer(Network), pointer(ForwardBuffers)),
+        recompute=bind("recompute", pointer(Network), pointer(ChunkBuffers), ctypes.c_int64, ctypes.c_int64),
+        adjoint_steps=bind(
+            "adjoint_steps",
+            pointer(Network),
+            pointer(AdjointBuffers),
+            pointer(ChunkExtras),
+            *(ctypes.c_int64,) * 4,
+        ),
+        surrogate=bind("surrogate", pointer(Network), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p),
+        packed_sizes=_function(library.biosim_packed_sizes, pointer(Network), ctypes.c_int64, ctypes.c_void_p),
+        control_word=_function(library.biosim_control_word, restype=ctypes.c_int64),
+        pack_weights=_function(
+            library.biosim_pack_weights, pointer(Network), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p
+        ),
+        path=str(target),
+        fma_peak=_function(library.biosim_fma_peak, ctypes.c_int64, ctypes.c_int64, restype=ctypes.c_double),
+        product_path=_PRODUCT_PATH_CODES[_function(library.biosim_product_path, restype=ctypes.c_int64)()],
+    )
+
+
+def _function(function: Any, *argtypes: Any, restype: Any = None) -> Any:
+    function.argtypes, function.restype = list(argtypes), restype
+    return function
+
+
+def kernels_available() -> bool:
+    """Whether the compiled CPU kernels can be used here (building them on first call)."""
+    return kernel_library() is not None
+
+
+def population_struct(k: PopulationConstants) -> Population:
+    return Population(
+        k.e_exc_over_c,
+        k.e_inh_over_c,
+        k.leak_drive_over_c,
+        k.minus_g_leak_over_c,
+        k.one_over_c,
+        k.v_threshold,
+        k.v_reset,
+        k.refractory_steps,
+    )
