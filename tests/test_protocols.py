@@ -210,12 +210,24 @@ def test_streaming_pairs_a_frozen_and_a_trainable_loop_on_four_digit_streams():
     dale = {r.condition: r.config for r in get_protocol("dale_pruning", seeds=(42,)).runs()}
     assert dataclasses.replace(frozen, stream_digits=1) == dale["frozen_ping"]
     assert dataclasses.replace(trainable, stream_digits=1) == dale["trainable_ping_init"]
+    # The damped stream is the damped single-digit run of membrane_damping, on streams.
+    damped = {r.condition: r.config for r in get_protocol("membrane_damping", seeds=(42,)).runs()}
+    assert dataclasses.replace(runs["stream_trainable_damped"], stream_digits=1) == dataclasses.replace(
+        damped["damped_trainable_ping_init"], tier=trainable.tier, n_train=trainable.n_train, n_test=trainable.n_test
+    )
+    assert runs["stream_trainable_damped"].membrane_grad_scale == 1e-3 != trainable.membrane_grad_scale
 
 
 def test_streaming_smoke_protocol_runs_validates_and_reports(tmp_path):
     # The fused engine: the eager one takes about 100x longer through the 4 x 400 steps of a stream.
     protocol = get_protocol(
-        "streaming", tier="smoke", seeds=(42,), validation_backend="numpy", network=SMALL_NETWORK, engine="fused"
+        "streaming",
+        tier="smoke",
+        seeds=(42,),
+        conditions=("stream_frozen", "stream_trainable"),  # the damped one differs only by a gradient factor
+        validation_backend="numpy",
+        network=SMALL_NETWORK,
+        engine="fused",
     )
     statuses = run_protocol(protocol, tmp_path, progress=False)
     assert [s["status"] for s in statuses] == ["completed", "completed"]
