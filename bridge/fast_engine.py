@@ -1,9 +1,9 @@
 """The "fused" engine: the whole time loop as one autograd function with a hand-derived adjoint.
 
 :func:`run_network_fused` has the signature and the semantics of
-:func:`bridge.model.run_network` (the "eager" engine, which calls
+:func:`bridge.eager.run_network` (the "eager" engine, which calls
 :func:`bridge.dynamics.step` once per step and lets autograd record every
-operation). It returns the same :class:`~bridge.model.NetworkOutput`, with
+operation). It returns the same :class:`~bridge.eager.NetworkOutput`, with
 the same spikes in float64, but runs the time loop inside one
 :class:`torch.autograd.Function` whose backward pass is the reverse-time
 recursion (the adjoint) of :func:`bridge.dynamics.advance`, written out by
@@ -1022,7 +1022,7 @@ def run_network_fused(
     record_readout: bool = False,
     membrane_grad_scale: float = 1.0,
 ) -> NetworkOutput:
-    """Run whole trials with the fused engine: a drop-in for :func:`bridge.model.run_network`.
+    """Run whole trials with the fused engine: a drop-in for :func:`bridge.eager.run_network`.
 
     Parameters
     ----------
@@ -1046,13 +1046,13 @@ def run_network_fused(
     record_readout : bool
         Also return the readout potentials after each step.
     membrane_grad_scale : float
-        As in :func:`bridge.model.run_network`: the membrane adjoint is
+        As in :func:`bridge.eager.run_network`: the membrane adjoint is
         multiplied by it at every step (1: exact gradients).
 
     Returns
     -------
     NetworkOutput
-        As :func:`bridge.model.run_network`, with the same spikes. ``scores``,
+        As :func:`bridge.eager.run_network`, with the same spikes. ``scores``,
         ``spike_counts_e``/``_i``, the floating-point fields of
         ``final_state``, the E population counts and the readout trace are
         differentiable with respect to the weights, with the gradients of the

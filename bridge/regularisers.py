@@ -16,7 +16,7 @@ strength lambda (:class:`bridge.train_config.TrainConfig` fields
 The gamma estimator
 -------------------
 From the E spikes per step of each trial (differentiable through the
-surrogate, :attr:`bridge.model.NetworkOutput.population_e`):
+surrogate, :attr:`bridge.eager.NetworkOutput.population_e`):
 
 1. the first ``transient_ms`` are dropped (as the analysis of
    :mod:`biosim.analysis.spectra` drops them);

@@ -91,7 +91,7 @@ class TrainConfig:
         blocks) does not. ``train_w_ee`` / ``train_w_ii`` need the block.
     membrane_grad_scale : float
         Factor on the membrane-potential gradient at every step, in (0, 1]
-        (:func:`bridge.model.run_network`); 1 = exact BPTT, 1e-3 = the
+        (:func:`bridge.eager.run_network`); 1 = exact BPTT, 1e-3 = the
         reference study's "v-grad dampen 1000". See docs/training.md.
     reg_w_ei_distance : float
         Strength lambda of the anti-pruning penalty on the stored W_EI's
