@@ -291,7 +291,13 @@ def _brian2_trials(params: NetworkParams, n_trials: int, seed: int) -> TrialSet:
 
 
 def _brian2(
-    backend: str, params: NetworkParams, weights: NetworkWeights, trials: TrialSet, openmp_threads: int, progress: bool
+    backend: str,
+    params: NetworkParams,
+    weights: NetworkWeights,
+    trials: TrialSet,
+    openmp_threads: int,
+    progress: bool,
+    processes: int = 1,
 ) -> dict:
     import brian2 as b2
 
@@ -300,7 +306,7 @@ def _brian2(
     previous = b2.prefs.devices.cpp_standalone.openmp_threads
     b2.prefs.devices.cpp_standalone.openmp_threads = openmp_threads
     try:
-        result = run_trials(params, weights, trials, backend=backend, progress=progress)
+        result = run_trials(params, weights, trials, backend=backend, progress=progress, processes=processes)
     finally:
         b2.prefs.devices.cpp_standalone.openmp_threads = previous
     build, simulate = result.timings_s["build"], result.timings_s["simulate"]
@@ -353,6 +359,7 @@ def run_benchmark(
     grad_check_batch: int = 4,
     measure_memory: bool = True,
     brian2_openmp_threads: int = 0,
+    brian2_processes: int | str | None = None,
     threads: int | None = None,
     seed: int = 42,
     progress: bool = False,
@@ -380,6 +387,11 @@ def run_benchmark(
         Measure the peak memory of one BPTT batch of each engine.
     brian2_openmp_threads : int
         ``prefs.devices.cpp_standalone.openmp_threads`` of the Brian2 run (0: serial, the default).
+    brian2_processes : int or "auto", optional
+        Processes that share the Brian2 build and simulate parts of the trials
+        (:mod:`biosim.split_run`; the same spikes bit for bit). Default:
+        ``$BIOSIM_BRIAN2_PROCESSES``, else 1. ``settings["brian2_parts"]`` is
+        the number of parts that ran (at most one per 50 trials).
     threads : int, optional
         Torch threads for the training comparison. Default: both 1 and ``torch.get_num_threads()``;
         each engine is scored by its fastest repetition at either (``*_threads`` says which), and
@@ -405,6 +417,10 @@ def run_benchmark(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device='cuda' but torch.cuda.is_available() is False")
     batch_size = batch_size or (256 if device.startswith("cuda") else 32)
+    from biosim.standalone_build import split_parts
+
+    # Checked before the long training comparison, so that a bad value costs nothing.
+    brian2_parts = split_parts("cpp_standalone", None, n_brian2_trials, brian2_processes) if include_brian2 else 0
     started = time.perf_counter()
 
     def say(message: str) -> None:
@@ -427,6 +443,7 @@ def run_benchmark(
             "surrogate": repr(get_surrogate()),
             "n_brian2_trials": n_brian2_trials if include_brian2 else 0,
             "brian2_openmp_threads": brian2_openmp_threads,
+            "brian2_parts": brian2_parts,
             "threads": threads,
             "seed": seed,
         },
@@ -513,9 +530,9 @@ def run_benchmark(
         params = _params(n_steps)
         weights = init_weights(params, seed=seed).effective()
         trials = _brian2_trials(params, n_brian2_trials, seed)
-        say(f"Brian2 cpp_standalone: {n_brian2_trials} trials, one build")
+        say(f"Brian2 cpp_standalone: {n_brian2_trials} trials, one build, {brian2_parts} process(es)")
         try:
-            brian = _brian2("cpp_standalone", params, weights, trials, brian2_openmp_threads, progress)
+            brian = _brian2("cpp_standalone", params, weights, trials, brian2_openmp_threads, progress, brian2_parts)
         except Exception as error:  # noqa: BLE001  (report, do not lose the numbers above)
             result["brian2_error"] = f"{type(error).__name__}: {error}"
             say(f"  failed: {result['brian2_error']}")

@@ -33,6 +33,12 @@ def _int_at_least(minimum: int, expected: str) -> Callable[[str], int]:
 
 
 _positive_int = _int_at_least(1, "a positive integer")
+
+
+def _brian2_processes(text: str) -> int | str:
+    return "auto" if text.strip().lower() == "auto" else _int_at_least(1, "a positive integer or 'auto'")(text)
+
+
 _seed = _int_at_least(0, "a non-negative integer (a seed)")
 
 
@@ -454,6 +460,7 @@ def _bench(args: argparse.Namespace) -> int:
         n_steps=args.n_steps,
         include_brian2=not args.no_brian2,
         n_brian2_trials=args.n_brian2_trials,
+        brian2_processes=args.brian2_processes,
         progress=not args.quiet,
     )
     if args.out:
@@ -498,7 +505,9 @@ def _bench_summary(r: dict[str, Any]) -> str:
     if "brian2_trials_per_s" in r:
         agree = "yes" if r["brian2_spike_counts_match_fused_float64"] else "NO"
         lines.append(
-            f"brian2             {s['n_brian2_trials']} trials on cpp_standalone: build {r['brian2_build_s']:.1f} s"
+            f"brian2             {s['n_brian2_trials']} trials on cpp_standalone"
+            + (f" in {s['brian2_parts']} processes" if s.get("brian2_parts", 1) > 1 else "")
+            + f": build {r['brian2_build_s']:.1f} s"
             f" + simulate {r['brian2_simulate_s']:.1f} s = {r['brian2_total_s']:.1f} s "
             f"({r['brian2_trials_per_s']:.1f} trials/s simulating); spike counts equal to the mirror's: {agree}"
         )
@@ -523,6 +532,12 @@ def _add_bench(subparsers) -> None:
     p.add_argument("--n-steps", type=_positive_int, default=2000)
     p.add_argument("--n-brian2-trials", type=_positive_int, default=400)
     p.add_argument("--no-brian2", action="store_true", help="skip the Brian2 evaluation")
+    p.add_argument(
+        "--brian2-processes",
+        type=_brian2_processes,
+        help="processes sharing the Brian2 build, each simulating part of the trials: N or auto "
+        "(default: $BIOSIM_BRIAN2_PROCESSES, else 1)",
+    )
     p.add_argument("--out", help="also write bench.json here")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")

@@ -49,3 +49,27 @@ def test_a_brian2_failure_keeps_the_other_figures(monkeypatch):
     assert result["brian2_error"] == "RuntimeError: no C++ compiler"
     assert "brian2_trials_per_s" not in result
     assert "failed: RuntimeError: no C++ compiler" in _bench_summary(result)
+
+
+def test_brian2_processes_reach_the_evaluation_and_bad_values_fail_first(monkeypatch, capsys):
+    from bridge import bench
+
+    seen = []
+
+    def record(backend, params, weights, trials, openmp_threads, progress, processes=1):
+        seen.append((backend, trials.n_trials, processes))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(bench, "_brian2", record)
+    tiny = {"n_steps": 20, "batch_size": 2, "n_repeats": 1, "grad_check_steps": 20, "measure_memory": False}
+    result = bench.run_benchmark(n_brian2_trials=100, brian2_processes=2, **tiny)
+    assert seen == [("cpp_standalone", 100, 2)] and result["settings"]["brian2_parts"] == 2
+    # At most one process per 50 trials: 60 trials run in one.
+    assert bench.run_benchmark(n_brian2_trials=60, brian2_processes="auto", **tiny)["settings"]["brian2_parts"] == 1
+    # A value that cannot apply fails before the training comparison runs.
+    with pytest.raises(ValueError, match="processes must be a positive integer or 'auto', got 'two'"):
+        bench.run_benchmark(n_brian2_trials=100, brian2_processes="two", **tiny)
+    assert len(seen) == 2
+    with pytest.raises(SystemExit):
+        main(["bench", "--brian2-processes", "0"])
+    assert "--brian2-processes: expected a positive integer or 'auto', got 0" in capsys.readouterr().err
