@@ -175,6 +175,44 @@ def _throughput(
     return times
 
 
+def _phases(n_steps: int, batch_size: int, seed: int, threads: int, useful_flops: int) -> dict[str, Any]:
+    """Where one fused BPTT batch spends its time, and how fast the adjoint's products run alone.
+
+    ``phase_seconds``: the CPU kernels' forward loop and backward pass (wall
+    seconds), and the backward's recomputation and adjoint recursion
+    (thread-seconds), from :func:`bridge.fused_kernels.record_phase_times`.
+    ``product_flops_per_s``: the two products per step alone, on one thread,
+    for a block of trials as the backward pass runs them, and
+    ``product_fraction_of_peak`` against one thread's FMA peak.
+    ``product_share_of_adjoint``: the products' thread-seconds at that rate
+    over the adjoint recursion's.
+    """
+    from . import fused_kernels
+    from .fast_engine import _TRIALS_PER_TASK
+
+    setup = _setup(n_steps, batch_size, torch.float32, "cpu", seed)
+    initial_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with fused_kernels.record_phase_times() as record:
+            _bptt("fused", setup)
+    finally:
+        torch.set_num_threads(initial_threads)
+    connectivity = setup.params.connectivity
+    rows = min(_TRIALS_PER_TASK, batch_size)
+    product = fused_kernels.product_flops(connectivity.n_e, connectivity.n_i, connectivity.n_classes, rows)
+    peak_one = fused_kernels.fma_peak_flops(1)
+    phases = record.as_dict()
+    product_seconds = useful_flops * batch_size * n_steps / product
+    return {
+        "phase_seconds": phases,
+        "product_flops_per_s": product,
+        "product_rows": rows,
+        "product_fraction_of_peak": product / peak_one,
+        "product_share_of_adjoint": product_seconds / phases["adjoint"] if phases["adjoint"] > 0 else None,
+    }
+
+
 # --- (b) memory ----------------------------------------------------------------------
 
 
@@ -502,6 +540,10 @@ def run_benchmark(
                 roofline_fraction=rate["fused"] * useful_flops / peak,
             )
             say(f"  roofline fraction {result['roofline_fraction']:.2f} (FMA peak {peak / 1e9:.0f} GFLOP/s)")
+        if result["machine"]["fused_cpu_kernels"]:
+            result.update(_phases(n_steps, batch_size, seed, result["fused_threads"], useful_flops))
+            phases = result["phase_seconds"]
+            say(f"  phases: forward {phases['forward']:.2f} s, backward {phases['backward']:.2f} s")
 
     # (b) memory
     if measure_memory:

@@ -98,6 +98,7 @@ Two implementations
 from __future__ import annotations
 
 import ctypes
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -131,6 +132,7 @@ from .fused_kernels import (
     Network,
     address,
     kernel_library,
+    phase_recorder,
     population_struct,
     state_struct,
 )
@@ -339,7 +341,10 @@ def _forward_kernels(
         state_struct(checkpoints),
         address(trace),
     )
+    recorder, started = phase_recorder(), time.perf_counter()
     problem.library.forward[u.dtype](ctypes.byref(network), ctypes.byref(buffers))
+    if recorder is not None:
+        recorder.add("forward", time.perf_counter() - started)
     return state, counts["e"], counts["i"], population["e"], population["i"]
 
 
@@ -696,6 +701,7 @@ class _Adjoint:
         Trials are independent and every buffer the kernels write is indexed by trial (or is the block's
         own accumulator), so the threads never wait for each other, not even between chunks.
         """
+        recorder, started = phase_recorder(), time.perf_counter()
         self._prepare_kernels()
         problem, library = self.problem, self.problem.library
         network = ctypes.byref(self.network)
@@ -716,14 +722,22 @@ class _Adjoint:
                 *(address(accumulators.get(name)) for name in ("grad_ee", "grad_ii")),
             )
             rasters = address(saved["raster_e"]), address(saved["raster_i"])
+            recompute_s = adjoint_s = 0.0
             for index, first, last in self._chunk_bounds():
                 start = state_struct({name: value[index] for name, value in checkpoints.items()})
                 buffers = ChunkBuffers(first, last, start, *rasters, *chunk_pointers)
+                entered = time.perf_counter()
                 library.recompute[self.dtype](network, ctypes.byref(buffers), *trials)
                 adjoint = self._adjoint_buffers(first)
+                recomputed = time.perf_counter()
                 library.adjoint_steps[self.dtype](
                     network, ctypes.byref(adjoint), ctypes.byref(extras), 0, last - first, *trials
                 )
+                recompute_s += recomputed - entered
+                adjoint_s += time.perf_counter() - recomputed
+            if recorder is not None:
+                recorder.add("recompute", recompute_s)
+                recorder.add("adjoint", adjoint_s)
 
         # MKL's products inside each thread run one-threaded (torch.set_num_threads also sets MKL's count).
         with torch_threads(1):
@@ -736,6 +750,9 @@ class _Adjoint:
                         future.result()
         for name, parts in self.gradient_parts.items():  # the blocks' own accumulators
             torch.sum(parts, dim=0, out=getattr(self, name))
+        if recorder is not None:
+            recorder.add("backward", time.perf_counter() - started)
+            recorder.add("batches", 1)
 
     def _adjoint_buffers(self, first: int) -> AdjointBuffers:
         return AdjointBuffers(

@@ -22,9 +22,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,9 @@ __all__ = [
     "kernels_available",
     "kernel_info",
     "fma_peak_flops",
+    "product_flops",
+    "PhaseTimes",
+    "record_phase_times",
 ]
 
 
@@ -49,8 +55,13 @@ __all__ = [
 _KERNEL_SOURCE_PATH = Path(__file__).with_name("csrc") / "fused_engine.cpp"
 """The C++ of the CPU kernels; its text is part of the cache key of the compiled library."""
 
-_COMPILER_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-fast-math")
-"""No fused multiply-adds and no reassociation: the kernels must round like separate torch operations."""
+_COMPILER_FLAGS = (
+    *("-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp"),
+    *("-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math"),
+)
+"""No fused multiply-adds and no reassociation: the kernels must round like separate torch operations.
+``-fno-trapping-math`` changes no result (the kernels never unmask floating-point exceptions); it lets the
+compiler evaluate both sides of a select, which the vectorised loops need."""
 
 
 class Population(ctypes.Structure):
@@ -214,6 +225,8 @@ class KernelLibrary:
     """``(iterations, threads) -> flops`` of independent FMA chains (:func:`fma_peak_flops` times it)."""
     product_path: str
     """How the float32 products with the recurrent weights run: a key of :data:`PRODUCT_PATHS`."""
+    product_seconds: Any
+    """``(network, rows, repeats) -> seconds`` of the adjoint's two float32 products alone, one thread."""
 
 
 def _cpu_description() -> str:
@@ -244,7 +257,7 @@ _MKL_SYMBOLS = (
 
 PRODUCT_PATHS = {
     "avx512": "AVX-512 register tiles (panels of 64 columns, 4 x 4 zmm accumulators)",
-    "avx2": "AVX2 + FMA register tiles (panels of 16 columns, 6 x 2 ymm accumulators)",
+    "avx2": "AVX2 + FMA register tiles (panels of 24 columns, 4 x 3 ymm accumulators)",
     "mkl": "MKL packed GEMM (cblas_sgemm_compute)",
 }
 """The float32 product paths of the kernels; the two tiled ones give the same bits."""
@@ -253,6 +266,51 @@ _KERNEL_ISA_ENV = "BIOSIM_KERNEL_ISA"
 _KERNEL_ISA_FLAGS = {"native": (), "avx2": ("-mno-avx512f",)}
 """``BIOSIM_KERNEL_ISA``: ``native`` (default) or ``avx2``, which builds without AVX-512 (to test the
 AVX2 path on an AVX-512 machine)."""
+
+
+@dataclass
+class PhaseTimes:
+    """Seconds the CPU kernels spent per phase while :func:`record_phase_times` was recording.
+
+    ``forward`` and ``backward`` are wall-clock seconds of the forward time
+    loop and of the kernels' backward pass; ``recompute`` and ``adjoint`` are
+    thread-seconds (summed over the backward's threads) of its two parts, the
+    recomputation of each chunk's states and coefficients and the adjoint
+    recursion through it (with the products). ``batches`` counts backward passes.
+    """
+
+    forward: float = 0.0
+    backward: float = 0.0
+    recompute: float = 0.0
+    adjoint: float = 0.0
+    batches: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, phase: str, seconds: float) -> None:
+        with self._lock:
+            setattr(self, phase, getattr(self, phase) + seconds)
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in ("forward", "backward", "recompute", "adjoint", "batches")}
+
+
+_recording: PhaseTimes | None = None
+
+
+@contextmanager
+def record_phase_times() -> Iterator[PhaseTimes]:
+    """Within the block, the fused engine's CPU kernels add their phase times to the yielded record."""
+    global _recording
+    previous, _recording = _recording, PhaseTimes()
+    try:
+        yield _recording
+    finally:
+        _recording = previous
+
+
+def phase_recorder() -> PhaseTimes | None:
+    """The record :func:`record_phase_times` is filling, or None (the kernels then time nothing)."""
+    return _recording
 
 
 def fma_peak_flops(threads: int, seconds: float = 0.3) -> float | None:
@@ -272,6 +330,30 @@ def fma_peak_flops(threads: int, seconds: float = 0.3) -> float | None:
         if elapsed >= seconds or iterations >= 1 << 34:
             return flops / elapsed
         iterations *= 2
+
+
+def product_flops(n_e: int, n_i: int, n_classes: int, rows: int, seconds: float = 0.3) -> float | None:
+    """Flop/s of the adjoint's two float32 products alone (4 n_e n_i per trial-step), one thread.
+
+    The products the kernels' backward pass runs per step for a block of
+    ``rows`` trials, on weights of the network's shapes, timed over about
+    ``seconds``; against :func:`fma_peak_flops` of one thread it says how
+    close the products themselves come to the machine's peak. None without
+    the kernels.
+    """
+    library = kernel_library()
+    if library is None:
+        return None
+    w_ie = torch.full((n_i, n_e), 1e-3, dtype=torch.float32)
+    w_e_out = torch.full((n_e, n_i + n_classes), 1e-3, dtype=torch.float32)
+    network = Network(batch=rows, n_e=n_e, n_i=n_i, n_classes=n_classes, n_threads=1, mxcsr=-1)
+    network.w_ie, network.w_e_out = w_ie.data_ptr(), w_e_out.data_ptr()
+    repeats = 8
+    while True:
+        elapsed = library.product_seconds(ctypes.byref(network), rows, repeats)
+        if elapsed >= seconds or repeats >= 1 << 24:
+            return 4.0 * n_e * n_i * rows * repeats / elapsed
+        repeats *= 2
 
 
 def kernel_info() -> dict[str, Any]:
@@ -379,6 +461,9 @@ def kernel_library() -> KernelLibrary | None:
         path=str(target),
         fma_peak=_function(library.biosim_fma_peak, ctypes.c_int64, ctypes.c_int64, restype=ctypes.c_double),
         product_path=_PRODUCT_PATH_CODES[_function(library.biosim_product_path, restype=ctypes.c_int64)()],
+        product_seconds=_function(
+            library.biosim_product_seconds, pointer(Network), ctypes.c_int64, ctypes.c_int64, restype=ctypes.c_double
+        ),
     )
 
 

@@ -490,6 +490,17 @@ def _bench_summary(r: dict[str, Any]) -> str:
             f"{r['fused_sample_steps_per_s']:.0f} sample-steps/s, against a measured FMA peak of "
             f"{r['fma_peak_flops'] / 1e9:.0f} GFLOP/s on {r['fused_threads']} threads)"
         )
+    if "phase_seconds" in r:
+        p = r["phase_seconds"]
+        lines.append(
+            f"phases             forward {p['forward']:.2f} s + backward {p['backward']:.2f} s per batch (wall); "
+            f"backward threads: recompute {p['recompute']:.2f} s + adjoint {p['adjoint']:.2f} s"
+        )
+        lines.append(
+            f"products alone     {r['product_flops_per_s'] / 1e9:.0f} GFLOP/s on one thread "
+            f"({r['product_fraction_of_peak']:.2f} of its FMA peak; {r['product_rows']} trials per block), "
+            f"{r['product_share_of_adjoint']:.2f} of the adjoint's time"
+        )
     path = r.get("machine", {}).get("fused_product_path")
     if path is not None:
         lines.append(f"fused products     {path}  (float32 products with the recurrent weights; BIOSIM_KERNEL_ISA)")

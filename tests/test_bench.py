@@ -35,6 +35,11 @@ def test_bench_reports_every_figure_and_records_the_run(tmp_path, capsys):
         assert result["fma_peak_flops"] > 1e9 and 0 < result["roofline_fraction"] < 1
         assert result["machine"]["fused_product_path"] in ("avx512", "avx2", "mkl")
         assert "roofline_fraction" in summary and "fused products" in summary
+        phases = result["phase_seconds"]
+        assert phases["batches"] == 1 and phases["forward"] > 0 and phases["backward"] > 0
+        assert phases["recompute"] > 0 and phases["adjoint"] > 0
+        assert 0 < result["product_fraction_of_peak"] < 1.5 and result["product_share_of_adjoint"] > 0
+        assert "phases" in summary and "products alone" in summary
 
 
 def test_a_brian2_failure_keeps_the_other_figures(monkeypatch):

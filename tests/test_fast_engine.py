@@ -393,7 +393,7 @@ def test_a_surrogate_the_kernels_do_not_know_runs_on_torch_operations(trials, st
 @pytest.mark.skipif(not kernels_available(), reason="CPU kernels cannot be built here")
 @pytest.mark.parametrize("count", [1, 3, 4, 5, 7, 10])
 def test_float32_kernel_products_for_every_block_shape(stored_weights, count):
-    """Blocks of up to 8 trials in register tiles of up to 4 (AVX-512) or 6 (AVX2): every remainder."""
+    """Blocks of up to 8 trials in register tiles of up to 4 trials: every remainder, full and partial panels."""
     split = load_split("smoke")
     trials = make_trials(split.train.images[:count], split.train.labels[:count], PARAMS, seed=4)
     _, expected = bptt(run_network, trials, stored_weights, get_surrogate(), dtype=torch.float32, count=count)
@@ -516,3 +516,21 @@ def test_struct_layouts_of_ctypes_and_cpp_agree():
 
     (problem,) = fused_kernels.layout_mismatches(library, {"ChunkExtras": Truncated})
     assert problem.startswith("ChunkExtras: size and offsets")
+
+
+@pytest.mark.skipif(not kernels_available(), reason="CPU kernels cannot be built here")
+def test_phase_times_are_recorded_inside_the_block_only(stored_weights):
+    from bridge.fused_kernels import phase_recorder, product_flops, record_phase_times
+
+    split = load_split("smoke")
+    trials = make_trials(split.train.images[:2], split.train.labels[:2], PARAMS, seed=4)
+    engine = FusedEngine(implementation="kernels")
+    with record_phase_times() as record:
+        bptt(engine, trials, stored_weights, get_surrogate(), dtype=torch.float32, count=2)
+        bptt(engine, trials, stored_weights, get_surrogate(), dtype=torch.float32, count=2)
+    assert phase_recorder() is None
+    assert record.batches == 2 and min(record.forward, record.backward, record.recompute, record.adjoint) > 0
+    before = record.as_dict()
+    bptt(engine, trials, stored_weights, get_surrogate(), dtype=torch.float32, count=2)
+    assert record.as_dict() == before
+    assert product_flops(PARAMS.connectivity.n_e, PARAMS.connectivity.n_i, 10, 2, seconds=0.01) > 0

@@ -12,6 +12,7 @@
 // products and the struct layouts the Python loader checks are one translation unit, compiled and cached
 // as one library (bridge/fused_kernels.py), and they share membrane_step, the one state update.
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <string>
 #include <cmath>
@@ -239,6 +240,75 @@ struct Surrogate {
   }
 };
 
+// The per-neuron state update runs on whole vectors of neurons (GCC vector extensions, the width of the
+// widest registers -march finds) and on single neurons for the remainder, with the same template code:
+// vector arithmetic rounds lane by lane as scalar arithmetic does, so both give the same bits. The
+// compiler does not vectorise these loops by itself (the selects and the byte outputs defeat it).
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#else
+constexpr int kVectorBytes = 32;
+#endif
+
+template <typename T>
+struct Single {  // one neuron
+  static constexpr int64_t kLanes = 1;
+  using Value = T;
+  using Mask = bool;
+  static Value load(const T* p) { return *p; }
+  static void store(T* p, Value x) { *p = x; }
+  static Value splat(T x) { return x; }
+  static Mask at_or_after(const int32_t* ready, int32_t t) { return *ready <= t; }  // t >= ready
+  static void store_bits(uint8_t* p, Mask m) { *p = m; }
+};
+
+template <typename T>
+struct Lanes {  // kVectorBytes / sizeof(T) neurons
+  static constexpr int64_t kLanes = kVectorBytes / sizeof(T);
+  using Value [[gnu::vector_size(kVectorBytes)]] = T;
+  using Mask [[gnu::vector_size(kVectorBytes)]] = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  using Ready [[gnu::vector_size(4 * kLanes)]] = int32_t;
+  using Bytes [[gnu::vector_size(kLanes)]] = uint8_t;
+  // The same vectors at their elements' alignment: loads and stores of T (and int32, uint8) arrays at any
+  // index, typed, so that the compiler knows they do not alias pointers or constants.
+  using Unaligned [[gnu::vector_size(kVectorBytes), gnu::aligned(alignof(T))]] = T;
+  using UnalignedReady [[gnu::vector_size(4 * kLanes), gnu::aligned(4)]] = int32_t;
+  using UnalignedBytes [[gnu::vector_size(kLanes), gnu::aligned(1)]] = uint8_t;
+  static Value load(const T* p) { return *reinterpret_cast<const Unaligned*>(p); }
+  static void store(T* p, Value x) { *reinterpret_cast<Unaligned*>(p) = x; }
+  static Value splat(T x) { return x - Value{}; }  // x - (+0) is x, -0 included
+  static Mask at_or_after(const int32_t* ready, int32_t t) {
+    return __builtin_convertvector(*reinterpret_cast<const UnalignedReady*>(ready) <= t, Mask);
+  }
+  static void store_bits(uint8_t* p, Mask m) {  // lanes of -1 / 0 -> bytes of 1 / 0
+    *reinterpret_cast<UnalignedBytes*>(p) = __builtin_convertvector(m, Bytes) & 1;
+  }
+};
+
+// body(L, j) for every neuron j < n: whole vectors L = Lanes<T>, then the remainder one by one, L = Single<T>.
+template <typename T, typename Body>
+inline void over_neurons(int64_t n, Body body) {
+  int64_t j = 0;
+  for (; j + Lanes<T>::kLanes <= n; j += Lanes<T>::kLanes) body(Lanes<T>{}, j);
+  for (; j < n; ++j) body(Single<T>{}, j);
+}
+
+// Indices of the nonzero bytes of flags[0:n], in increasing order; returns their number. Spikes are rare,
+// so whole 8-byte words of zeros are skipped.
+inline int64_t nonzero_indices(const uint8_t* flags, int64_t n, int64_t* out) {
+  int64_t count = 0, k = 0;
+  for (; k + 8 <= n; k += 8) {
+    uint64_t word;
+    std::memcpy(&word, flags + k, sizeof(word));
+    if (word == 0) continue;
+    for (int64_t m = k; m < k + 8; ++m)
+      if (flags[m]) out[count++] = m;
+  }
+  for (; k < n; ++k)
+    if (flags[k]) out[count++] = k;
+  return count;
+}
+
 // total = -gL/C - (ge/C + gi/C); growth = exp(dt * total)
 template <typename T>
 void membrane_growth(const Coefficients<T>& k, T dt, int64_t n, const T* __restrict ge, const T* __restrict gi,
@@ -252,20 +322,8 @@ void membrane_growth(const Coefficients<T>& k, T dt, int64_t n, const T* __restr
 }
 
 // Indices of the inputs that spiked in row (b, t) of the raster, in increasing order; returns their number.
-// Input spikes are rare (about one per trial and step), so whole 8-byte words of zeros are skipped.
 inline int64_t input_spikes(const Network& net, int64_t b, int64_t t, int64_t* out) {
-  const uint8_t* row = net.x + (b * net.n_steps + t) * net.n_input;
-  int64_t count = 0, k = 0;
-  for (; k + 8 <= net.n_input; k += 8) {
-    uint64_t word;
-    std::memcpy(&word, row + k, sizeof(word));
-    if (word == 0) continue;
-    for (int64_t m = k; m < k + 8; ++m)
-      if (row[m]) out[count++] = m;
-  }
-  for (; k < net.n_input; ++k)
-    if (row[k]) out[count++] = k;
-  return count;
+  return nonzero_indices(net.x + (b * net.n_steps + t) * net.n_input, net.n_input, out);
 }
 
 // out[j] = sum over events of weight[neuron, j], in event order, starting from 0.
@@ -374,45 +432,43 @@ void reset(const Coefficients<T>& k, int64_t t, const int64_t* spiking, int64_t 
   }
 }
 
-// The state update of one neuron at step t: exponential Euler as Brian2 generates it (the operations of
-// bridge.dynamics.exponential_euler, in the same order), v held while refractory (t < ready). total and
-// growth come from membrane_growth. The forward pass and the recompute both call it, so the rule is
-// written once here, and the two passes compute the same v1 bit for bit.
-template <typename T>
+// The state update of one neuron (L = Single<T>) or of a vector of neurons (L = Lanes<T>) at step t:
+// exponential Euler as Brian2 generates it (the operations of bridge.dynamics.exponential_euler, in the
+// same order), v held while refractory (t < ready). total and growth come from membrane_growth. The
+// forward pass and the recompute both call it, so the rule is written once here, and the two passes
+// compute the same v1 bit for bit.
+template <typename L>
 struct MembraneStep {
-  T ba, v1;
-  bool integrating;
+  typename L::Value ba, v1;
+  typename L::Mask integrating;
 };
 
-template <typename T>
-inline MembraneStep<T> membrane_step(T leak_drive, T e_exc, T e_inh, T v, T ge, T gi, T total, T growth,
-                                     int32_t ready, int32_t t) {
-  const T ba = (leak_drive + (e_exc * ge + e_inh * gi)) / total;  // B = (gL EL/C + E_exc/C ge + E_inh/C gi) / A
-  const T v_new = -ba + (ba + v) * growth;
-  const bool integrating = ready <= t;
-  return {ba, integrating ? v_new : v, integrating};
+template <typename L, typename T>
+inline MembraneStep<L> membrane_step(const Coefficients<T>& k, const T* v, const T* ge, const T* gi,
+                                     const T* total, const T* growth, const int32_t* ready, int32_t t) {
+  const auto ba = (L::splat(k.leak_drive) + (L::splat(k.e_exc) * L::load(ge) + L::splat(k.e_inh) * L::load(gi))) /
+                  L::load(total);  // B = (gL EL/C + E_exc/C ge + E_inh/C gi) / A
+  const auto v0 = L::load(v);
+  const auto v_new = -ba + (ba + v0) * L::load(growth);
+  const typename L::Mask integrating = L::at_or_after(ready, t);
+  return {ba, integrating ? v_new : v0, integrating};
 }
 
 // State update and threshold of one population: v <- v1 (before the reset), raster row, spiking list.
-// Branch-free over the neurons so that the compiler vectorises it; v_new of a refractory neuron is
-// computed and discarded, as torch.where does.
+// v_new of a refractory neuron is computed and discarded, as torch.where does.
 template <typename T>
 int64_t update_and_fire(const Coefficients<T>& k, T dt, int64_t n, int32_t t, T* __restrict v,
                         const T* __restrict ge, const T* __restrict gi, const int32_t* __restrict ready,
                         T* __restrict total, T* __restrict growth, uint8_t* __restrict raster,
                         int64_t* __restrict spiking) {
   membrane_growth(k, dt, n, ge, gi, total, growth);
-  const T leak_drive = k.leak_drive, e_exc = k.e_exc, e_inh = k.e_inh, v_threshold = k.v_threshold;
-  for (int64_t j = 0; j < n; ++j) {
-    const MembraneStep<T> m = membrane_step(leak_drive, e_exc, e_inh, v[j], ge[j], gi[j], total[j], growth[j],
-                                            ready[j], t);
-    v[j] = m.v1;
-    raster[j] = m.integrating & ((m.v1 - v_threshold) > T(0));
-  }
-  int64_t count = 0;
-  for (int64_t j = 0; j < n; ++j)
-    if (raster[j]) spiking[count++] = j;
-  return count;
+  over_neurons<T>(n, [=](auto lanes, int64_t j) {
+    using L = decltype(lanes);
+    const MembraneStep<L> m = membrane_step<L>(k, v + j, ge + j, gi + j, total + j, growth + j, ready + j, t);
+    L::store(v + j, m.v1);
+    L::store_bits(raster + j, m.integrating & ((m.v1 - L::splat(k.v_threshold)) > L::splat(T(0))));
+  });
+  return nonzero_indices(raster, n, spiking);
 }
 
 template <typename T>
@@ -466,26 +522,22 @@ void coefficients(const Coefficients<T>& k, const Surrogate<T>& surrogate, T dt,
                   T* __restrict total, T* __restrict growth, uint8_t* __restrict integrating_out, T* __restrict s,
                   T* __restrict cv, T* __restrict cge, T* __restrict cgi) {
   membrane_growth(k, dt, n, ge, gi, total, growth);
-  const T leak_drive = k.leak_drive, e_exc = k.e_exc, e_inh = k.e_inh, v_threshold = k.v_threshold;
-  const T one_over_c = k.one_over_c;
-  for (int64_t j = 0; j < n; ++j) {
-    const MembraneStep<T> m = membrane_step(leak_drive, e_exc, e_inh, v[j], ge[j], gi[j], total[j], growth[j],
-                                            ready[j], t);
-    const bool integrating = m.integrating;
-    const T ba = m.ba, v1 = m.v1;
-    const T growth_minus_one_over_total = (growth[j] - T(1)) / total[j];
-    const T d_total = (ba + v[j]) * growth[j] * dt - growth_minus_one_over_total * ba;  // dv_new/dA
-    integrating_out[j] = integrating;
-    cv[j] = integrating ? growth[j] : T(1);
-    cge[j] = integrating ? e_exc * growth_minus_one_over_total - one_over_c * d_total : T(0);
-    cgi[j] = integrating ? e_inh * growth_minus_one_over_total - one_over_c * d_total : T(0);
-    total[j] = v1 - v_threshold;  // total is spent: it carries x to the surrogate
-    v[j] = v1;
-  }
-  if (s != nullptr) {
-    std::memcpy(s, total, sizeof(T) * n);
-    surrogate.masked(n, s, integrating_out);
-  }
+  T* x = s != nullptr ? s : total;  // v1 - v_threshold, for the surrogate (total is spent when s is null)
+  over_neurons<T>(n, [=](auto lanes, int64_t j) {
+    using L = decltype(lanes);
+    const MembraneStep<L> m = membrane_step<L>(k, v + j, ge + j, gi + j, total + j, growth + j, ready + j, t);
+    const auto one = L::splat(T(1)), zero = L::splat(T(0)), e = L::load(growth + j);
+    const auto growth_minus_one_over_total = (e - one) / L::load(total + j);
+    const auto d_total = (m.ba + L::load(v + j)) * e * L::splat(dt) - growth_minus_one_over_total * m.ba;  // dv_new/dA
+    const auto one_over_c_d_total = L::splat(k.one_over_c) * d_total;
+    L::store_bits(integrating_out + j, m.integrating);
+    L::store(cv + j, m.integrating ? e : one);
+    L::store(cge + j, m.integrating ? L::splat(k.e_exc) * growth_minus_one_over_total - one_over_c_d_total : zero);
+    L::store(cgi + j, m.integrating ? L::splat(k.e_inh) * growth_minus_one_over_total - one_over_c_d_total : zero);
+    L::store(x + j, m.v1 - L::splat(k.v_threshold));
+    L::store(v + j, m.v1);
+  });
+  if (s != nullptr) surrogate.masked(n, s, integrating_out);
 }
 
 template <typename T>
@@ -520,11 +572,8 @@ void recompute(const Network& net, const ChunkBuffers& buf, int64_t b0, int64_t 
       // Advance with the saved spikes.
       const uint8_t* raster_e = buf.raster_e + (t * batch + b) * n_e;
       const uint8_t* raster_i = buf.raster_i + (t * batch + b) * n_i;
-      int64_t count_e = 0, count_i = 0;
-      for (int64_t j = 0; j < n_e; ++j)
-        if (raster_e[j]) propagation.spiking_e[count_e++] = j;
-      for (int64_t j = 0; j < n_i; ++j)
-        if (raster_i[j]) propagation.spiking_i[count_i++] = j;
+      const int64_t count_e = nonzero_indices(raster_e, n_e, propagation.spiking_e.data());
+      const int64_t count_i = nonzero_indices(raster_i, n_i, propagation.spiking_i.data());
       propagation.apply(net, s, b, t, count_e, count_i, nullptr);
       reset(k_e, t, propagation.spiking_e.data(), count_e, s.v_e, s.ready_e);
       reset(k_i, t, propagation.spiking_i.data(), count_i, s.v_i, s.ready_i);
@@ -579,7 +628,7 @@ inline void add_row(int64_t n, T* __restrict grad, const T* __restrict lambda) {
 // scratch for the indices of the step's input spikes (n_input entries).
 template <typename T>
 void adjoint_trial(const Network& net, const AdjointBuffers& buf, const ChunkExtras& extra, int64_t j, int64_t b,
-                   int64_t* inputs) {
+                   int64_t* spiking) {
   const int64_t n_e = net.n_e, n_i = net.n_i, n_classes = net.n_classes, n_eo = n_i + n_classes, batch = net.batch;
   const T decay_ampa = static_cast<T>(net.decay_ampa), decay_gaba = static_cast<T>(net.decay_gaba);
   const T decay_readout = static_cast<T>(net.decay_readout);
@@ -594,21 +643,18 @@ void adjoint_trial(const Network& net, const AdjointBuffers& buf, const ChunkExt
   const T* leo_next = at(buf.leo, next * n_eo);
   const T* lgi_i_next = buf.lgi_i != nullptr ? at(buf.lgi_i, next * n_i) : nullptr;
   // weight gradients of this step, before slot t % 2 is overwritten
-  if (extra.grad_e_out != nullptr)
-    for (int64_t k = 0; k < n_e; ++k)
-      if (fired_e[k]) add_row(n_eo, static_cast<T*>(extra.grad_e_out) + k * n_eo, leo_next);
-  if (extra.grad_ie != nullptr)
-    for (int64_t k = 0; k < n_i; ++k)
-      if (fired_i[k]) add_row(n_e, static_cast<T*>(extra.grad_ie) + k * n_e, lgi_next);
-  if (extra.grad_ee != nullptr)  // l_ge_e exists wherever w_ee does
-    for (int64_t k = 0; k < n_e; ++k)
-      if (fired_e[k]) add_row(n_e, static_cast<T*>(extra.grad_ee) + k * n_e, lge_next);
-  if (extra.grad_ii != nullptr)
-    for (int64_t k = 0; k < n_i; ++k)
-      if (fired_i[k]) add_row(n_i, static_cast<T*>(extra.grad_ii) + k * n_i, lgi_i_next);
-  if (extra.grad_in != nullptr) {
-    const int64_t count = input_spikes(net, b, t, inputs);
-    for (int64_t e = 0; e < count; ++e) add_row(n_e, static_cast<T*>(extra.grad_in) + inputs[e] * n_e, lge_next);
+  const int64_t count_e = nonzero_indices(fired_e, n_e, spiking), count_i = nonzero_indices(fired_i, n_i, spiking + n_e);
+  auto add_rows = [](void* grad, int64_t width, const int64_t* neurons, int64_t count, const T* lambda) {
+    if (grad != nullptr)
+      for (int64_t e = 0; e < count; ++e) add_row(width, static_cast<T*>(grad) + neurons[e] * width, lambda);
+  };
+  add_rows(extra.grad_e_out, n_eo, spiking, count_e, leo_next);
+  add_rows(extra.grad_ie, n_e, spiking + n_e, count_i, lgi_next);
+  add_rows(extra.grad_ee, n_e, spiking, count_e, lge_next);  // l_ge_e exists wherever w_ee does
+  add_rows(extra.grad_ii, n_i, spiking + n_e, count_i, lgi_i_next);
+  if (extra.grad_in != nullptr) {  // the input spikes' indices take the place of the E and I ones
+    const int64_t count = input_spikes(net, b, t, spiking);
+    add_rows(extra.grad_in, n_e, spiking, count, lge_next);
   }
   // E: gi_e, and ge_e where w_in needs a gradient.
   const int64_t e_row = (j * batch + b) * n_e;
@@ -653,8 +699,8 @@ inline void gemm(const char* ta, const char* tb, const int64_t* m, const int64_t
 constexpr int64_t kPanel = 64;  // 4 zmm vectors; tiles of 4 x 4 accumulators
 constexpr int kTileRows = 4;
 #else
-constexpr int64_t kPanel = 16;  // 2 ymm vectors; tiles of 6 x 2 accumulators (15 of the 16 registers)
-constexpr int kTileRows = 6;
+constexpr int64_t kPanel = 24;  // 3 ymm vectors; tiles of 4 x 3 accumulators (all 16 registers in use)
+constexpr int kTileRows = 4;
 #endif
 
 int64_t panel_floats(int64_t n_post, int64_t depth) { return (n_post + kPanel - 1) / kPanel * kPanel * depth; }
@@ -675,13 +721,15 @@ inline LaneMask lane_mask(int64_t left) {
   return left >= 16 ? LaneMask(0xFFFF) : left > 0 ? LaneMask((1u << left) - 1) : LaneMask(0);
 }
 
-template <int kRows>
+template <int kRows, bool kFull>
 inline void panel_tile(int64_t depth, const float* __restrict l, int64_t ldl, const float* __restrict panel,
                        float* __restrict out, int64_t ldo, const LaneMask* mask, bool add) {
   __m512 acc[kRows][kVectors];
   for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < kVectors; ++v)
-      acc[r][v] = add ? _mm512_maskz_loadu_ps(mask[v], out + r * ldo + 16 * v) : _mm512_setzero_ps();
+    for (int v = 0; v < kVectors; ++v) {
+      const float* at = out + r * ldo + 16 * v;
+      acc[r][v] = !add ? _mm512_setzero_ps() : kFull ? _mm512_loadu_ps(at) : _mm512_maskz_loadu_ps(mask[v], at);
+    }
   for (int64_t c = 0; c < depth; ++c) {
     __m512 w[kVectors];
     for (int v = 0; v < kVectors; ++v) {
@@ -694,11 +742,16 @@ inline void panel_tile(int64_t depth, const float* __restrict l, int64_t ldl, co
     }
   }
   for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < kVectors; ++v) _mm512_mask_storeu_ps(out + r * ldo + 16 * v, mask[v], acc[r][v]);
+    for (int v = 0; v < kVectors; ++v) {
+      if constexpr (kFull)
+        _mm512_storeu_ps(out + r * ldo + 16 * v, acc[r][v]);
+      else
+        _mm512_mask_storeu_ps(out + r * ldo + 16 * v, mask[v], acc[r][v]);
+    }
 }
 #else
 using LaneMask = __m256i;
-constexpr int kVectors = 2;
+constexpr int kVectors = 3;
 
 inline LaneMask lane_mask(int64_t left) {
   alignas(32) int32_t lanes[8];
@@ -706,13 +759,15 @@ inline LaneMask lane_mask(int64_t left) {
   return _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
 }
 
-template <int kRows>
+template <int kRows, bool kFull>
 inline void panel_tile(int64_t depth, const float* __restrict l, int64_t ldl, const float* __restrict panel,
                        float* __restrict out, int64_t ldo, const LaneMask* mask, bool add) {
   __m256 acc[kRows][kVectors];
   for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < kVectors; ++v)
-      acc[r][v] = add ? _mm256_maskload_ps(out + r * ldo + 8 * v, mask[v]) : _mm256_setzero_ps();
+    for (int v = 0; v < kVectors; ++v) {
+      const float* at = out + r * ldo + 8 * v;
+      acc[r][v] = !add ? _mm256_setzero_ps() : kFull ? _mm256_loadu_ps(at) : _mm256_maskload_ps(at, mask[v]);
+    }
   for (int64_t c = 0; c < depth; ++c) {
     __m256 w[kVectors];
     for (int v = 0; v < kVectors; ++v) {
@@ -725,32 +780,47 @@ inline void panel_tile(int64_t depth, const float* __restrict l, int64_t ldl, co
     }
   }
   for (int r = 0; r < kRows; ++r)
-    for (int v = 0; v < kVectors; ++v) _mm256_maskstore_ps(out + r * ldo + 8 * v, mask[v], acc[r][v]);
+    for (int v = 0; v < kVectors; ++v) {
+      if constexpr (kFull)
+        _mm256_storeu_ps(out + r * ldo + 8 * v, acc[r][v]);
+      else
+        _mm256_maskstore_ps(out + r * ldo + 8 * v, mask[v], acc[r][v]);
+    }
 }
 #endif
 
-template <int kRows>
+template <int kRows, bool kFull>
 inline void panel_rows(int64_t rows, int64_t depth, const float* l, int64_t ldl, const float* panel, float* out,
                        int64_t ldo, const LaneMask* mask, bool add) {
   // The remaining rows (fewer than kTileRows) in one tile of their own size.
   if constexpr (kRows > 0) {
-    if (rows == kRows) return panel_tile<kRows>(depth, l, ldl, panel, out, ldo, mask, add);
-    panel_rows<kRows - 1>(rows, depth, l, ldl, panel, out, ldo, mask, add);
+    if (rows == kRows) return panel_tile<kRows, kFull>(depth, l, ldl, panel, out, ldo, mask, add);
+    panel_rows<kRows - 1, kFull>(rows, depth, l, ldl, panel, out, ldo, mask, add);
   }
+}
+
+// One panel of kPanel output columns for all rows; a full panel (kFull) needs no lane masks, which would
+// take a register that the AVX2 tile needs for its accumulators.
+template <bool kFull>
+void panel_column(int64_t rows, int64_t depth, const float* l, int64_t ldl, const float* panel, float* out,
+                  int64_t ldo, const LaneMask* mask, bool add) {
+  int64_t r = 0;
+  for (; r + kTileRows <= rows; r += kTileRows)
+    panel_tile<kTileRows, kFull>(depth, l + r * ldl, ldl, panel, out + r * ldo, ldo, mask, add);
+  panel_rows<kTileRows - 1, kFull>(rows - r, depth, l + r * ldl, ldl, panel, out + r * ldo, ldo, mask, add);
 }
 
 // out[b, :n_post] (+)= l[b, :depth] W^T for `rows` trials (row strides ldl, ldo), W given as panels.
 void panel_product(int64_t rows, int64_t n_post, int64_t depth, const float* l, int64_t ldl, const float* panels,
                    float* out, int64_t ldo, bool add) {
   constexpr int64_t kLanes = kPanel / kVectors;
-  for (int64_t k0 = 0; k0 < n_post; k0 += kPanel) {
+  int64_t k0 = 0;
+  for (; k0 + kPanel <= n_post; k0 += kPanel)
+    panel_column<true>(rows, depth, l, ldl, panels + k0 * depth, out + k0, ldo, nullptr, add);
+  if (k0 < n_post) {
     LaneMask mask[kVectors];
     for (int v = 0; v < kVectors; ++v) mask[v] = lane_mask(n_post - k0 - kLanes * v);
-    const float* panel = panels + k0 * depth;
-    int64_t r = 0;
-    for (; r + kTileRows <= rows; r += kTileRows)
-      panel_tile<kTileRows>(depth, l + r * ldl, ldl, panel, out + r * ldo + k0, ldo, mask, add);
-    panel_rows<kTileRows - 1>(rows - r, depth, l + r * ldl, ldl, panel, out + r * ldo + k0, ldo, mask, add);
+    panel_column<false>(rows, depth, l, ldl, panels + k0 * depth, out + k0, ldo, mask, add);
   }
 }
 #endif
@@ -776,6 +846,22 @@ void recurrent_spike_adjoints(const Network& net, const AdjointBuffers& buf, int
     const T* lgi = static_cast<const T*>(buf.lgi_i) + next * n_i;
     gemm("T", "N", &n_i, &rows, &n_i, &one, static_cast<const T*>(net.w_ii), &n_i, lgi, &n_i, &one, ls_i, &n_i);
   }
+}
+
+// The two products per step with the loop matrices (float32, weights packed by pack_weights), for `rows`
+// trials: ls_e (+)= [l_ge_i, l_u] [w_ei, w_out]^T, ls_i (+)= l_gi_e w_ie^T.
+void packed_products(const Network& net, int64_t rows, const float* leo, const float* lgi, const float* packed_e,
+                     const float* packed_i, float* ls_e, float* ls_i, bool add_e, bool add_i) {
+  const int64_t n_e = net.n_e, n_i = net.n_i, n_eo = net.n_i + net.n_classes;
+#if BIOSIM_PANELS
+  panel_product(rows, n_e, n_eo, leo, n_eo, packed_e, ls_e, n_e, add_e);
+  panel_product(rows, n_i, n_e, lgi, n_e, packed_i, ls_i, n_i, add_i);
+#else
+  cblas_sgemm_compute(kColumnMajor, kPacked, kNoTrans, n_e, rows, n_eo, packed_e, n_eo, leo, n_eo, add_e ? 1.f : 0.f,
+                      ls_e, n_e);
+  cblas_sgemm_compute(kColumnMajor, kPacked, kNoTrans, n_i, rows, n_e, packed_i, n_e, lgi, n_e, add_i ? 1.f : 0.f,
+                      ls_i, n_i);
+#endif
 }
 
 template <typename T>
@@ -808,16 +894,8 @@ void spike_adjoints(const Network& net, const AdjointBuffers& buf, const ChunkEx
   const T* lgi = static_cast<const T*>(buf.lgi_e) + next * n_e;
   if constexpr (std::is_same_v<T, float>) {
     if (extra.packed_e != nullptr && extra.packed_i != nullptr) {
-      const auto* packed_e = static_cast<const float*>(extra.packed_e);
-      const auto* packed_i = static_cast<const float*>(extra.packed_i);
-#if BIOSIM_PANELS
-      panel_product(rows, n_e, n_eo, leo, n_eo, packed_e, ls_e, n_e, bias_e);
-      panel_product(rows, n_i, n_e, lgi, n_e, packed_i, ls_i, n_i, extra.g_counts_i != nullptr);
-#else
-      cblas_sgemm_compute(kColumnMajor, kPacked, kNoTrans, n_e, rows, n_eo, packed_e, n_eo, leo, n_eo, beta_e, ls_e,
-                          n_e);
-      cblas_sgemm_compute(kColumnMajor, kPacked, kNoTrans, n_i, rows, n_e, packed_i, n_e, lgi, n_e, beta_i, ls_i, n_i);
-#endif
+      packed_products(net, rows, leo, lgi, static_cast<const float*>(extra.packed_e),
+                      static_cast<const float*>(extra.packed_i), ls_e, ls_i, bias_e, extra.g_counts_i != nullptr);
       recurrent_spike_adjoints<T>(net, buf, next, rows, ls_e, ls_i);
       return;
     }
@@ -861,10 +939,10 @@ template <typename T>
 void adjoint_steps(const Network& net, const AdjointBuffers& buf, const ChunkExtras& extra, int64_t j0, int64_t j1,
                    int64_t b0, int64_t b1) {
   const ThreadSettings settings(net);
-  std::vector<int64_t> inputs(net.n_input);
+  std::vector<int64_t> spiking(std::max(net.n_e + net.n_i, net.n_input));
   for (int64_t j = j1 - 1; j >= j0 && b1 > b0; --j) {
     spike_adjoints<T>(net, buf, extra, j, b0, b1);
-    for (int64_t b = b0; b < b1; ++b) adjoint_trial<T>(net, buf, extra, j, b, inputs.data());
+    for (int64_t b = b0; b < b1; ++b) adjoint_trial<T>(net, buf, extra, j, b, spiking.data());
   }
 }
 
@@ -951,6 +1029,26 @@ void biosim_surrogate_f32(const Network* net, int64_t n, float* x, const uint8_t
 }
 void biosim_surrogate_f64(const Network* net, int64_t n, double* x, const uint8_t* integrating) {
   Surrogate<double>(*net).masked(n, x, integrating);
+}
+// Seconds of `repeats` rounds of the adjoint's two float32 products (packed_products) for `rows` trials with
+// the network's w_e_out and w_ie, on the calling thread, after one round of warm-up: the benchmark's
+// measure of how fast the products alone run.
+double biosim_product_seconds(const Network* net, int64_t rows, int64_t repeats) {
+  const ThreadSettings settings(*net);
+  const int64_t n_e = net->n_e, n_i = net->n_i, n_eo = net->n_i + net->n_classes;
+  int64_t sizes[2];
+  packed_sizes(*net, rows, sizes);
+  std::vector<float> packed_e(sizes[0] / sizeof(float) + 1), packed_i(sizes[1] / sizeof(float) + 1);
+  pack_weights(*net, rows, packed_e.data(), packed_i.data());
+  std::vector<float> leo(rows * n_eo, 1e-3f), lgi(rows * n_e, 1e-3f), ls_e(rows * n_e), ls_i(rows * n_i);
+  auto round = [&] {
+    packed_products(*net, rows, leo.data(), lgi.data(), packed_e.data(), packed_i.data(), ls_e.data(), ls_i.data(),
+                    false, false);
+  };
+  round();
+  const auto start = std::chrono::steady_clock::now();
+  for (int64_t r = 0; r < repeats; ++r) round();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 void biosim_pack_weights(const Network* net, int64_t rows, void* packed_e, void* packed_i) {
   pack_weights(*net, rows, packed_e, packed_i);
