@@ -80,8 +80,9 @@ Two implementations
   forward pass, then blocks of trials through the whole backward pass
   (recomputation and adjoint recursion, chunk after chunk), without a
   barrier per step or per chunk. The recursion's two products per step with
-  the recurrent weights are register-tiled AVX-512 loops in float32 (MKL's
-  packed GEMM without AVX-512, ``dgemm`` in float64). The forward pass
+  the recurrent weights are register-tiled AVX-512 or AVX2 loops in float32
+  (MKL's packed GEMM without either, ``dgemm`` in float64); the per-neuron
+  loops run on whole vectors of neurons. The forward pass
   does the same floating-point operations in the same order as the eager
   engine (no fused multiply-adds; ``exp`` is MKL VML in the mode
   ``torch.exp`` uses on CPU), so it is bit-identical. The
