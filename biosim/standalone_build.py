@@ -58,13 +58,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "EXTRA_MAKEFILE",
     "PCH_HEADER",
+    "SETUP_OBJECTS",
     "BuildReport",
     "build_project",
     "cache_root",
     "precompile_header",
     "project_directory",
     "split_parts",
+    "write_extra_makefile",
 ]
 
 PCH_HEADER = "biosim_pch.h"
@@ -82,6 +85,25 @@ precompiled copy would not be noticed by ``make``.
 
 MIN_TRIALS_PER_PROCESS = 50
 """Fewer trials per process than this are not worth a process of their own (start-up, a copy of the build)."""
+
+EXTRA_MAKEFILE = "biosim.mk"
+"""Read by ``make`` after Brian2's makefile (:func:`write_extra_makefile`): per-file flags and a shorter ``make.deps``."""
+
+SETUP_OBJECTS = (
+    "objects.o",
+    "main.o",
+    "code_objects/before_run_%_push_spikes.o",
+    "code_objects/%_synapses_create_array_codeobject.o",
+)
+"""The translation units compiled at ``-O1`` (make patterns): they set the simulation up and compute nothing.
+
+``objects.cpp`` defines the arrays and reads and writes them from and to
+disk, ``main.cpp`` calls the code objects in order and copies the initial
+values in, the ``synapses_create_array`` code copies the given indices, and the
+``before_run_..._push_spikes`` code sorts the synapses into the spike queue
+(delays are 0 here). None of them adds or multiplies a state variable; the
+numerical kernels keep Brian2's flags and so their machine code.
+"""
 
 _STAMP = "biosim_pch.stamp"
 _INCOMPLETE = ".biosim-build-incomplete"
@@ -186,6 +208,63 @@ def precompile_header(directory: str | Path, *, timeout_s: float = 300.0) -> str
     return "built"
 
 
+# --- the extra makefile --------------------------------------------------------------------
+
+
+def _setup_at_o1() -> bool:
+    return os.environ.get("BIOSIM_BRIAN2_SETUP_O1", "1").strip().lower() not in ("0", "off", "no", "false")
+
+
+def write_extra_makefile(directory: str | Path, *, setup_at_o1: bool | None = None) -> list[str]:
+    """Write :data:`EXTRA_MAKEFILE` into ``directory`` (only if it changes); the ``make`` arguments that read it.
+
+    It does two things; neither changes the machine code of a numerical kernel:
+
+    * :data:`SETUP_OBJECTS` are compiled at ``-O1`` instead of Brian2's level
+      (unless ``setup_at_o1`` is false, default ``$BIOSIM_BRIAN2_SETUP_O1``,
+      on). ``-O1`` keeps ``__OPTIMIZE__`` defined, so the precompiled header
+      stays valid (at ``-O0`` GCC would silently ignore it). Every object
+      depends on this file, so a change of flags recompiles them all.
+    * ``make.deps`` is made from the files outside ``code_objects/`` only.
+      Brian2's rule runs ``g++ -MM`` over all 44 sources in one process (2 to
+      3 s of CPU, before anything else whenever a source changed), but
+      ``-MM`` names each rule after the file's base name (``X.o``, not
+      ``code_objects/X.o``), so the rules of the code objects never apply;
+      dropping them changes nothing that ``make`` rebuilds.
+    """
+    directory = Path(directory)
+    setup_at_o1 = _setup_at_o1() if setup_at_o1 is None else setup_at_o1
+    lines = [
+        "# Written by biosim (biosim/standalone_build.py); read after Brian2's makefile.",
+        f"$(OBJS): {EXTRA_MAKEFILE}",
+        "make.deps: $(SRCS) $(H_SRCS)",
+        "\t$(CXX) $(CXXFLAGS) -MM $(filter-out code_objects/%,$(SRCS)) > make.deps",
+    ]
+    if setup_at_o1:
+        lines += [
+            f"BIOSIM_SETUP_OBJS := $(filter {' '.join(SETUP_OBJECTS)},$(OBJS))",
+            "$(BIOSIM_SETUP_OBJS): OPTIMISATIONS := $(filter-out -O%,$(OPTIMISATIONS)) -O1",
+        ]
+    text = "\n".join(lines) + "\n"
+    path = directory / EXTRA_MAKEFILE
+    if not path.exists() or path.read_text() != text:  # rewritten only when it changes (make looks at times)
+        path.write_text(text)
+    return ["-f", "makefile", "-f", EXTRA_MAKEFILE]
+
+
+@contextmanager
+def _make_arguments(extra: list[str]) -> Iterator[None]:
+    """Brian2's ``make`` call with ``extra`` arguments, for one compilation."""
+    from brian2 import prefs
+
+    previous = list(prefs.devices.cpp_standalone.extra_make_args_unix)
+    prefs.devices.cpp_standalone.extra_make_args_unix = [*previous, *extra]
+    try:
+        yield
+    finally:
+        prefs.devices.cpp_standalone.extra_make_args_unix = previous
+
+
 def build_project(backend: str, directory: str | Path) -> BuildReport:
     """Write and compile the active standalone device's project into ``directory`` (no run).
 
@@ -216,7 +295,8 @@ def build_project(backend: str, directory: str | Path) -> BuildReport:
     report.pch = precompile_header(directory)
     report.pch_s = time.perf_counter() - start
     try:
-        device.compile_source(str(directory), compiler, False, False)
+        with _make_arguments(write_extra_makefile(directory)):
+            device.compile_source(str(directory), compiler, False, False)
     except RuntimeError as error:
         # Not expected; but a build must not fail for the sake of speed. Once more from scratch, with an
         # empty header (the makefile's -include then adds nothing): if that fails too, the error is real.
@@ -224,6 +304,7 @@ def build_project(backend: str, directory: str | Path) -> BuildReport:
         report.pch = "failed: the build with it failed"
         (directory / f"{PCH_HEADER}.gch").unlink(missing_ok=True)
         (directory / _STAMP).unlink(missing_ok=True)
+        (directory / EXTRA_MAKEFILE).unlink(missing_ok=True)  # the next build writes it anew: all is recompiled
         (directory / PCH_HEADER).write_text("// left empty: the build with the standard headers precompiled failed\n")
         device.compile_source(str(directory), compiler, False, True)
     report.make_s = device.timers["compile"]["make"] or 0.0
