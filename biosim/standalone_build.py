@@ -1,14 +1,33 @@
-"""Faster ``cpp_standalone`` builds: a precompiled header, and project directories that are reused.
+"""Faster ``cpp_standalone`` builds: a precompiled header, reused project directories, light setup files.
 
-Where a cold build of the 400-trial evaluation goes (full-size network, Brian2
-2.8, g++ 12, ``-O3 -ffast-math -march=native``, 2 cores): constructing the
-network, generating the code and writing the project (44 C++ files, 33 MB of
-static arrays) take about 2 to 3 s; the rest is ``make``. Each of the 44
-translation units costs 0.8 to 1.2 s of CPU, and about 70 % of that is
-parsing the same C++ standard headers (``<iostream>``, ``<random>``,
-``<vector>``, ...: 65,000 preprocessed lines per file); ``-O3`` against
-``-O0`` is a third of it. So two things help, and neither changes a bit of
-the simulation:
+Where the 400-trial evaluation of the benchmark goes (full-size network,
+Brian2 2.8, g++ 12, ``-O3 -ffast-math -march=native``, the 2-core machine;
+``scripts/brian2_timing.py``, which times each phase; the machine's load
+moves the wall times by a third):
+
+===============================  =============================================
+constructing the network         0.3 to 0.4 s
+code generation (``run``)        0.25 to 0.4 s
+writing the project              0.2 to 0.3 s (44 C++ files, 9 MB of arrays)
+precompiled header               2.1 to 2.6 s, alone (every file waits for it)
+``make -j``                      10 to 10.3 s wall, 18.6 s of CPU (before the
+                                 setup files went to ``-O1``: 12.5 to 18.7 s,
+                                 22.5 s of CPU)
+simulation (the binary)          14 to 21 s, one thread
+reading the results back         0.2 to 0.6 s
+===============================  =============================================
+
+CPU per translation unit (``-O3``, precompiled header; after the arrow at
+``-O1``): ``objects.cpp`` 3.3 -> 1.7 s, the four ``before_run_..._push_spikes``
+1.0 -> 0.65 s each, ``main.cpp`` 1.0 -> 0.6 s, the four
+``synapses_create_array`` 0.4 s either way, Brian2's ``make.deps`` (``g++ -MM``
+over all files in one process) 3.2 s -> 0.5 s (:func:`write_extra_makefile`);
+the other 30 files 0.2 to 0.46 s each (mostly instantiating brianlib's
+templates), linking 0.1 s. A reused directory in which nothing changed (the
+same evaluation again) builds in about 1 s: construction, code generation and
+writing; ``make`` finds nothing to do. So a cold build is now about 13.5 to
+14.5 s and the simulation is the larger part. Three things make the build
+faster, and none changes a bit of the simulation:
 
 1. **A precompiled header** (:data:`PCH_HEADER`). The standard headers the
    generated code includes are compiled once per project into
@@ -32,6 +51,25 @@ the simulation:
    so parallel runs (protocol workers) take different slots. A directory
    whose last build did not finish is emptied first. ``BIOSIM_BRIAN2_CACHE=off``
    gives a temporary directory per run, removed afterwards.
+3. **Light setup files** (:data:`EXTRA_MAKEFILE`, read by ``make`` after
+   Brian2's makefile). The files that only set the simulation up
+   (:data:`SETUP_OBJECTS`) are compiled at ``-O1``; the numerical kernels keep
+   Brian2's flags. Of the weak (inline, template) functions the ``-O1`` files
+   share with the others, the linker may take the ``-O1`` copy: in this
+   network those are two of ``std::vector<int>``'s (``_M_default_append``,
+   ``_M_realloc_insert``: growing a vector of indices), neither of which
+   computes with a state variable (``nm`` on all 44 objects). And
+   ``make.deps`` is made from the 5 files whose rules apply. The 400 trials
+   give the same spikes and scores as before, bit for bit, and as the fused
+   engine's float64 forward pass. ``BIOSIM_BRIAN2_SETUP_O1=0`` keeps Brian2's
+   flags for all files.
+
+``prefs.devices.cpp_standalone.openmp_threads = 2`` keeps every spike of the
+400 trials (the same spikes as one thread, and as the mirror), but the
+simulation was slower, not faster: 31 s and 50 s against 14 to 21 s with one
+thread (two parallel regions per object per step, 800,000 steps, on a machine
+whose second core is often busy); two processes
+(:mod:`biosim.split_run`) are the way to use the second core.
 
 Brian2 2.8 can also change initial values without recompiling
 (``device.run(run_args=...)``), but only in the process that built the
@@ -87,7 +125,7 @@ MIN_TRIALS_PER_PROCESS = 50
 """Fewer trials per process than this are not worth a process of their own (start-up, a copy of the build)."""
 
 EXTRA_MAKEFILE = "biosim.mk"
-"""Read by ``make`` after Brian2's makefile (:func:`write_extra_makefile`): per-file flags and a shorter ``make.deps``."""
+"""Read by ``make`` after Brian2's makefile (:func:`write_extra_makefile`): per-file flags, a short ``make.deps``."""
 
 SETUP_OBJECTS = (
     "objects.o",

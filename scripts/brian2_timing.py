@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -58,14 +59,25 @@ def _install_timers(timers: dict) -> None:
     _wrap(CPPStandaloneDevice, "compile_source", timers, "make")
     _wrap(CPPStandaloneDevice, "run", timers, "run_binary_and_checks")
     _wrap(backends, "_collect", timers, "read_results")
+    build_project = backends.build_project
+
+    def counted(*args, **kwargs):  # CPU of the compiler processes (finished children), less sensitive to load
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            return build_project(*args, **kwargs)
+        finally:
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            timers["build_children_cpu"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+    backends.build_project = counted
 
 
 def _cxx_wrapper(log: Path) -> Path:
     wrapper = Path(tempfile.mkdtemp(prefix="cxxtime-")) / "g++"
     wrapper.write_text(
         "#!/bin/bash\n"
-        "target=\"\"; prev=\"\"; for a in \"$@\"; do [ \"$prev\" = -o ] && target=$a; prev=$a; done\n"
-        f"exec /usr/bin/time -a -o {log} -f \"%e %U %S $target\" /usr/bin/g++ \"$@\"\n"
+        'target=""; prev=""; for a in "$@"; do [ "$prev" = -o ] && target=$a; prev=$a; done\n'
+        f'exec /usr/bin/time -a -o {log} -f "%e %U %S $target" /usr/bin/g++ "$@"\n'
     )
     wrapper.chmod(0o755)
     return wrapper
@@ -92,8 +104,8 @@ def main() -> int:
     t_start = time.perf_counter()
     import torch  # noqa: F401  (as in the bench: imported before Brian2)
 
-    from bridge.bench import _brian2, _brian2_trials, _params
     from biosim.weights import init_weights
+    from bridge.bench import _brian2, _brian2_trials, _params
 
     params = _params(2000)  # the bench's default n_steps: 200 ms trials at dt 0.1 ms
     weights = init_weights(params, seed=42).effective()
