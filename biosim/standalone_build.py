@@ -10,9 +10,9 @@ constructing the network         0.3 to 0.4 s
 code generation (``run``)        0.25 to 0.4 s
 writing the project              0.2 to 0.3 s (44 C++ files, 9 MB of arrays)
 precompiled header               2.1 to 2.6 s, alone (every file waits for it)
-``make -j``                      10 to 10.3 s wall, 18.6 s of CPU (before the
-                                 setup files went to ``-O1``: 12.5 to 18.7 s,
-                                 22.5 s of CPU)
+``make -j``                      9.2 to 11.6 s wall (before :data:`EXTRA_MAKEFILE`:
+                                 13 to 14.9 s); the compilers' CPU, header
+                                 included, 20 to 23.6 s (before: 29.5 to 31.5 s)
 simulation (the binary)          14 to 21 s, one thread
 reading the results back         0.2 to 0.6 s
 ===============================  =============================================
@@ -25,9 +25,12 @@ over all files in one process) 3.2 s -> 0.5 s (:func:`write_extra_makefile`);
 the other 30 files 0.2 to 0.46 s each (mostly instantiating brianlib's
 templates), linking 0.1 s. A reused directory in which nothing changed (the
 same evaluation again) builds in about 1 s: construction, code generation and
-writing; ``make`` finds nothing to do. So a cold build is now about 13.5 to
-14.5 s and the simulation is the larger part. Three things make the build
-faster, and none changes a bit of the simulation:
+writing; ``make`` finds nothing to do. One that last built the same network
+with other weights and digits recompiles ``objects.cpp``, ``main.cpp``, the
+synapse creation and ``make.deps``: 3.4 to 4.2 s (before: 9.2 to 10.2 s). A
+cold build is now 13 to 15 s (before: 16.5 to 18.6 s), and the simulation is
+the larger part. Three things make the build faster, and none changes a bit
+of the simulation:
 
 1. **A precompiled header** (:data:`PCH_HEADER`). The standard headers the
    generated code includes are compiled once per project into
@@ -65,11 +68,11 @@ faster, and none changes a bit of the simulation:
    flags for all files.
 
 ``prefs.devices.cpp_standalone.openmp_threads = 2`` keeps every spike of the
-400 trials (the same spikes as one thread, and as the mirror), but the
-simulation was slower, not faster: 31 s and 50 s against 14 to 21 s with one
-thread (two parallel regions per object per step, 800,000 steps, on a machine
-whose second core is often busy); two processes
-(:mod:`biosim.split_run`) are the way to use the second core.
+400 trials (the same spikes and scores as one thread, and as the mirror),
+but the simulation was slower, not faster: 30 to 50 s in four runs, against
+14 to 21 s with one thread (800,000 steps, each with several parallel regions
+to join); two processes (:mod:`biosim.split_run`) are the way to use the
+second core.
 
 Brian2 2.8 can also change initial values without recompiling
 (``device.run(run_args=...)``), but only in the process that built the

@@ -91,6 +91,7 @@ def main() -> int:
     parser.add_argument("--trace-cxx", action="store_true")
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--openmp", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=42, help="weights and input spikes (the bench: 42)")
     parser.add_argument("--label", default="")
     args = parser.parse_args()
 
@@ -108,8 +109,8 @@ def main() -> int:
     from bridge.bench import _brian2, _brian2_trials, _params
 
     params = _params(2000)  # the bench's default n_steps: 200 ms trials at dt 0.1 ms
-    weights = init_weights(params, seed=42).effective()
-    trials = _brian2_trials(params, args.trials, 42)
+    weights = init_weights(params, seed=args.seed).effective()
+    trials = _brian2_trials(params, args.trials, args.seed)
     t_setup = time.perf_counter() - t_start
     timers: dict[str, float] = {}
     _install_timers(timers)
