@@ -180,7 +180,9 @@ def run_split(
                 log = (work_dir / f"part{k}.log").open("w")
                 children.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "biosim.split_child", str(work_dir / f"job{k}.pkl")],
+                        # -P: not the working directory first on sys.path (-m's default), which could
+                        # hold another biosim than this process imported; PYTHONPATH alone decides.
+                        [sys.executable, "-P", "-m", "biosim.split_child", str(work_dir / f"job{k}.pkl")],
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         env=_child_environment(),

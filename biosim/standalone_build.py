@@ -1,14 +1,36 @@
-"""Faster ``cpp_standalone`` builds: a precompiled header, and project directories that are reused.
+"""Faster ``cpp_standalone`` builds: a precompiled header, reused project directories, light setup files.
 
-Where a cold build of the 400-trial evaluation goes (full-size network, Brian2
-2.8, g++ 12, ``-O3 -ffast-math -march=native``, 2 cores): constructing the
-network, generating the code and writing the project (44 C++ files, 33 MB of
-static arrays) take about 2 to 3 s; the rest is ``make``. Each of the 44
-translation units costs 0.8 to 1.2 s of CPU, and about 70 % of that is
-parsing the same C++ standard headers (``<iostream>``, ``<random>``,
-``<vector>``, ...: 65,000 preprocessed lines per file); ``-O3`` against
-``-O0`` is a third of it. So two things help, and neither changes a bit of
-the simulation:
+Where the 400-trial evaluation of the benchmark goes (full-size network,
+Brian2 2.8, g++ 12, ``-O3 -ffast-math -march=native``, the 2-core machine;
+``scripts/brian2_timing.py``, which times each phase; the machine's load
+moves the wall times by a third):
+
+===============================  =============================================
+constructing the network         0.3 to 0.4 s
+code generation (``run``)        0.25 to 0.4 s
+writing the project              0.2 to 0.3 s (44 C++ files, 9 MB of arrays)
+precompiled header               2.1 to 2.6 s, alone (every file waits for it)
+``make -j``                      9.2 to 11.6 s wall (before :data:`EXTRA_MAKEFILE`:
+                                 13 to 14.9 s); the compilers' CPU, header
+                                 included, 20 to 23.6 s (before: 29.5 to 31.5 s)
+simulation (the binary)          14 to 21 s, one thread
+reading the results back         0.2 to 0.6 s
+===============================  =============================================
+
+CPU per translation unit (``-O3``, precompiled header; after the arrow at
+``-O1``): ``objects.cpp`` 3.3 -> 1.7 s, the four ``before_run_..._push_spikes``
+1.0 -> 0.65 s each, ``main.cpp`` 1.0 -> 0.6 s, the four
+``synapses_create_array`` 0.4 s either way, Brian2's ``make.deps`` (``g++ -MM``
+over all files in one process) 3.2 s -> 0.5 s (:func:`write_extra_makefile`);
+the other 30 files 0.2 to 0.46 s each (mostly instantiating brianlib's
+templates), linking 0.1 s. A reused directory in which nothing changed (the
+same evaluation again) builds in about 1 s: construction, code generation and
+writing; ``make`` finds nothing to do. One that last built the same network
+with other weights and digits recompiles ``objects.cpp``, ``main.cpp``, the
+synapse creation and ``make.deps``: 3.4 to 4.2 s (before: 9.2 to 10.2 s). A
+cold build is now 13 to 15 s (before: 16.5 to 18.6 s), and the simulation is
+the larger part. Three things make the build faster, and none changes a bit
+of the simulation:
 
 1. **A precompiled header** (:data:`PCH_HEADER`). The standard headers the
    generated code includes are compiled once per project into
@@ -32,6 +54,25 @@ the simulation:
    so parallel runs (protocol workers) take different slots. A directory
    whose last build did not finish is emptied first. ``BIOSIM_BRIAN2_CACHE=off``
    gives a temporary directory per run, removed afterwards.
+3. **Light setup files** (:data:`EXTRA_MAKEFILE`, read by ``make`` after
+   Brian2's makefile). The files that only set the simulation up
+   (:data:`SETUP_OBJECTS`) are compiled at ``-O1``; the numerical kernels keep
+   Brian2's flags. Of the weak (inline, template) functions the ``-O1`` files
+   share with the others, the linker may take the ``-O1`` copy: in this
+   network those are two of ``std::vector<int>``'s (``_M_default_append``,
+   ``_M_realloc_insert``: growing a vector of indices), neither of which
+   computes with a state variable (``nm`` on all 44 objects). And
+   ``make.deps`` is made from the 5 files whose rules apply. The 400 trials
+   give the same spikes and scores as before, bit for bit, and as the fused
+   engine's float64 forward pass. ``BIOSIM_BRIAN2_SETUP_O1=0`` keeps Brian2's
+   flags for all files.
+
+``prefs.devices.cpp_standalone.openmp_threads = 2`` keeps every spike of the
+400 trials (the same spikes and scores as one thread, and as the mirror),
+but the simulation was slower, not faster: 30 to 50 s in four runs, against
+14 to 21 s with one thread (800,000 steps, each with several parallel regions
+to join); two processes (:mod:`biosim.split_run`) are the way to use the
+second core.
 
 Brian2 2.8 can also change initial values without recompiling
 (``device.run(run_args=...)``), but only in the process that built the
@@ -58,13 +99,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "EXTRA_MAKEFILE",
     "PCH_HEADER",
+    "SETUP_OBJECTS",
     "BuildReport",
     "build_project",
     "cache_root",
     "precompile_header",
     "project_directory",
     "split_parts",
+    "write_extra_makefile",
 ]
 
 PCH_HEADER = "biosim_pch.h"
@@ -82,6 +126,25 @@ precompiled copy would not be noticed by ``make``.
 
 MIN_TRIALS_PER_PROCESS = 50
 """Fewer trials per process than this are not worth a process of their own (start-up, a copy of the build)."""
+
+EXTRA_MAKEFILE = "biosim.mk"
+"""Read by ``make`` after Brian2's makefile (:func:`write_extra_makefile`): per-file flags, a short ``make.deps``."""
+
+SETUP_OBJECTS = (
+    "objects.o",
+    "main.o",
+    "code_objects/before_run_%_push_spikes.o",
+    "code_objects/%_synapses_create_array_codeobject.o",
+)
+"""The translation units compiled at ``-O1`` (make patterns): they set the simulation up and compute nothing.
+
+``objects.cpp`` defines the arrays and reads and writes them from and to
+disk, ``main.cpp`` calls the code objects in order and copies the initial
+values in, the ``synapses_create_array`` code copies the given indices, and the
+``before_run_..._push_spikes`` code sorts the synapses into the spike queue
+(delays are 0 here). None of them adds or multiplies a state variable; the
+numerical kernels keep Brian2's flags and so their machine code.
+"""
 
 _STAMP = "biosim_pch.stamp"
 _INCOMPLETE = ".biosim-build-incomplete"
@@ -186,6 +249,63 @@ def precompile_header(directory: str | Path, *, timeout_s: float = 300.0) -> str
     return "built"
 
 
+# --- the extra makefile --------------------------------------------------------------------
+
+
+def _setup_at_o1() -> bool:
+    return os.environ.get("BIOSIM_BRIAN2_SETUP_O1", "1").strip().lower() not in ("0", "off", "no", "false")
+
+
+def write_extra_makefile(directory: str | Path, *, setup_at_o1: bool | None = None) -> list[str]:
+    """Write :data:`EXTRA_MAKEFILE` into ``directory`` (only if it changes); the ``make`` arguments that read it.
+
+    It does two things; neither changes the machine code of a numerical kernel:
+
+    * :data:`SETUP_OBJECTS` are compiled at ``-O1`` instead of Brian2's level
+      (unless ``setup_at_o1`` is false, default ``$BIOSIM_BRIAN2_SETUP_O1``,
+      on). ``-O1`` keeps ``__OPTIMIZE__`` defined, so the precompiled header
+      stays valid (at ``-O0`` GCC would silently ignore it). Every object
+      depends on this file, so a change of flags recompiles them all.
+    * ``make.deps`` is made from the files outside ``code_objects/`` only.
+      Brian2's rule runs ``g++ -MM`` over all 44 sources in one process (2 to
+      3 s of CPU, before anything else whenever a source changed), but
+      ``-MM`` names each rule after the file's base name (``X.o``, not
+      ``code_objects/X.o``), so the rules of the code objects never apply;
+      dropping them changes nothing that ``make`` rebuilds.
+    """
+    directory = Path(directory)
+    setup_at_o1 = _setup_at_o1() if setup_at_o1 is None else setup_at_o1
+    lines = [
+        "# Written by biosim (biosim/standalone_build.py); read after Brian2's makefile.",
+        f"$(OBJS): {EXTRA_MAKEFILE}",
+        "make.deps: $(SRCS) $(H_SRCS)",
+        "\t$(CXX) $(CXXFLAGS) -MM $(filter-out code_objects/%,$(SRCS)) > make.deps",
+    ]
+    if setup_at_o1:
+        lines += [
+            f"BIOSIM_SETUP_OBJS := $(filter {' '.join(SETUP_OBJECTS)},$(OBJS))",
+            "$(BIOSIM_SETUP_OBJS): OPTIMISATIONS := $(filter-out -O%,$(OPTIMISATIONS)) -O1",
+        ]
+    text = "\n".join(lines) + "\n"
+    path = directory / EXTRA_MAKEFILE
+    if not path.exists() or path.read_text() != text:  # rewritten only when it changes (make looks at times)
+        path.write_text(text)
+    return ["-f", "makefile", "-f", EXTRA_MAKEFILE]
+
+
+@contextmanager
+def _make_arguments(extra: list[str]) -> Iterator[None]:
+    """Brian2's ``make`` call with ``extra`` arguments, for one compilation."""
+    from brian2 import prefs
+
+    previous = list(prefs.devices.cpp_standalone.extra_make_args_unix)
+    prefs.devices.cpp_standalone.extra_make_args_unix = [*previous, *extra]
+    try:
+        yield
+    finally:
+        prefs.devices.cpp_standalone.extra_make_args_unix = previous
+
+
 def build_project(backend: str, directory: str | Path) -> BuildReport:
     """Write and compile the active standalone device's project into ``directory`` (no run).
 
@@ -216,7 +336,8 @@ def build_project(backend: str, directory: str | Path) -> BuildReport:
     report.pch = precompile_header(directory)
     report.pch_s = time.perf_counter() - start
     try:
-        device.compile_source(str(directory), compiler, False, False)
+        with _make_arguments(write_extra_makefile(directory)):
+            device.compile_source(str(directory), compiler, False, False)
     except RuntimeError as error:
         # Not expected; but a build must not fail for the sake of speed. Once more from scratch, with an
         # empty header (the makefile's -include then adds nothing): if that fails too, the error is real.
@@ -224,6 +345,7 @@ def build_project(backend: str, directory: str | Path) -> BuildReport:
         report.pch = "failed: the build with it failed"
         (directory / f"{PCH_HEADER}.gch").unlink(missing_ok=True)
         (directory / _STAMP).unlink(missing_ok=True)
+        (directory / EXTRA_MAKEFILE).unlink(missing_ok=True)  # the next build writes it anew: all is recompiled
         (directory / PCH_HEADER).write_text("// left empty: the build with the standard headers precompiled failed\n")
         device.compile_source(str(directory), compiler, False, True)
     report.make_s = device.timers["compile"]["make"] or 0.0

@@ -2,12 +2,15 @@
 
 The standalone test builds a small network three ways (no precompiled header
 in a temporary directory; with it in a fresh cache slot; again in the now
-warm slot) and requires the same spikes and scores, bit for bit.
+warm slot) and requires the same spikes and scores, bit for bit. The cache
+builds compile the setup files at ``-O1`` (biosim.mk); the plain one is
+Brian2's own build.
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +57,71 @@ def test_a_failed_precompilation_leaves_no_compiled_header(tmp_path: Path, monke
     assert (tmp_path / sb.PCH_HEADER).exists()  # the files still compile from its text
 
 
+FAKE_PROJECT_MAKEFILE = """PROGRAM = main
+SRCS = code_objects/neurons_stateupdater_codeobject.cpp \\
+    code_objects/syn_synapses_create_array_codeobject.cpp main.cpp objects.cpp
+H_SRCS = objects.h
+OBJS = ${SRCS:.cpp=.o}
+OPTIMISATIONS = -w -O3 -ffast-math -std=c++11
+CXXFLAGS = -c $(OPTIMISATIONS) -I.
+DEPS = make.deps
+
+all: $(PROGRAM)
+
+$(PROGRAM): $(OBJS) $(DEPS) makefile
+\t$(CXX) $(OBJS) -o $(PROGRAM)
+
+make.deps: $(SRCS) $(H_SRCS)
+\t$(CXX) $(CXXFLAGS) -MM $(SRCS) > make.deps
+
+%.o : %.cpp makefile
+\t$(CXX) $(CXXFLAGS) $< -o $@
+"""
+"""The shape of the makefile Brian2 2.8 writes for cpp_standalone (its templates/makefile)."""
+
+
+def _dry_run(directory: Path, arguments: list[str]) -> dict[str, str]:
+    """``make -n``: the command that would make each target, by target."""
+    done = subprocess.run(["make", "-n", *arguments], cwd=directory, capture_output=True, text=True, check=True)
+    commands = {}
+    for line in done.stdout.splitlines():
+        words = line.split()
+        if "-o" in words:
+            commands[words[words.index("-o") + 1]] = line
+        elif "-MM" in line:
+            commands["make.deps"] = line
+    return commands
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_extra_makefile_compiles_only_the_setup_files_at_o1(tmp_path: Path) -> None:
+    (tmp_path / "makefile").write_text(FAKE_PROJECT_MAKEFILE)
+    (tmp_path / "code_objects").mkdir()
+    for name in ("objects.h", "main.cpp", "objects.cpp", "code_objects/neurons_stateupdater_codeobject.cpp",
+                 "code_objects/syn_synapses_create_array_codeobject.cpp"):  # fmt: skip
+        (tmp_path / name).write_text("")
+    arguments = sb.write_extra_makefile(tmp_path, setup_at_o1=True)
+    assert arguments == ["-f", "makefile", "-f", sb.EXTRA_MAKEFILE]
+    commands = _dry_run(tmp_path, arguments)
+    for target in ("main.o", "objects.o", "code_objects/syn_synapses_create_array_codeobject.o"):
+        assert " -O1" in commands[target] and "-O3" not in commands[target], commands[target]
+        assert "-ffast-math" in commands[target]  # only the level changes
+    kernel = commands["code_objects/neurons_stateupdater_codeobject.o"]
+    assert "-O3 -ffast-math" in kernel and "-O1" not in kernel  # Brian2's flags, untouched
+    # make.deps: -MM over the files outside code_objects/ only (its rules for those never applied).
+    assert "main.cpp objects.cpp" in commands["make.deps"] and "code_objects/" not in commands["make.deps"]
+
+
+def test_extra_makefile_is_rewritten_only_when_it_changes(tmp_path: Path) -> None:
+    sb.write_extra_makefile(tmp_path, setup_at_o1=True)
+    path = tmp_path / sb.EXTRA_MAKEFILE
+    written = path.stat().st_mtime_ns
+    sb.write_extra_makefile(tmp_path, setup_at_o1=True)
+    assert path.stat().st_mtime_ns == written  # make sees no change, recompiles nothing
+    sb.write_extra_makefile(tmp_path, setup_at_o1=False)
+    assert "-O1" not in path.read_text() and "$(OBJS): biosim.mk" in path.read_text()  # so all recompile
+
+
 def test_project_directories_are_locked_slots_kept_between_runs(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("BIOSIM_BRIAN2_CACHE", str(tmp_path / "cache"))
     with sb.project_directory("cpp_standalone") as (first, reused):
@@ -94,10 +162,11 @@ def test_precompiled_header_and_reused_directory_change_no_spike(small_params, t
     plain = run()
     monkeypatch.setenv("BIOSIM_BRIAN2_PCH", "1")
     monkeypatch.setenv("BIOSIM_BRIAN2_CACHE", str(tmp_path / "cache"))
-    cold, warm = run(), run()
+    cold, warm = run(), run()  # with the setup files at -O1 and the short make.deps (biosim.mk)
     assert plain.meta["build"]["precompiled_header"] == "not used"
     assert cold.meta["build"]["precompiled_header"] == "built" and not cold.meta["build"]["reused"]
     assert warm.meta["build"]["precompiled_header"] == "reused" and warm.meta["build"]["reused"]
+    assert "-O1" in (Path(warm.meta["build"]["directory"]) / sb.EXTRA_MAKEFILE).read_text()
     assert set(plain.timings_s) >= {"build", "build_codegen", "build_compile", "simulate"}
     for result in (cold, warm):
         for population in ("spikes_e", "spikes_i"):
