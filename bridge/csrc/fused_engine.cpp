@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 #if defined(__x86_64__) || defined(_M_X64)
 #include <xmmintrin.h>
@@ -281,7 +282,15 @@ struct Lanes {  // kVectorBytes / sizeof(T) neurons
     return __builtin_convertvector(*reinterpret_cast<const UnalignedReady*>(ready) <= t, Mask);
   }
   static void store_bits(uint8_t* p, Mask m) {  // lanes of -1 / 0 -> bytes of 1 / 0
-    *reinterpret_cast<UnalignedBytes*>(p) = __builtin_convertvector(m, Bytes) & 1;
+    *reinterpret_cast<UnalignedBytes*>(p) = low_bytes(m, std::make_index_sequence<kLanes>{}) & 1;
+  }
+  // The first byte of every lane, as shuffles (__builtin_convertvector to bytes went lane by lane, through
+  // general-purpose registers).
+  template <size_t... kLane>
+  static Bytes low_bytes(Mask m, std::index_sequence<kLane...>) {
+    using AllBytes [[gnu::vector_size(kVectorBytes)]] = uint8_t;
+    const AllBytes bytes = reinterpret_cast<AllBytes>(m);
+    return __builtin_shufflevector(bytes, bytes, (kLane * sizeof(T))...);
   }
 };
 
