@@ -188,7 +188,7 @@ def _phases(n_steps: int, batch_size: int, seed: int, threads: int, useful_flops
     over the adjoint recursion's.
     """
     from . import fused_kernels
-    from .fast_engine import _TRIALS_PER_TASK
+    from .fast_engine import TRIALS_PER_BLOCK
 
     setup = _setup(n_steps, batch_size, torch.float32, "cpu", seed)
     initial_threads = torch.get_num_threads()
@@ -199,7 +199,7 @@ def _phases(n_steps: int, batch_size: int, seed: int, threads: int, useful_flops
     finally:
         torch.set_num_threads(initial_threads)
     connectivity = setup.params.connectivity
-    rows = min(_TRIALS_PER_TASK, batch_size)
+    rows = min(TRIALS_PER_BLOCK, batch_size)
     product = fused_kernels.product_flops(connectivity.n_e, connectivity.n_i, connectivity.n_classes, rows)
     peak_one = fused_kernels.fma_peak_flops(1)
     phases = record.as_dict()

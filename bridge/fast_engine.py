@@ -145,9 +145,10 @@ __all__ = ["FusedEngine", "run_network_fused"]
 Derivative = Callable[[torch.Tensor], torch.Tensor]
 
 
-_TRIALS_PER_TASK = 8
-"""Trials per block of the kernels' backward pass: the AVX-512 products run as fast on 8 trials as on 16 or
-32 (tiles of 4), and 4 blocks per batch of 32 balance 2 threads when one of them is slowed."""
+TRIALS_PER_BLOCK = 8
+"""Trials per block of the kernels' backward pass: the products (tiles of 4 trials) ran as fast on 8 trials as
+on 16 or 32 with AVX-512, and blocks of 4, 8 and 16 timed alike on AVX2; 4 blocks per batch of 32 balance 2
+threads when one of them is slowed."""
 
 
 # --- torch-operation kernels (any device; the fallback) ---------------------------
@@ -678,7 +679,7 @@ class _Adjoint:
         self.ls_e, self.ls_i = self._empty(batch, n_e), self._empty(batch, n_i)
         # Blocks of trials, each taken through the whole backward pass by one thread (ctypes releases the
         # GIL); more blocks than threads, so that a thread that another process slows down takes fewer.
-        self.trial_blocks = [(b, min(b + _TRIALS_PER_TASK, batch)) for b in range(0, batch, _TRIALS_PER_TASK)]
+        self.trial_blocks = [(b, min(b + TRIALS_PER_BLOCK, batch)) for b in range(0, batch, TRIALS_PER_BLOCK)]
         self.n_threads = max(1, min(int(self.network.n_threads), len(self.trial_blocks)))
         # Each block adds its weight gradients into its own accumulator: no write conflicts, and the sum
         # does not depend on which thread ran which block.

@@ -638,8 +638,8 @@ inline void add_row(int64_t n, T* __restrict grad, const T* __restrict lambda) {
 
 // One step t = first + j of the adjoint recursion for trial b: from the adjoints at time t + 1 (ring slot
 // (t + 1) % 2) to those at time t (slot t % 2), given the spike adjoints ls_e, ls_i of the step. Also adds
-// the step's weight gradients dW = s(t)^T l(t + 1) over the presynaptic spikes of the trial; `inputs` is
-// scratch for the indices of the step's input spikes (n_input entries).
+// the step's weight gradients dW = s(t)^T l(t + 1) over the presynaptic spikes of the trial; `spiking` is
+// scratch for the indices of the step's spikes (max(n_e + n_i, n_input) entries).
 template <typename T>
 void adjoint_trial(const Network& net, const AdjointBuffers& buf, const ChunkExtras& extra, int64_t j, int64_t b,
                    int64_t* spiking) {
@@ -657,7 +657,8 @@ void adjoint_trial(const Network& net, const AdjointBuffers& buf, const ChunkExt
   const T* leo_next = at(buf.leo, next * n_eo);
   const T* lgi_i_next = buf.lgi_i != nullptr ? at(buf.lgi_i, next * n_i) : nullptr;
   // weight gradients of this step, before slot t % 2 is overwritten
-  const int64_t count_e = nonzero_indices(fired_e, n_e, spiking), count_i = nonzero_indices(fired_i, n_i, spiking + n_e);
+  const int64_t count_e = nonzero_indices(fired_e, n_e, spiking);
+  const int64_t count_i = nonzero_indices(fired_i, n_i, spiking + n_e);
   auto add_rows = [](void* grad, int64_t width, const int64_t* neurons, int64_t count, const T* lambda) {
     if (grad != nullptr)
       for (int64_t e = 0; e < count; ++e) add_row(width, static_cast<T*>(grad) + neurons[e] * width, lambda);
