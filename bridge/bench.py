@@ -213,6 +213,23 @@ def _phases(n_steps: int, batch_size: int, seed: int, threads: int, useful_flops
     }
 
 
+def _batch_sweep(n_steps: int, batch_size: int, device: str, seed: int, threads: int) -> dict[str, float]:
+    """The fused engine's throughput (sample-steps/s, best of 2 batches) at a quarter, half, one and two
+    times ``batch_size``: where the batch size stops buying throughput on this machine."""
+    sizes = sorted({max(1, batch_size // 4), max(1, batch_size // 2), batch_size, 2 * batch_size})
+    initial_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rates = {}
+    try:
+        for size in sizes:
+            setup = _setup(n_steps, size, torch.float32, device, seed)
+            seconds = min(_timed(lambda setup=setup: _bptt("fused", setup), device) for _ in range(2))
+            rates[str(size)] = size * n_steps / seconds
+    finally:
+        torch.set_num_threads(initial_threads)
+    return rates
+
+
 # --- (b) memory ----------------------------------------------------------------------
 
 
@@ -398,6 +415,7 @@ def run_benchmark(
     measure_memory: bool = True,
     brian2_openmp_threads: int = 0,
     brian2_processes: int | str | None = None,
+    batch_sweep: bool = True,
     threads: int | None = None,
     seed: int = 42,
     progress: bool = False,
@@ -430,6 +448,9 @@ def run_benchmark(
         (:mod:`biosim.split_run`; the same spikes bit for bit). Default:
         ``$BIOSIM_BRIAN2_PROCESSES``, else 1. ``settings["brian2_parts"]`` is
         the number of parts that ran (at most one per 50 trials).
+    batch_sweep : bool
+        Also time the fused engine at a quarter, half, one and two times ``batch_size``
+        (``fused_sample_steps_per_s_by_batch``).
     threads : int, optional
         Torch threads for the training comparison. Default: both 1 and ``torch.get_num_threads()``;
         each engine is scored by its fastest repetition at either (``*_threads`` says which), and
@@ -544,6 +565,11 @@ def run_benchmark(
             result.update(_phases(n_steps, batch_size, seed, result["fused_threads"], useful_flops))
             phases = result["phase_seconds"]
             say(f"  phases: forward {phases['forward']:.2f} s, backward {phases['backward']:.2f} s")
+    if batch_sweep:
+        result["fused_sample_steps_per_s_by_batch"] = by_batch = _batch_sweep(
+            n_steps, batch_size, device, seed, result["fused_threads"]
+        )
+        say("  fused by batch size: " + ", ".join(f"{b}: {r:.0f}" for b, r in by_batch.items()) + " sample-steps/s")
 
     # (b) memory
     if measure_memory:

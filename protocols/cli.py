@@ -461,6 +461,7 @@ def _bench(args: argparse.Namespace) -> int:
         include_brian2=not args.no_brian2,
         n_brian2_trials=args.n_brian2_trials,
         brian2_processes=args.brian2_processes,
+        batch_sweep=not args.no_batch_sweep,
         progress=not args.quiet,
     )
     if args.out:
@@ -501,6 +502,9 @@ def _bench_summary(r: dict[str, Any]) -> str:
             f"({r['product_fraction_of_peak']:.2f} of its FMA peak; {r['product_rows']} trials per block), "
             f"{r['product_share_of_adjoint']:.2f} of the adjoint's time"
         )
+    if "fused_sample_steps_per_s_by_batch" in r:
+        by_batch = ", ".join(f"{b}: {rate:.0f}" for b, rate in r["fused_sample_steps_per_s_by_batch"].items())
+        lines.append(f"fused by batch     {by_batch}  (sample-steps/s at each batch size, best of 2)")
     path = r.get("machine", {}).get("fused_product_path")
     if path is not None:
         lines.append(f"fused products     {path}  (float32 products with the recurrent weights; BIOSIM_KERNEL_ISA)")
@@ -543,6 +547,9 @@ def _add_bench(subparsers) -> None:
     p.add_argument("--n-steps", type=_positive_int, default=2000)
     p.add_argument("--n-brian2-trials", type=_positive_int, default=400)
     p.add_argument("--no-brian2", action="store_true", help="skip the Brian2 evaluation")
+    p.add_argument(
+        "--no-batch-sweep", action="store_true", help="skip timing the fused engine at 1/4, 1/2, 1 and 2x the batch"
+    )
     p.add_argument(
         "--brian2-processes",
         type=_brian2_processes,

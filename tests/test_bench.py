@@ -29,6 +29,8 @@ def test_bench_reports_every_figure_and_records_the_run(tmp_path, capsys):
     assert record["config"]["batch_size"] == 2 and record["metrics"]["speedup"] == result["speedup"]
     summary = _bench_summary(result)
     assert "speedup" in summary and "3 trials on cpp_standalone" in summary and "mirror's: yes" in summary
+    by_batch = result["fused_sample_steps_per_s_by_batch"]  # batch 2: a quarter and a half round to 1
+    assert list(by_batch) == ["1", "2", "4"] and min(by_batch.values()) > 0 and "fused by batch" in summary
     if result["machine"]["fused_cpu_kernels"]:
         # The roofline counts 4 n_e n_i flops per trial-step against the machine's measured FMA peak.
         assert result["useful_flops_per_sample_step"] == 4 * 1024 * 256
@@ -40,6 +42,14 @@ def test_bench_reports_every_figure_and_records_the_run(tmp_path, capsys):
         assert phases["recompute"] > 0 and phases["adjoint"] > 0
         assert 0 < result["product_fraction_of_peak"] < 1.5 and result["product_share_of_adjoint"] > 0
         assert "phases" in summary and "products alone" in summary
+
+
+def test_no_batch_sweep_skips_the_sweep(capsys):
+    flags = ["--no-brian2", "--no-batch-sweep", "--json", "--quiet"]
+    code = main(["bench", "--n-steps", "20", "--batch-size", "2", *flags])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "fused_sample_steps_per_s_by_batch" not in result and result["speedup"] > 0
 
 
 def test_a_brian2_failure_keeps_the_other_figures(monkeypatch):
