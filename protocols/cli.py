@@ -497,10 +497,11 @@ def _bench_summary(r: dict[str, Any]) -> str:
             f"phases             forward {p['forward']:.2f} s + backward {p['backward']:.2f} s per batch (wall); "
             f"backward threads: recompute {p['recompute']:.2f} s + adjoint {p['adjoint']:.2f} s"
         )
+        share = r["product_share_of_adjoint"]  # None: the backward pass ran no adjoint kernels
         lines.append(
             f"products alone     {r['product_flops_per_s'] / 1e9:.0f} GFLOP/s on one thread "
-            f"({r['product_fraction_of_peak']:.2f} of its FMA peak; {r['product_rows']} trials per block), "
-            f"{r['product_share_of_adjoint']:.2f} of the adjoint's time"
+            f"({r['product_fraction_of_peak']:.2f} of its FMA peak; {r['product_rows']} trials per block)"
+            + (f", {share:.2f} of the adjoint's time" if share is not None else "")
         )
     if "fused_sample_steps_per_s_by_batch" in r:
         by_batch = ", ".join(f"{b}: {rate:.0f}" for b, rate in r["fused_sample_steps_per_s_by_batch"].items())

@@ -88,3 +88,17 @@ def test_brian2_processes_reach_the_evaluation_and_bad_values_fail_first(monkeyp
     with pytest.raises(SystemExit):
         main(["bench", "--brian2-processes", "0"])
     assert "--brian2-processes: expected a positive integer or 'auto', got 0" in capsys.readouterr().err
+
+
+def test_summary_without_adjoint_kernels_omits_the_products_share():
+    """A backward pass that ran no adjoint kernels has no share to report; the summary says the rest."""
+    result = {
+        "settings": {"batch_size": 2, "n_steps": 20, "grad_check_batch": 4, "grad_check_steps": 20},
+        **{"speedup": 2.0, "fused_sample_steps_per_s": 10.0, "eager_sample_steps_per_s": 5.0},
+        **{"fused_threads": 2, "eager_threads": 2, "grad_max_rel_diff": 1e-15},
+        "phase_seconds": {"forward": 0.1, "backward": 0.0, "recompute": 0.0, "adjoint": 0.0, "batches": 0},
+        **{"product_flops_per_s": 5e10, "product_fraction_of_peak": 0.5, "product_rows": 2},
+        "product_share_of_adjoint": None,
+    }
+    summary = _bench_summary(result)
+    assert "products alone     50 GFLOP/s" in summary and "of the adjoint's time" not in summary
