@@ -60,7 +60,7 @@ from biosim.params import NetworkParams
 from biosim.records import library_versions
 from biosim.weights import NetworkWeights, init_weights
 
-from .torch_settings import flushed_denormals
+from .torch_settings import flushed_denormals, torch_threads
 
 __all__ = ["run_benchmark"]
 
@@ -191,13 +191,8 @@ def _phases(n_steps: int, batch_size: int, seed: int, threads: int, useful_flops
     from .fast_engine import TRIALS_PER_BLOCK
 
     setup = _setup(n_steps, batch_size, torch.float32, "cpu", seed)
-    initial_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with fused_kernels.record_phase_times() as record:
-            _bptt("fused", setup)
-    finally:
-        torch.set_num_threads(initial_threads)
+    with torch_threads(threads), fused_kernels.record_phase_times() as record:
+        _bptt("fused", setup)
     connectivity = setup.params.connectivity
     rows = min(TRIALS_PER_BLOCK, batch_size)
     product = fused_kernels.product_flops(connectivity.n_e, connectivity.n_i, connectivity.n_classes, rows)
@@ -217,16 +212,12 @@ def _batch_sweep(n_steps: int, batch_size: int, device: str, seed: int, threads:
     """The fused engine's throughput (sample-steps/s, best of 2 batches) at a quarter, half, one and two
     times ``batch_size``: where the batch size stops buying throughput on this machine."""
     sizes = sorted({max(1, batch_size // 4), max(1, batch_size // 2), batch_size, 2 * batch_size})
-    initial_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
     rates = {}
-    try:
+    with torch_threads(threads):
         for size in sizes:
             setup = _setup(n_steps, size, torch.float32, device, seed)
             seconds = min(_timed(lambda setup=setup: _bptt("fused", setup), device) for _ in range(2))
             rates[str(size)] = size * n_steps / seconds
-    finally:
-        torch.set_num_threads(initial_threads)
     return rates
 
 

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +61,7 @@ _COMPILER_FLAGS = (
 )
 """No fused multiply-adds and no reassociation: the kernels must round like separate torch operations.
 ``-fno-trapping-math`` changes no result (the kernels never unmask floating-point exceptions); it lets the
-compiler evaluate both sides of a select, which the vectorised loops need."""
+compiler evaluate both sides of a select, without which it leaves the surrogate loops unvectorised."""
 
 
 class Population(ctypes.Structure):
@@ -313,6 +313,21 @@ def phase_recorder() -> PhaseTimes | None:
     return _recording
 
 
+def _best_seconds(
+    run: Callable[[int], float], count: int, seconds: float, rounds: int, limit: int
+) -> tuple[int, float]:
+    """``(count, seconds)``: doubles ``count`` until ``run(count)`` (which returns its own duration) takes
+    ``seconds`` or ``count`` reaches ``limit``, then the fastest of ``rounds`` runs at that count."""
+    while True:
+        elapsed = run(count)
+        if elapsed >= seconds or count >= limit:
+            break
+        count *= 2
+    for _ in range(rounds - 1):
+        elapsed = min(elapsed, run(count))
+    return count, elapsed
+
+
 def fma_peak_flops(threads: int, seconds: float = 0.1, rounds: int = 5) -> float | None:
     """Measured float32 FMA peak of this machine (flop/s) with ``threads`` threads; None without the kernels.
 
@@ -325,20 +340,15 @@ def fma_peak_flops(threads: int, seconds: float = 0.1, rounds: int = 5) -> float
     library = kernel_library()
     if library is None:
         return None
-    iterations = 1 << 16
-    while True:
+    flops: dict[int, float] = {}  # what the timed call itself counted (over the threads that ran)
+
+    def run(iterations: int) -> float:
         start = time.perf_counter()
-        flops = library.fma_peak(iterations, threads)
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds or iterations >= 1 << 34:
-            break
-        iterations *= 2
-    best = flops / elapsed
-    for _ in range(rounds - 1):
-        start = time.perf_counter()
-        flops = library.fma_peak(iterations, threads)
-        best = max(best, flops / (time.perf_counter() - start))
-    return best
+        flops[iterations] = library.fma_peak(iterations, threads)
+        return time.perf_counter() - start
+
+    iterations, elapsed = _best_seconds(run, 1 << 16, seconds, rounds, 1 << 34)
+    return flops[iterations] / elapsed
 
 
 def product_flops(n_e: int, n_i: int, n_classes: int, rows: int, seconds: float = 0.1, rounds: int = 3) -> float | None:
@@ -346,9 +356,10 @@ def product_flops(n_e: int, n_i: int, n_classes: int, rows: int, seconds: float 
 
     The products the kernels' backward pass runs per step for a block of
     ``rows`` trials, on weights of the network's shapes, timed over about
-    ``seconds``, the best of ``rounds``; against :func:`fma_peak_flops` of one thread it says how
-    close the products themselves come to the machine's peak. None without
-    the kernels.
+    ``seconds``, the best of ``rounds`` (as for the peak it is compared
+    with); against :func:`fma_peak_flops` of one thread it says how close
+    the products themselves come to the machine's peak. None without the
+    kernels.
     """
     library = kernel_library()
     if library is None:
@@ -357,14 +368,11 @@ def product_flops(n_e: int, n_i: int, n_classes: int, rows: int, seconds: float 
     w_e_out = torch.full((n_e, n_i + n_classes), 1e-3, dtype=torch.float32)
     network = Network(batch=rows, n_e=n_e, n_i=n_i, n_classes=n_classes, n_threads=1, mxcsr=-1)
     network.w_ie, network.w_e_out = w_ie.data_ptr(), w_e_out.data_ptr()
-    repeats = 8
-    while True:
-        elapsed = library.product_seconds(ctypes.byref(network), rows, repeats)
-        if elapsed >= seconds or repeats >= 1 << 24:
-            break
-        repeats *= 2
-    for _ in range(rounds - 1):  # the best round, as for the peak it is compared with
-        elapsed = min(elapsed, library.product_seconds(ctypes.byref(network), rows, repeats))
+
+    def run(repeats: int) -> float:
+        return library.product_seconds(ctypes.byref(network), rows, repeats)
+
+    repeats, elapsed = _best_seconds(run, 8, seconds, rounds, 1 << 24)
     return 4.0 * n_e * n_i * rows * repeats / elapsed
 
 
