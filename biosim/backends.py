@@ -222,12 +222,18 @@ def _simulate(
             t_codegen = time.perf_counter()
             if before_build is not None:
                 before_build(build_path)
-            # Precompiled standard headers for cpp_standalone; nothing of the simulation changes.
+            # cpp_standalone: precompiled standard headers (no bit of the simulation changes) and the vector
+            # exp (the state updates' exp is libmvec's; see biosim.standalone_build).
             report = build_project(backend, build_path)
             timings["build"] = time.perf_counter() - t0
             timings["build_codegen"] = t_codegen - t0 + report.write_s
             timings["build_compile"] = report.pch_s + report.make_s
-            build_info = {"directory": str(build_path), "reused": reused, "precompiled_header": report.pch}
+            build_info = {
+                "directory": str(build_path),
+                "reused": reused,
+                "precompiled_header": report.pch,
+                "vector_exp": report.vector_exp,
+            }
             if report.notes:
                 build_info["notes"] = report.notes
             if after_build is not None:

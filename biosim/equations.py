@@ -38,7 +38,13 @@ dgi/dt = -gi / tau_gaba : siemens
 """
 THRESHOLD = "v > v_threshold"
 RESET = "v = v_reset"
-REFRACTORY = "refractory"
+# A neuron integrates (and can spike) again ``refractory / dt`` steps after its spike (params checks
+# that this is a whole number). ``t - lastspike`` is a whole number k of steps up to rounding, so
+# this is Brian2's rule for ``refractory=<a time>`` (integrate again once ``timestep(t - lastspike, dt)
+# >= timestep(refractory, dt)``, i.e. k >= refractory / dt) with half a step of margin against rounding.
+# It is written as a comparison of times because Brian2's form converts a double to int64 per neuron and
+# step, which AVX2 has no vector instruction for: GCC then left the whole state update scalar.
+REFRACTORY = "t - lastspike < refractory - dt / 2"
 
 # Trial boundary: a custom event on the first step of every trial, decided on
 # the integer step count of the simulation clock. (A run_regularly on a clock

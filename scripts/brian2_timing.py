@@ -7,7 +7,7 @@ report their own ``timings_s``):
 
     python scripts/brian2_timing.py [--processes N] [--cold] [--trace-cxx] [--check] [--openmp N]
 
-``--cold`` empties ``$BIOSIM_BRIAN2_CACHE`` first; ``--trace-cxx`` runs every compiler call
+``--cold`` builds in a new, empty ``$BIOSIM_BRIAN2_CACHE`` (removed afterwards); ``--trace-cxx`` runs every compiler call
 through ``/usr/bin/time`` (per translation unit CPU seconds; the precompiled header's stamp then
 names the wrapper, so the first run with it rebuilds the header); ``--check`` compares the spike
 counts with the fused engine's float64 forward pass as the bench does. One JSON line at the end.
@@ -95,9 +95,9 @@ def main() -> int:
     parser.add_argument("--label", default="")
     args = parser.parse_args()
 
-    cache = os.environ.get("BIOSIM_BRIAN2_CACHE")
-    if args.cold and cache:
-        shutil.rmtree(cache, ignore_errors=True)
+    cold_cache = tempfile.mkdtemp(prefix="brian2-cold-") if args.cold else None
+    if cold_cache is not None:  # a new, empty cache: nothing of an earlier build is there to reuse
+        os.environ["BIOSIM_BRIAN2_CACHE"] = cold_cache
     log = Path(tempfile.mkdtemp(prefix="cxxlog-")) / "cxx.log"
     if args.trace_cxx:
         os.environ["CXX"] = str(_cxx_wrapper(log))
@@ -166,6 +166,8 @@ def main() -> int:
         digest.update(np.ascontiguousarray(array).tobytes())
     out["spike_digest"] = digest.hexdigest()[:16]
     print(json.dumps(out), flush=True)
+    if cold_cache is not None:
+        shutil.rmtree(cold_cache, ignore_errors=True)
     return 0
 
 

@@ -1,14 +1,17 @@
 """biosim.standalone_build: the precompiled header and the reused project directories.
 
-The standalone test builds a small network three ways (no precompiled header
-in a temporary directory; with it in a fresh cache slot; again in the now
-warm slot) and requires the same spikes and scores, bit for bit. The cache
+The standalone test builds a small network three ways (Brian2's own build,
+without the precompiled header and the vector exp, in a temporary directory;
+with both in a fresh cache slot; again in the now warm slot) and requires the
+same spikes and scores, bit for bit. The cache
 builds compile the setup files at ``-O1`` (biosim.mk); the plain one is
 Brian2's own build.
 """
 
 from __future__ import annotations
 
+import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -158,15 +161,25 @@ def test_precompiled_header_and_reused_directory_change_no_spike(small_params, t
         return run_trials(small_params, weights, trials, backend="cpp_standalone", progress=False)
 
     monkeypatch.setenv("BIOSIM_BRIAN2_PCH", "0")
+    monkeypatch.setenv("BIOSIM_BRIAN2_VECTOR_EXP", "0")
     monkeypatch.setenv("BIOSIM_BRIAN2_CACHE", "off")
-    plain = run()
+    plain = run()  # Brian2's own build
     monkeypatch.setenv("BIOSIM_BRIAN2_PCH", "1")
+    monkeypatch.setenv("BIOSIM_BRIAN2_VECTOR_EXP", "1")
     monkeypatch.setenv("BIOSIM_BRIAN2_CACHE", str(tmp_path / "cache"))
     cold, warm = run(), run()  # with the setup files at -O1 and the short make.deps (biosim.mk)
-    assert plain.meta["build"]["precompiled_header"] == "not used"
+    assert plain.meta["build"]["precompiled_header"] == "not used" and not plain.meta["build"]["vector_exp"]
     assert cold.meta["build"]["precompiled_header"] == "built" and not cold.meta["build"]["reused"]
     assert warm.meta["build"]["precompiled_header"] == "reused" and warm.meta["build"]["reused"]
-    assert "-O1" in (Path(warm.meta["build"]["directory"]) / sb.EXTRA_MAKEFILE).read_text()
+    assert warm.meta["build"]["vector_exp"]
+    directory = Path(warm.meta["build"]["directory"])
+    assert "-O1" in (directory / sb.EXTRA_MAKEFILE).read_text()
+    if platform.machine() == "x86_64" and shutil.which("nm"):  # the state update calls the vector exp
+        symbols = subprocess.run(
+            ["nm", *map(str, directory.glob("code_objects/neurons_e_stateupdater_codeobject*.o"))],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        assert re.search(r"U _ZGV\w+_exp", symbols), symbols
     assert set(plain.timings_s) >= {"build", "build_codegen", "build_compile", "simulate"}
     for result in (cold, warm):
         for population in ("spikes_e", "spikes_i"):
