@@ -7,10 +7,11 @@ report their own ``timings_s``):
 
     python scripts/brian2_timing.py [--processes N] [--cold] [--trace-cxx] [--check] [--openmp N]
 
-``--cold`` builds in a new, empty ``$BIOSIM_BRIAN2_CACHE`` (removed afterwards); ``--trace-cxx`` runs every compiler call
-through ``/usr/bin/time`` (per translation unit CPU seconds; the precompiled header's stamp then
-names the wrapper, so the first run with it rebuilds the header); ``--check`` compares the spike
-counts with the fused engine's float64 forward pass as the bench does. One JSON line at the end.
+``--cold`` builds in a new, empty ``$BIOSIM_BRIAN2_CACHE`` (removed afterwards); ``--trace-cxx``
+runs every compiler call through ``/usr/bin/time`` (per translation unit CPU seconds; the
+precompiled header's stamp then names the wrapper, so the first run with it rebuilds the header);
+``--check`` compares the spike counts with the fused engine's float64 forward pass as the bench
+does. One JSON line at the end.
 """
 
 from __future__ import annotations

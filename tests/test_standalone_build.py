@@ -177,7 +177,9 @@ def test_precompiled_header_and_reused_directory_change_no_spike(small_params, t
     if platform.machine() == "x86_64" and shutil.which("nm"):  # the state update calls the vector exp
         symbols = subprocess.run(
             ["nm", *map(str, directory.glob("code_objects/neurons_e_stateupdater_codeobject*.o"))],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         assert re.search(r"U _ZGV\w+_exp", symbols), symbols
     assert set(plain.timings_s) >= {"build", "build_codegen", "build_compile", "simulate"}
