@@ -202,10 +202,14 @@ def _simulate(
     record_v: dict[str, np.ndarray] | None,
     record_readout: bool,
     progress: bool,
-    before_build: Callable[[Path], None] | None = None,
+    before_compile: Callable[[Path], None] | None = None,
     after_build: Callable[[], None] | None = None,
 ) -> SimulationResult:
-    """One Brian2 run of ``trials`` in ``build_path``; ``before_build`` / ``after_build`` frame a standalone build."""
+    """One Brian2 run of ``trials`` in ``build_path``.
+
+    A standalone build calls ``before_compile(build_path)`` once the project is written (see
+    :func:`~biosim.standalone_build.build_project`) and ``after_build()`` once it is compiled.
+    """
     import brian2 as b2
 
     timings: dict[str, float] = {}
@@ -220,11 +224,9 @@ def _simulate(
                 print(f"building the {backend} project ...", end="", file=sys.stderr, flush=True)
             built.network.run(built.duration)
             t_codegen = time.perf_counter()
-            if before_build is not None:
-                before_build(build_path)
             # cpp_standalone: precompiled standard headers (no bit of the simulation changes) and the vector
             # exp (the state updates' exp is libmvec's; see biosim.standalone_build).
-            report = build_project(backend, build_path)
+            report = build_project(backend, build_path, before_compile=before_compile)
             timings["build"] = time.perf_counter() - t0
             timings["build_codegen"] = t_codegen - t0 + report.write_s
             timings["build_compile"] = report.pch_s + report.make_s

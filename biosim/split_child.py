@@ -31,7 +31,7 @@ def _child(job_path: Path) -> int:
             except Exception:  # noqa: BLE001, S112  (a preference this Brian2 does not know)
                 continue
 
-        def before_build(build_path: Path) -> None:
+        def before_compile(build_path: Path) -> None:  # this part's project is written by now
             _wait_for_build(job)
             _copy_build(Path(job["source"]), build_path)
 
@@ -39,7 +39,7 @@ def _child(job_path: Path) -> int:
             result = _simulate(
                 _BACKEND, directory, reused, job["params"], job["weights"], job["trials"],
                 record_v=job["record_v"], record_readout=job["record_readout"], progress=False,
-                before_build=before_build,
+                before_compile=before_compile,
             )  # fmt: skip
         payload: Any = result
     except BaseException as error:  # noqa: BLE001  (reported to the parent, which raises)

@@ -18,14 +18,16 @@ after it can see it. Repeated trials are thrown away too.
 This process builds and runs part 0 in its project directory. The other
 parts run as ``python -m biosim.split_child JOB`` (plain subprocesses, so that
 this also works inside daemonic pool workers), started at once: they
-construct their networks meanwhile, wait for the build, copy it (all but
-``static_arrays/`` and ``results/``) into their own project directory, where
-``make`` then finds nothing to do, and run. Brian2 preferences set in this
+construct their networks and write their projects meanwhile, wait for the
+build, copy it (all but ``static_arrays/`` and ``results/``; the generated
+files are the same) over their own project, where ``make`` then finds
+nothing to do, and run. Brian2 preferences set in this
 process (``codegen.*``, ``core.*``, ``devices.cpp_standalone.*``) go with them.
 """
 
 from __future__ import annotations
 
+import filecmp
 import os
 import pickle
 import shutil
@@ -34,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -108,15 +111,30 @@ def _join(params: NetworkParams, pieces: list[tuple[np.ndarray, SimulationResult
     )
 
 
+_NOT_COPIED = ("static_arrays", "results", "*.lock", ".biosim-build-incomplete")  # a part's own data
+_BUILD_PRODUCTS = ("*.o", "*.gch", "main", "make.deps", "biosim_pch.stamp")
+
+
 def _copy_build(source: Path, target: Path) -> None:
-    """The build of ``source`` into ``target``, times kept (so that make sees it up to date); not its data."""
-    shutil.copytree(
-        source,
-        target,
-        ignore=shutil.ignore_patterns("static_arrays", "results", "*.lock", ".biosim-build-incomplete"),
-        copy_function=shutil.copy2,
-        dirs_exist_ok=True,
-    )
+    """The build of ``source`` over the project written in ``target``, times kept, not its data.
+
+    Build products are copied, and so are the sources that are the same in both, with their times,
+    so that ``make`` finds them up to date. A source this part wrote differently is kept, and made
+    newer than the copied objects, so that ``make`` compiles it again.
+    """
+    for root, directories, files in os.walk(source):
+        directories[:] = [d for d in directories if not any(fnmatch(d, p) for p in _NOT_COPIED)]
+        into = target / Path(root).relative_to(source)
+        into.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if any(fnmatch(name, p) for p in _NOT_COPIED):
+                continue
+            origin, copy = Path(root) / name, into / name
+            product = any(fnmatch(name, p) for p in _BUILD_PRODUCTS)
+            if not product and copy.exists() and not filecmp.cmp(origin, copy, shallow=False):
+                os.utime(copy)
+                continue
+            shutil.copy2(origin, copy)
 
 
 def _wait_for_build(job: dict[str, Any]) -> None:

@@ -93,13 +93,14 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
     "EXTRA_MAKEFILE",
+    "FIRST_OBJECTS",
     "PCH_HEADER",
     "SETUP_OBJECTS",
     "VECTOR_MATH_HEADER",
@@ -159,6 +160,9 @@ values in, the ``synapses_create_array`` code copies the given indices, and the
 (delays are 0 here). None of them adds or multiplies a state variable; the
 numerical kernels keep Brian2's flags and so their machine code.
 """
+
+FIRST_OBJECTS = ("objects.o", "main.o", "code_objects/before_run_%_push_spikes.o")
+"""Compiled before the others, in this order (make patterns): the longest translation units, 0.55 to 2 s of CPU each."""
 
 _STAMP = "biosim_pch.stamp"
 _INCOMPLETE = ".biosim-build-incomplete"
@@ -314,6 +318,11 @@ def write_extra_makefile(directory: str | Path, *, setup_at_o1: bool | None = No
       ``-MM`` names each rule after the file's base name (``X.o``, not
       ``code_objects/X.o``), so the rules of the code objects never apply;
       dropping them changes nothing that ``make`` rebuilds.
+    * The longest files (:data:`FIRST_OBJECTS`) are compiled first. With one
+      job per core (:func:`_make_arguments`) the cores then finish together;
+      ``objects.cpp`` alone is a tenth of the compilers' CPU, and started
+      last, it ran alone at the end. A cold ``make`` took 8.3 to 9.1 s
+      instead of 9.4 to 10.8 s (``-j``, Brian2's order; three rounds each).
     """
     directory = Path(directory)
     setup_at_o1 = _setup_at_o1() if setup_at_o1 is None else setup_at_o1
@@ -322,6 +331,9 @@ def write_extra_makefile(directory: str | Path, *, setup_at_o1: bool | None = No
         f"$(OBJS): {EXTRA_MAKEFILE}",
         "make.deps: $(SRCS) $(H_SRCS)",
         "\t$(CXX) $(CXXFLAGS) -MM $(filter-out code_objects/%,$(SRCS)) > make.deps",
+        ".DEFAULT_GOAL := biosim_all",
+        ".PHONY: biosim_all",
+        "biosim_all: " + " ".join(f"$(filter {pattern},$(OBJS))" for pattern in FIRST_OBJECTS) + " $(PROGRAM)",
     ]
     if setup_at_o1:
         lines += [
@@ -337,24 +349,33 @@ def write_extra_makefile(directory: str | Path, *, setup_at_o1: bool | None = No
 
 @contextmanager
 def _make_arguments(extra: list[str]) -> Iterator[None]:
-    """Brian2's ``make`` call with ``extra`` arguments, for one compilation."""
+    """Brian2's ``make`` call with ``extra`` arguments, for one compilation.
+
+    Brian2's bare ``-j`` (no limit: all 44 compilers at once) becomes one job
+    per core the process may use; a ``-jN`` set in the preferences is kept.
+    """
     from brian2 import prefs
 
     previous = list(prefs.devices.cpp_standalone.extra_make_args_unix)
-    prefs.devices.cpp_standalone.extra_make_args_unix = [*previous, *extra]
+    jobs = f"-j{len(os.sched_getaffinity(0))}"
+    prefs.devices.cpp_standalone.extra_make_args_unix = [jobs if a == "-j" else a for a in previous] + extra
     try:
         yield
     finally:
         prefs.devices.cpp_standalone.extra_make_args_unix = previous
 
 
-def build_project(backend: str, directory: str | Path) -> BuildReport:
+def build_project(
+    backend: str, directory: str | Path, *, before_compile: Callable[[Path], None] | None = None
+) -> BuildReport:
     """Write and compile the active standalone device's project into ``directory`` (no run).
 
     For ``cpp_standalone`` with g++: with the precompiled header (unless
     ``BIOSIM_BRIAN2_PCH=0``) and the vector exp (unless
     ``BIOSIM_BRIAN2_VECTOR_EXP=0``); any other backend or compiler is built
     exactly as ``device.build(compile=True, run=False)`` does.
+    ``before_compile(directory)`` runs between writing and compiling (for
+    another backend or compiler: before both).
     """
     import brian2 as b2
     from brian2.codegen.cpp_prefs import get_compiler_and_args
@@ -373,7 +394,9 @@ def build_project(backend: str, directory: str | Path) -> BuildReport:
     if report.vector_exp:
         directory.mkdir(parents=True, exist_ok=True)
         write_vector_math_header(directory)
-    if not pch:
+    if not gcc:
+        if before_compile is not None:
+            before_compile(directory)
         start = time.perf_counter()
         device.build(directory=str(directory), compile=True, run=False, with_output=False)
         report.make_s = device.timers["compile"]["make"] or 0.0
@@ -383,6 +406,12 @@ def build_project(backend: str, directory: str | Path) -> BuildReport:
     start = time.perf_counter()
     device.build(directory=str(directory), compile=False, run=False, with_output=False)
     report.write_s = time.perf_counter() - start
+    if before_compile is not None:
+        before_compile(directory)
+    if not pch:
+        device.compile_source(str(directory), compiler, False, False)
+        report.make_s = device.timers["compile"]["make"] or 0.0
+        return report
     start = time.perf_counter()
     report.pch = precompile_header(directory)
     report.pch_s = time.perf_counter() - start

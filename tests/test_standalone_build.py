@@ -10,6 +10,7 @@ Brian2's own build.
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import shutil
@@ -113,6 +114,35 @@ def test_extra_makefile_compiles_only_the_setup_files_at_o1(tmp_path: Path) -> N
     assert "-O3 -ffast-math" in kernel and "-O1" not in kernel  # Brian2's flags, untouched
     # make.deps: -MM over the files outside code_objects/ only (its rules for those never applied).
     assert "main.cpp objects.cpp" in commands["make.deps"] and "code_objects/" not in commands["make.deps"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_extra_makefile_compiles_the_longest_files_first(tmp_path: Path) -> None:
+    (tmp_path / "makefile").write_text(FAKE_PROJECT_MAKEFILE)
+    (tmp_path / "code_objects").mkdir()
+    for name in ("objects.h", "main.cpp", "objects.cpp", "code_objects/neurons_stateupdater_codeobject.cpp",
+                 "code_objects/syn_synapses_create_array_codeobject.cpp"):  # fmt: skip
+        (tmp_path / name).write_text("")
+    arguments = sb.write_extra_makefile(tmp_path, setup_at_o1=True)
+    done = subprocess.run(["make", "-n", *arguments], cwd=tmp_path, capture_output=True, text=True, check=True)
+    order = [line.split()[line.split().index("-o") + 1] for line in done.stdout.splitlines() if " -o " in line]
+    assert order[:2] == ["objects.o", "main.o"], order  # Brian2's order has them last
+    assert order[-1] == "main" and len(order) == 5  # then the others, then the link, each once
+
+
+def test_bare_jobs_flag_becomes_one_job_per_core() -> None:
+    from brian2 import prefs
+
+    saved = list(prefs.devices.cpp_standalone.extra_make_args_unix)
+    cores = len(os.sched_getaffinity(0))
+    try:
+        for given, expected in ((["-j"], [f"-j{cores}"]), (["-j8"], ["-j8"]), ([], [])):
+            prefs.devices.cpp_standalone.extra_make_args_unix = given
+            with sb._make_arguments(["-f", "makefile"]):
+                assert prefs.devices.cpp_standalone.extra_make_args_unix == [*expected, "-f", "makefile"]
+            assert prefs.devices.cpp_standalone.extra_make_args_unix == given
+    finally:
+        prefs.devices.cpp_standalone.extra_make_args_unix = saved
 
 
 def test_extra_makefile_is_rewritten_only_when_it_changes(tmp_path: Path) -> None:
