@@ -100,3 +100,35 @@ def test_refractory_period_is_counted_in_steps():
         assert v_new.item() == k.v_reset
         t += 1
     assert t == spiked_at + params.refractory_steps("e")
+
+
+def test_brian2_refractory_condition_holds_on_the_steps_of_brian2s_own_rule():
+    """eq.REFRACTORY (a comparison of times) gives the spikes of Brian2's rule for ``refractory=<a time>``."""
+    import brian2 as b2
+
+    params = NetworkParams()
+    b2.prefs.codegen.target = "numpy"
+    b2.defaultclock.dt = params.simulation.dt_ms * b2.ms
+    namespace = to_brian2_namespace(params, "e")
+    trains = []
+    for refractory in (eq.REFRACTORY, namespace["refractory"]):
+        group = b2.NeuronGroup(
+            40,
+            eq.NEURON_EQUATIONS,
+            threshold=eq.THRESHOLD,
+            reset=eq.RESET,
+            refractory=refractory,
+            method=eq.METHOD,
+            namespace=namespace,
+        )
+        group.v = namespace["e_leak"]
+        # A steady drive from none to one that fires as soon as the neuron integrates again.
+        group.run_regularly("ge = i * 0.5 * uS", when="start")
+        monitor = b2.SpikeMonitor(group)
+        b2.Network(group, monitor).run(100 * b2.ms)
+        trains.append((np.asarray(monitor.i[:]), np.round(np.asarray(monitor.t_[:]) / float(b2.defaultclock.dt_))))
+    (neurons, steps), (neurons_brian2, steps_brian2) = trains
+    np.testing.assert_array_equal(neurons, neurons_brian2)
+    np.testing.assert_array_equal(steps, steps_brian2)
+    fastest = np.diff(steps[neurons == neurons.max()])
+    assert len(fastest) > 10 and fastest.min() == params.refractory_steps("e")  # not one step sooner or later
