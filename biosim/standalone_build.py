@@ -11,7 +11,7 @@ constructing the network         0.3 to 0.4 s
 code generation (``run``)        0.25 to 0.4 s
 writing the project              0.2 to 0.3 s (44 C++ files, 9 MB of arrays)
 precompiled header               2.1 to 2.6 s, alone (every file waits for it)
-``make``                         8.3 to 9.5 s wall with one job per core and the
+``make``                         8.3 to 10 s wall with one job per core and the
                                  longest files first (Brian2's ``-j``: 9.2 to
                                  11.6 s; before :data:`EXTRA_MAKEFILE`: 13 to
                                  14.9 s); the compilers' CPU, header included,
@@ -31,7 +31,7 @@ same evaluation again) builds in about 1 s: construction, code generation and
 writing; ``make`` finds nothing to do. One that last built the same network
 with other weights and digits recompiles ``objects.cpp``, ``main.cpp``, the
 synapse creation and ``make.deps``: 3.4 to 4.2 s (before: 9.2 to 10.2 s). A
-cold build is now 12 to 13 s (before: 16.5 to 18.6 s). Four things make the
+cold build is now 12 to 14 s (before: 16.5 to 18.6 s). Four things make the
 build faster, and none changes a bit of the simulation:
 
 1. **A precompiled header** (:data:`PCH_HEADER`). The standard headers the
