@@ -85,7 +85,7 @@ make.deps: $(SRCS) $(H_SRCS)
 
 
 def _dry_run(directory: Path, arguments: list[str]) -> dict[str, str]:
-    """``make -n``: the command that would make each target, by target."""
+    """``make -n``: the command that would make each target, by target, in the order make runs them."""
     done = subprocess.run(["make", "-n", *arguments], cwd=directory, capture_output=True, text=True, check=True)
     commands = {}
     for line in done.stdout.splitlines():
@@ -97,14 +97,19 @@ def _dry_run(directory: Path, arguments: list[str]) -> dict[str, str]:
     return commands
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-def test_extra_makefile_compiles_only_the_setup_files_at_o1(tmp_path: Path) -> None:
-    (tmp_path / "makefile").write_text(FAKE_PROJECT_MAKEFILE)
-    (tmp_path / "code_objects").mkdir()
+def _fake_project(directory: Path) -> list[str]:
+    """A project of the shape of FAKE_PROJECT_MAKEFILE with biosim.mk (setup files at -O1); make's arguments."""
+    (directory / "makefile").write_text(FAKE_PROJECT_MAKEFILE)
+    (directory / "code_objects").mkdir()
     for name in ("objects.h", "main.cpp", "objects.cpp", "code_objects/neurons_stateupdater_codeobject.cpp",
                  "code_objects/syn_synapses_create_array_codeobject.cpp"):  # fmt: skip
-        (tmp_path / name).write_text("")
-    arguments = sb.write_extra_makefile(tmp_path, setup_at_o1=True)
+        (directory / name).write_text("")
+    return sb.write_extra_makefile(directory, setup_at_o1=True)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_extra_makefile_compiles_only_the_setup_files_at_o1(tmp_path: Path) -> None:
+    arguments = _fake_project(tmp_path)
     assert arguments == ["-f", "makefile", "-f", sb.EXTRA_MAKEFILE]
     commands = _dry_run(tmp_path, arguments)
     for target in ("main.o", "objects.o", "code_objects/syn_synapses_create_array_codeobject.o"):
@@ -118,14 +123,7 @@ def test_extra_makefile_compiles_only_the_setup_files_at_o1(tmp_path: Path) -> N
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_extra_makefile_compiles_the_longest_files_first(tmp_path: Path) -> None:
-    (tmp_path / "makefile").write_text(FAKE_PROJECT_MAKEFILE)
-    (tmp_path / "code_objects").mkdir()
-    for name in ("objects.h", "main.cpp", "objects.cpp", "code_objects/neurons_stateupdater_codeobject.cpp",
-                 "code_objects/syn_synapses_create_array_codeobject.cpp"):  # fmt: skip
-        (tmp_path / name).write_text("")
-    arguments = sb.write_extra_makefile(tmp_path, setup_at_o1=True)
-    done = subprocess.run(["make", "-n", *arguments], cwd=tmp_path, capture_output=True, text=True, check=True)
-    order = [line.split()[line.split().index("-o") + 1] for line in done.stdout.splitlines() if " -o " in line]
+    order = [target for target in _dry_run(tmp_path, _fake_project(tmp_path)) if target != "make.deps"]
     assert order[:2] == ["objects.o", "main.o"], order  # Brian2's order has them last
     assert order[-1] == "main" and len(order) == 5  # then the others, then the link, each once
 
