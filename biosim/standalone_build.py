@@ -198,8 +198,15 @@ class BuildReport:
 # --- the precompiled header -------------------------------------------------------------
 
 
-def _pch_enabled() -> bool:
-    return os.environ.get("BIOSIM_BRIAN2_PCH", "1").strip().lower() not in ("0", "off", "no", "false")
+def _write_if_changed(path: Path, text: str) -> None:
+    """``path`` holds ``text`` afterwards; rewritten only when it changes, since ``make`` looks at times."""
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def _switched_on(variable: str) -> bool:
+    """An on/off environment variable of this module; on unless set to 0, off, no or false."""
+    return os.environ.get(variable, "1").strip().lower() not in ("0", "off", "no", "false")
 
 
 def _make_variables(makefile: Path) -> dict[str, str]:
@@ -251,8 +258,7 @@ def precompile_header(directory: str | Path, *, timeout_s: float = 300.0) -> str
     header = directory / PCH_HEADER
     text = "// Precompiled by biosim (biosim/standalone_build.py): the standard headers Brian2's code includes.\n"
     text += "".join(f"#include <{name}>\n" for name in PCH_STD_HEADERS)
-    if not header.exists() or header.read_text() != text:  # rewritten only when it changes (make looks at times)
-        header.write_text(text)
+    _write_if_changed(header, text)
     compiled = directory / f"{PCH_HEADER}.gch"
     compiler = _compiler()
     flags = _compile_flags(directory / "makefile")
@@ -283,10 +289,6 @@ def precompile_header(directory: str | Path, *, timeout_s: float = 300.0) -> str
 # --- the vector exp ------------------------------------------------------------------------
 
 
-def _vector_exp_enabled() -> bool:
-    return os.environ.get("BIOSIM_BRIAN2_VECTOR_EXP", "1").strip().lower() not in ("0", "off", "no", "false")
-
-
 def write_vector_math_header(directory: str | Path) -> None:
     """Write :data:`VECTOR_MATH_HEADER` into the project ``directory`` (only if it changes).
 
@@ -301,16 +303,10 @@ def write_vector_math_header(directory: str | Path) -> None:
     11.2 to 12.7 s (two processes, 200 trials each). ``BIOSIM_BRIAN2_VECTOR_EXP=0``
     restores glibc's scalar exp.
     """
-    path = Path(directory) / VECTOR_MATH_HEADER
-    if not path.exists() or path.read_text() != _VECTOR_MATH_TEXT:
-        path.write_text(_VECTOR_MATH_TEXT)
+    _write_if_changed(Path(directory) / VECTOR_MATH_HEADER, _VECTOR_MATH_TEXT)
 
 
 # --- the extra makefile --------------------------------------------------------------------
-
-
-def _setup_at_o1() -> bool:
-    return os.environ.get("BIOSIM_BRIAN2_SETUP_O1", "1").strip().lower() not in ("0", "off", "no", "false")
 
 
 def write_extra_makefile(directory: str | Path, *, setup_at_o1: bool | None = None) -> list[str]:
@@ -336,7 +332,7 @@ def write_extra_makefile(directory: str | Path, *, setup_at_o1: bool | None = No
       instead of 9.4 to 10.8 s (``-j``, Brian2's order; three rounds each).
     """
     directory = Path(directory)
-    setup_at_o1 = _setup_at_o1() if setup_at_o1 is None else setup_at_o1
+    setup_at_o1 = _switched_on("BIOSIM_BRIAN2_SETUP_O1") if setup_at_o1 is None else setup_at_o1
     lines = [
         "# Written by biosim (biosim/standalone_build.py); read after Brian2's makefile.",
         f"$(OBJS): {EXTRA_MAKEFILE}",
@@ -352,9 +348,7 @@ def write_extra_makefile(directory: str | Path, *, setup_at_o1: bool | None = No
             "$(BIOSIM_SETUP_OBJS): OPTIMISATIONS := $(filter-out -O%,$(OPTIMISATIONS)) -O1",
         ]
     text = "\n".join(lines) + "\n"
-    path = directory / EXTRA_MAKEFILE
-    if not path.exists() or path.read_text() != text:  # rewritten only when it changes (make looks at times)
-        path.write_text(text)
+    _write_if_changed(directory / EXTRA_MAKEFILE, text)
     return ["-f", "makefile", "-f", EXTRA_MAKEFILE]
 
 
@@ -396,8 +390,8 @@ def build_project(
     report = BuildReport()
     compiler = get_compiler_and_args()[0]
     gcc = backend == "cpp_standalone" and compiler in ("gcc", "unix")
-    pch = gcc and _pch_enabled()
-    report.vector_exp = gcc and _vector_exp_enabled()
+    pch = gcc and _switched_on("BIOSIM_BRIAN2_PCH")
+    report.vector_exp = gcc and _switched_on("BIOSIM_BRIAN2_VECTOR_EXP")
     headers = [PCH_HEADER] * pch + [VECTOR_MATH_HEADER] * report.vector_exp  # the precompiled one first
     for header in headers:
         if header not in device.extra_compile_args:
