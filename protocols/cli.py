@@ -77,6 +77,12 @@ def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
     return tuple(formats)
 
 
+def _preset_names() -> tuple[str, ...]:
+    from bridge.presets import PRESETS
+
+    return tuple(PRESETS)
+
+
 def _options(args: argparse.Namespace) -> dict:
     """The parsed options as plain data (for run records)."""
     return {key: value for key, value in vars(args).items() if not callable(value)}
@@ -85,12 +91,12 @@ def _options(args: argparse.Namespace) -> dict:
 def _simulate(args: argparse.Namespace) -> int:
     from biosim.analysis import gamma_peak, population_spectrum
     from biosim.backends import check_backend
-    from biosim.params import NetworkParams
     from biosim.plotting import raster_and_spectrum_figure
     from biosim.records import check_writable_dir, write_json, write_run_record
     from biosim.simulation import simulate_test_digits
+    from bridge.presets import get_preset
 
-    params = NetworkParams()
+    params = get_preset(args.preset).network
     out = Path(args.out)
     check_backend(args.backend)  # cuda_standalone without a GPU fails here, not after an nvcc build
     check_writable_dir(out, "--out")  # before the simulation, so its results cannot be lost
@@ -127,7 +133,8 @@ def _simulate(args: argparse.Namespace) -> int:
         gamma_peak(frequencies, power),
         figure,
         transient_ms=sim.transient_ms,
-        title=f"untrained PING network, {args.backend}, {args.n_trials} test digits, seed {args.seed}",
+        title=f"untrained PING network ({args.preset} preset), {args.backend}, {args.n_trials} test digits, "
+        f"seed {args.seed}",
     )
     if args.json:
         print(json.dumps(metrics, default=str))
@@ -147,6 +154,12 @@ def _add_simulate(subparsers) -> None:
     )
     p.add_argument("--n-trials", type=_positive_int, default=20, help="number of test digits (default: %(default)s)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of weights, input spikes and initial state")
+    p.add_argument(
+        "--preset",
+        default="project",
+        choices=_preset_names(),
+        help="network parameters: project (default) or reference (the study's constants and 25 Hz input)",
+    )
     p.add_argument("--tier", default="medium", help="data tier whose test digits are used (default: %(default)s)")
     p.add_argument("--idx-dir", default=None, help="directory with the MNIST IDX files (default: embedded digits)")
     p.add_argument("--out", default="results/simulate", help="output directory (default: %(default)s)")
@@ -229,6 +242,7 @@ _TRAIN_FLAGS = {
 
 
 def _train(args: argparse.Namespace) -> int:
+    from bridge.presets import get_preset
     from bridge.train_config import ConfigError, TrainConfig
     from bridge.training import train
 
@@ -252,16 +266,20 @@ def _train(args: argparse.Namespace) -> int:
         )
         if getattr(args, key) is not None
     }
+    preset = get_preset(args.preset or "project")
     try:
         config = TrainConfig(
-            tier=args.tier,
-            seed=args.seed,
-            init_w_ei=args.init_w_ei,
-            init_w_ie=args.init_w_ie,
-            train_w_ei=args.train_loop,
-            train_w_ie=args.train_loop,
-            idx_directory=args.idx_dir,
-            **overrides,
+            **{
+                **preset.config_fields(),  # the recipe first; every flag given applies on top
+                "tier": args.tier,
+                "seed": args.seed,
+                "init_w_ei": args.init_w_ei,
+                "init_w_ie": args.init_w_ie,
+                "train_w_ei": args.train_loop,
+                "train_w_ie": args.train_loop,
+                "idx_directory": args.idx_dir,
+                **overrides,
+            }
         )
     except ConfigError as error:
         raise ConfigError(_with_flags(str(error))) from None
@@ -293,8 +311,19 @@ def _add_train(subparsers) -> None:
         "train", help="train the mirror with surrogate gradients (resumes if RUN_DIR has a checkpoint)"
     )
     p.add_argument("run_dir", type=Path, help="output directory of the run")
-    p.add_argument("--tier", default="cpu", help="training tier: smoke, cpu, medium, full (default: %(default)s)")
+    p.add_argument(
+        "--tier",
+        default="cpu",
+        help="training tier: smoke, cpu, medium (the study's size: 1600 digits, 100 epochs, batch 256), full "
+        "(default: %(default)s)",
+    )
     p.add_argument("--seed", type=_seed, default=42)
+    p.add_argument(
+        "--preset",
+        choices=_preset_names(),
+        help="recipe to start from: project (the default settings) or reference (the study's; docs/reference.md); "
+        "the flags below apply on top",
+    )
     p.add_argument(
         "--init-w-ei", type=_init_spec, default="canonical", help="canonical, zero or a multiple of canonical"
     )
@@ -370,9 +399,11 @@ def _protocol_run(args: argparse.Namespace) -> int:
         tier=args.tier,
         seeds=tuple(args.seeds) if args.seeds else None,
         conditions=tuple(args.conditions) if args.conditions else None,
+        preset=args.preset,
         **overrides,
     )
-    out = Path(args.out or f"results/{args.name}_{protocol.tier}")
+    recipe = "" if protocol.preset == "project" else f"_{protocol.preset}"
+    out = Path(args.out or f"results/{args.name}_{protocol.tier}{recipe}")
     statuses = run_protocol(
         protocol, out, processes=args.processes, workers=args.workers, scheduler=args.scheduler, progress=not args.quiet
     )
@@ -424,7 +455,7 @@ def _add_protocol(subparsers) -> None:
     run.add_argument(
         "name",
         help="protocol (biosim protocol list): dale_pruning, frozen_baseline, tau_gaba, basin_map, anti_pruning, "
-        "streaming, membrane_damping",
+        "streaming, membrane_damping, reference_ladder",
     )
     run.add_argument(
         "--tier",
@@ -434,11 +465,17 @@ def _add_protocol(subparsers) -> None:
     run.add_argument("--seeds", type=_seed, nargs="+", help="default: the protocol's (biosim protocol list)")
     run.add_argument("--conditions", nargs="+", help="a subset of the protocol's conditions (default: all)")
     run.add_argument("--dtype", choices=("float32", "float64"), help="training dtype (default: float32)")
+    run.add_argument(
+        "--preset",
+        default="project",
+        choices=_preset_names(),
+        help="recipe every run starts from: project (default) or reference (the study's; docs/reference.md)",
+    )
     executor = run.add_mutually_exclusive_group()
     executor.add_argument("--processes", type=_positive_int, help="local process pool size (default: 1)")
     executor.add_argument("--workers", type=_positive_int, help="start a Dask LocalCluster with N workers")
     executor.add_argument("--scheduler", help="join a running Dask cluster at this address")
-    run.add_argument("--out", help="output directory (default: results/NAME_TIER)")
+    run.add_argument("--out", help="output directory (default: results/NAME_TIER, results/NAME_TIER_PRESET)")
     run.add_argument("--formats", nargs="+", default=["png"], help="figure formats (png, pdf, svg)")
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(handler=_protocol_run)

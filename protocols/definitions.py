@@ -41,7 +41,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from biosim.params import NetworkParams
 from biosim.tiers import TIERS
+from bridge.presets import PRESETS
 from bridge.train_config import TrainConfig
 
 __all__ = [
@@ -181,6 +183,81 @@ ANTI_PRUNING = (
     ),
 )
 
+# --- the reference recipe, one factor at a time -------------------------------------------
+# Each factor by which the reference study's recipe (bridge.presets, "reference") differs from
+# this project's, with both values written out, so that a rung means the same under any preset.
+_PROJECT_NETWORK = NetworkParams()
+
+
+def _network_difference(network: NetworkParams) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``network.SECTION.FIELD`` settings where ``network`` differs from the defaults: (project's, network's)."""
+    project, other = {}, {}
+    for section, values in network.to_dict().items():
+        defaults = getattr(_PROJECT_NETWORK, section)
+        for name, value in values.items():
+            if value != getattr(defaults, name):
+                project[f"network.{section}.{name}"] = getattr(defaults, name)
+                other[f"network.{section}.{name}"] = value
+    return project, other
+
+
+def _recipe_factor(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One TrainConfig field: (project's default, reference value)."""
+    return {name: TrainConfig.__dataclass_fields__[name].default}, {name: PRESETS["reference"].recipe[name]}
+
+
+LADDER_BATCH = {"batch_size": 256, "n_train": 1536, "epochs": 20}
+"""The reference's batch at the study tier's 120 Adam steps: 6 batches of 256 per epoch, 20 epochs."""
+
+REFERENCE_FACTORS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "constants": (
+        "the study's membrane constants, 25 Hz input, calibrated input scale",
+        *_network_difference(PRESETS["reference"].network),
+    ),
+    "damping": ("membrane gradient x 1e-3 per step", *_recipe_factor("membrane_grad_scale")),
+    "global_clip": ("one global gradient-norm clip", *_recipe_factor("grad_clip_mode")),
+    "readout_unit": ("readout trained in its own unit", *_recipe_factor("w_out_unit")),
+    "batch": (
+        "batch 256 (1536 digits x 20 epochs: the same 120 Adam steps)",
+        {"batch_size": TIERS["study"].protocol.batch_size},
+        LADDER_BATCH,
+    ),
+}
+"""Factor -> (what the reference does, the project's settings, the reference's), in the ladder's order."""
+
+
+def _ladder_condition(name: str, description: str, reference: tuple[str, ...]) -> Condition:
+    """The canonical loop, trainable, with the factors in ``reference`` at the reference's values."""
+    settings: dict[str, Any] = {}
+    for factor, (_, project, other) in REFERENCE_FACTORS.items():
+        settings.update(other if factor in reference else project)
+    return _loop(name, description, "canonical", True, **settings)
+
+
+_RECIPE_FACTORS = tuple(f for f in REFERENCE_FACTORS if f != "batch")
+REFERENCE_LADDER = (
+    _ladder_condition("ladder_0_project", "canonical loop, trainable; the project's recipe", ()),
+    *(
+        _ladder_condition(
+            f"ladder_{k}_{factor}",
+            f"canonical loop, trainable; rung {k - 1} + {REFERENCE_FACTORS[factor][0]}",
+            tuple(REFERENCE_FACTORS)[:k],
+        )
+        for k, factor in enumerate(REFERENCE_FACTORS, start=1)
+    ),
+    *(
+        _ladder_condition(
+            f"reverse_{factor}",
+            f"canonical loop, trainable; the reference recipe with the project's {factor.replace('_', ' ')}",
+            tuple(f for f in _RECIPE_FACTORS if f != factor),
+        )
+        for factor in _RECIPE_FACTORS
+    ),
+)
+"""The matched-steps ladder on trainable_ping_init: project recipe -> reference, one factor per rung
+(rung 4 is the reference recipe at batch 16, rung 5 at batch 256), and the reference recipe with
+each factor set back (``reverse_*``). Every run takes 120 Adam steps at the study tier."""
+
 STREAM_DIGITS = 4
 """Digits per stream of the ``streaming`` protocol (800 ms trials of 200 ms digits)."""
 STREAMING = (
@@ -219,6 +296,7 @@ PROTOCOLS: dict[str, tuple[Condition, ...]] = {
     "anti_pruning": ANTI_PRUNING,
     "membrane_damping": MEMBRANE_DAMPING,
     "streaming": STREAMING,
+    "reference_ladder": REFERENCE_LADDER,
 }
 """Each protocol's conditions."""
 
@@ -248,6 +326,9 @@ PROTOCOL_DEFAULTS: dict[str, ProtocolDefaults] = {
     # The study tier's digits, seeds and Adam steps, so each run pairs with a dale_pruning run
     # (frozen_ping, trainable_ping_init) that differs only by the resets between digits.
     "streaming": ProtocolDefaults("study"),
+    # One seed per rung by default (the batch rung alone is 16 study-tier runs of training);
+    # the rungs that decide take --seeds 42 43 44 (docs/reference.md).
+    "reference_ladder": ProtocolDefaults("study", (42,)),
 }
 """Default tier and seeds of each protocol; each default finishes in an hour on 2 cores."""
 
@@ -298,6 +379,8 @@ class Protocol:
     """Extra TrainConfig fields for every run (e.g. ``network``, ``device``, ``idx_directory``)."""
     validation_backend: str = "cpp_standalone"
     """Brian2 backend every trained network is validated on."""
+    preset: str = "project"
+    """The recipe every run starts from (:data:`bridge.presets.PRESETS`); overrides and conditions apply on top."""
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.conditions if c not in CONDITIONS]
@@ -307,9 +390,20 @@ class Protocol:
             raise ValueError(f"unknown tier {self.tier!r}; valid tiers: {', '.join(TIERS)}")
         if not self.seeds:
             raise ValueError("a protocol needs at least one seed")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
 
     def runs(self) -> list[RunSpec]:
         tier = TIERS[self.tier].protocol
+        # The preset first; the overrides on top (e.g. a smaller network, another device or
+        # engine), section by section for the network, so that a smaller network keeps the
+        # preset's constants.
+        preset = PRESETS[self.preset].config_fields()
+        base = {**preset, **self.overrides}
+        base["network"] = {
+            section: {**preset["network"].get(section, {}), **self.overrides.get("network", {}).get(section, {})}
+            for section in sorted({*preset["network"], *self.overrides.get("network", {})})
+        }
         specs = []
         for name in self.conditions:
             condition = CONDITIONS[name]
@@ -321,7 +415,7 @@ class Protocol:
                     "epochs": tier.epochs,
                     "batch_size": tier.batch_size,
                     "engine": tier.engine,
-                    **self.overrides,  # e.g. a smaller network, another device or engine
+                    **base,
                     "seed": seed,
                     "train_w_in": True,
                     "train_w_out": True,
@@ -342,6 +436,7 @@ class Protocol:
             seeds=tuple(data["seeds"]),
             overrides=dict(data.get("overrides", {})),
             validation_backend=data.get("validation_backend", "cpp_standalone"),
+            preset=data.get("preset", "project"),
         )
 
 
@@ -352,12 +447,14 @@ def get_protocol(
     seeds: tuple[int, ...] | None = None,
     conditions: tuple[str, ...] | None = None,
     validation_backend: str = "cpp_standalone",
+    preset: str = "project",
     **overrides: Any,
 ) -> Protocol:
     """The protocol ``name`` (a key of :data:`PROTOCOLS`) at ``tier``.
 
     ``tier`` and ``seeds`` default to the protocol's (:data:`PROTOCOL_DEFAULTS`);
     ``conditions`` selects some of the protocol's conditions (default: all);
+    ``preset`` is the recipe every run starts from (:data:`bridge.presets.PRESETS`);
     ``overrides`` are TrainConfig fields applied to every run (e.g. ``dtype``).
     """
     if name not in PROTOCOLS:
@@ -377,6 +474,7 @@ def get_protocol(
         seeds=tuple(seeds or defaults.seeds),
         overrides=overrides,
         validation_backend=validation_backend,
+        preset=preset,
     )
 
 
@@ -400,11 +498,15 @@ def estimated_minutes(name: str, tier: str, n_seeds: int | None = None) -> float
     if n_seeds is None:
         n_seeds = len(PROTOCOL_DEFAULTS[name].seeds)
     t = TIERS[tier].protocol
-    per_run = (
-        t.epochs * t.n_train * _SECONDS_PER_TRAIN_TRIAL
-        + (t.epochs + 1) * t.n_test * _SECONDS_PER_TEST_TRIAL
-        + t.n_train * _SECONDS_PER_TEST_TRIAL  # the untrained network on the training digits (epoch 0)
-        + _SECONDS_PER_BRIAN2_BUILD
-        + t.n_test * _SECONDS_PER_VALIDATED_TRIAL
-    )
-    return len(PROTOCOLS[name]) * n_seeds * per_run / _CORES / 60.0
+    seconds = 0.0
+    for condition in PROTOCOLS[name]:
+        # A condition may set its own size (the ladder's batch rung); otherwise the tier's.
+        size = {key: condition.settings.get(key, getattr(t, key)) for key in ("n_train", "n_test", "epochs")}
+        seconds += (
+            size["epochs"] * size["n_train"] * _SECONDS_PER_TRAIN_TRIAL
+            + (size["epochs"] + 1) * size["n_test"] * _SECONDS_PER_TEST_TRIAL
+            + size["n_train"] * _SECONDS_PER_TEST_TRIAL  # the untrained network on the training digits (epoch 0)
+            + _SECONDS_PER_BRIAN2_BUILD
+            + size["n_test"] * _SECONDS_PER_VALIDATED_TRIAL
+        )
+    return n_seeds * seconds / _CORES / 60.0

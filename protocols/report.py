@@ -31,6 +31,8 @@ def write_report(out_dir: Path, *, formats: tuple[str, ...] = ("png",)) -> tuple
         protocol = json.loads(protocol_path.read_text())["protocol"]
         name, conditions = protocol["name"], protocol["conditions"]
         title = f"{protocol['name']}, tier {protocol['tier']}, seeds {', '.join(map(str, protocol['seeds']))}"
+        if protocol.get("preset", "project") != "project":
+            title += f", {protocol['preset']} recipe"
     figure_dir = out_dir / "figures"
     draw_all(records, figure_dir, formats)
     draw_sweep_figures(records, figure_dir, formats, protocol_name=name, conditions=conditions, title=title)
