@@ -219,7 +219,7 @@ REFERENCE_FACTORS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "readout_unit": ("readout trained in its own unit", *_recipe_factor("w_out_unit")),
     "batch": (
         "batch 256 (1536 digits x 20 epochs: the same 120 Adam steps)",
-        {"batch_size": TIERS["study"].protocol.batch_size},
+        {},  # the tier's batch
         LADDER_BATCH,
     ),
 }

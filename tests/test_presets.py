@@ -140,3 +140,31 @@ def test_cli_preset_flags_are_checked_and_take_effect(tmp_path, capsys):
     config = read_run_config(run_dir / "config.json")
     assert config.grad_clip_mode == "per_matrix" and config.w_out_unit == 1.0 and config.membrane_grad_scale == 1e-3
     assert config.network_params() == PRESETS["reference"].network
+
+
+def test_ladder_runs_end_to_end_and_is_drawn(tmp_path):
+    """Two rungs on a tiny network: trained, validated, tabulated and drawn by the protocol report."""
+    from protocols.report import write_report
+    from protocols.runner import run_protocol
+
+    small = NetworkParams().replace(
+        connectivity__n_e=64, connectivity__n_i=16, simulation__trial_ms=40.0, simulation__transient_ms=10.0
+    )
+    protocol = get_protocol(
+        "reference_ladder",
+        tier="smoke",
+        seeds=(42,),
+        conditions=("ladder_0_project", "ladder_4_readout_unit"),
+        validation_backend="numpy",
+        network={"connectivity": small.to_dict()["connectivity"], "simulation": small.to_dict()["simulation"]},
+        engine="eager",
+    )
+    statuses = run_protocol(protocol, tmp_path, progress=False)
+    assert [s["status"] for s in statuses] == ["completed", "completed"]
+    configs = {r.condition: r.config.resolved() for r in protocol.runs()}
+    assert configs["ladder_4_readout_unit"].network_params().membrane_e.c_m_nf == 1.0
+    assert configs["ladder_0_project"].network_params().membrane_e.c_m_nf == NetworkParams().membrane_e.c_m_nf
+    _, figures = write_report(tmp_path)
+    table = (figures / "reference_ladder.md").read_text()
+    assert "0 project" in table and "4 +readout unit" in table
+    assert (figures / "reference_ladder.png").stat().st_size > 0

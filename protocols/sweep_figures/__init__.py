@@ -25,6 +25,12 @@ verdicts are :func:`protocols.verdicts.run_verdict` and
   I rate, W_EI pruned fraction, gamma relative power and accuracy against the
   penalty strength lambda (log axis, lambda = 0 at the left edge), one line
   per penalty; :func:`smallest_keeping_lambda` (``anti_pruning_lambda.json``).
+- ``reference_ladder``: :func:`reference_ladder_figure` (``reference_ladder.<format>``),
+  accuracy, E and I rate, W_EI pruned fraction and effective mean and the
+  largest epoch-mean W_EI gradient norm on each rung from the project's recipe
+  to the reference study's, then the reverse conditions; :func:`ladder_rows`
+  (``reference_ladder.json``) and :func:`ladder_table_markdown`
+  (``reference_ladder.md``): each rung's values, verdicts and I-rate margins.
 
 :func:`draw_sweep_figures` picks the figures from the protocol's name, or,
 for an unnamed protocol, from which settings its conditions vary.
@@ -48,6 +54,13 @@ from .anti_pruning import (
 )
 from .basin_map import BasinGrid, basin_arrows_figure, basin_cells, basin_grid, basin_map_figure, draw_basin_map
 from .common import QUANTITIES, VERDICT_COLORS, Quantity, _settings, setting_sweep_figure, short_verdict
+from .reference_ladder import (
+    draw_reference_ladder,
+    ladder_rows,
+    ladder_table_markdown,
+    reference_ladder_figure,
+    rung_label,
+)
 from .tau_gaba import TAU_GABA_KEY, draw_tau_gaba, frozen_gamma_fit, frozen_gamma_points, tau_gaba_figure
 
 __all__ = [
@@ -67,6 +80,10 @@ __all__ = [
     "penalty_lambda",
     "smallest_keeping_lambda",
     "smallest_keeping_lambdas",
+    "ladder_rows",
+    "ladder_table_markdown",
+    "reference_ladder_figure",
+    "rung_label",
     "setting_sweep_figure",
     "short_verdict",
     "sweep_kind",
@@ -83,6 +100,7 @@ SWEEP_FIGURES: dict[str, Callable[..., list[Path]]] = {
     "basin_map": draw_basin_map,
     "tau_gaba": draw_tau_gaba,
     "anti_pruning": draw_anti_pruning,
+    "reference_ladder": draw_reference_ladder,
 }
 """Protocol name -> what draws its sweep figures."""
 
