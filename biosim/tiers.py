@@ -14,8 +14,8 @@ A tier name stands for up to three sizes, each read by one consumer:
   and the tier whose pool the digits come from.
 
 ``smoke``, ``cpu``, ``medium`` and ``full`` have all three; the protocol
-tiers ``study`` and ``survey`` have only the third and draw their digits
-from the ``medium`` pool.
+tiers ``study``, ``study256`` and ``survey`` have only the third and draw
+their digits from the ``medium`` pool.
 """
 
 from __future__ import annotations
@@ -109,6 +109,9 @@ TIERS: dict[str, Tier] = _by_name(
     # digits) while the whole protocol, Brian2 validation included, fits in an hour on 2 cores.
     # 120 Adam steps per run; why these numbers: docs/training.md, "The study tier".
     Tier("study", protocol=ProtocolRuns(n_train=640, n_test=400, epochs=3, batch_size=16, data_tier="medium")),
+    # The study tier's 120 Adam steps at the reference study's batch of 256 (1536 digits x 20
+    # epochs): what batch size alone changes, at the cost of 16 study-tier runs of training.
+    Tier("study256", protocol=ProtocolRuns(n_train=1536, n_test=400, epochs=20, batch_size=256, data_tier="medium")),
     # The follow-up sweeps (tens of conditions, one seed each): half the study tier's digits, 60 Adam
     # steps per run, so that a 25-condition grid fits in an hour on 2 cores.
     Tier("survey", protocol=ProtocolRuns(n_train=320, n_test=200, epochs=3, batch_size=16, data_tier="medium")),

@@ -459,8 +459,8 @@ def _add_protocol(subparsers) -> None:
     )
     run.add_argument(
         "--tier",
-        help="smoke, cpu (a quick pipeline check), study, survey, medium, full "
-        "(default: the protocol's, see biosim protocol list)",
+        help="smoke, cpu (a quick pipeline check), study, study256 (the study tier's Adam steps at batch 256), "
+        "survey, medium, full (default: the protocol's, see biosim protocol list)",
     )
     run.add_argument("--seeds", type=_seed, nargs="+", help="default: the protocol's (biosim protocol list)")
     run.add_argument("--conditions", nargs="+", help="a subset of the protocol's conditions (default: all)")

@@ -206,8 +206,8 @@ def _recipe_factor(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return {name: TrainConfig.__dataclass_fields__[name].default}, {name: PRESETS["reference"].recipe[name]}
 
 
-LADDER_BATCH = {"batch_size": 256, "n_train": 1536, "epochs": 20}
-"""The reference's batch at the study tier's 120 Adam steps: 6 batches of 256 per epoch, 20 epochs."""
+LADDER_BATCH = {key: getattr(TIERS["study256"].protocol, key) for key in ("batch_size", "n_train", "epochs")}
+"""The reference's batch at the study tier's 120 Adam steps (the ``study256`` tier): 6 batches of 256, 20 epochs."""
 
 REFERENCE_FACTORS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "constants": (

@@ -587,4 +587,7 @@ def test_protocol_tier_help_lists_smoke(capsys):
     with pytest.raises(SystemExit):
         main(["protocol", "run", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "smoke, cpu (a quick pipeline check), study, survey, medium, full" in help_text
+    assert "smoke, cpu (a quick pipeline check), study, study256" in help_text
+    from biosim.tiers import TIERS
+
+    assert all(f" {name}" in help_text for name in TIERS)
