@@ -30,7 +30,9 @@ verdicts are :func:`protocols.verdicts.run_verdict` and
   largest epoch-mean W_EI gradient norm on each rung from the project's recipe
   to the reference study's, then the reverse conditions; :func:`ladder_rows`
   (``reference_ladder.json``) and :func:`ladder_table_markdown`
-  (``reference_ladder.md``): each rung's values, verdicts and I-rate margins.
+  (``reference_ladder.md``): each rung's values, verdicts and I-rate margins;
+  :func:`ladder_trajectories_figure` (``reference_ladder_trajectories.<format>``):
+  accuracy, rates and W_EI pruned against Adam steps, one line per seed.
 
 :func:`draw_sweep_figures` picks the figures from the protocol's name, or,
 for an unnamed protocol, from which settings its conditions vary.
@@ -58,6 +60,7 @@ from .reference_ladder import (
     draw_reference_ladder,
     ladder_rows,
     ladder_table_markdown,
+    ladder_trajectories_figure,
     reference_ladder_figure,
     rung_label,
 )
@@ -83,6 +86,7 @@ __all__ = [
     "ladder_rows",
     "ladder_table_markdown",
     "reference_ladder_figure",
+    "ladder_trajectories_figure",
     "rung_label",
     "setting_sweep_figure",
     "short_verdict",

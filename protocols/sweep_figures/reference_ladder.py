@@ -49,6 +49,7 @@ __all__ = [
     "ladder_rows",
     "ladder_table_markdown",
     "reference_ladder_figure",
+    "ladder_trajectories_figure",
     "draw_reference_ladder",
 ]
 
@@ -449,6 +450,59 @@ def reference_ladder_figure(
     return fig
 
 
+# (metrics.jsonl key, scale, axis label): the mirror's test numbers after each epoch.
+_TRAJECTORY_PANELS = (
+    ("test_accuracy", 100.0, "test accuracy, mirror (%)"),
+    ("rate_e_hz", 1.0, "E rate, mirror (Hz)"),
+    ("rate_i_hz", 1.0, "I rate, mirror (Hz)"),
+    ("w_ei_pruned_fraction", 100.0, "W_EI pruned (% of edges)"),
+)
+
+
+def _trajectory(record: RunRecord, key: str, scale: float) -> tuple[list[float], list[float]]:
+    """(Adam steps, value) after every epoch of a run; epoch 0 is the untrained network at step 0."""
+    steps, values = [], []
+    for metrics in record.metrics():
+        value = metrics.get(key)
+        if value is not None and math.isfinite(float(value)):
+            steps.append(float(metrics.get("optimizer_steps") or 0))
+            values.append(float(value) * scale)
+    return steps, values
+
+
+def ladder_trajectories_figure(
+    records: Sequence[RunRecord], conditions: Sequence[str], title: str = "reference_ladder"
+) -> Figure:
+    """How each rung gets to its end state: accuracy, E and I rate, W_EI pruned against Adam steps.
+
+    One line per seed (the mirror's numbers on the test digits after each
+    epoch, ``metrics.jsonl``), one colour per condition: the ladder's rungs
+    solid, the ``reverse_*`` conditions dashed. Rungs of the same number of
+    Adam steps but another batch have other epochs, so the x axis is the
+    step, not the epoch. The caller closes the figure.
+    """
+    plt = _pyplot()
+    grouped = _by_condition(records)
+    names = [name for name in dict.fromkeys([*conditions, *grouped]) if grouped.get(name)]
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(len(names), 1)))
+    fig, axes = plt.subplots(1, len(_TRAJECTORY_PANELS), figsize=(18.0, 4.6))
+    for ax, (key, scale, label) in zip(axes, _TRAJECTORY_PANELS, strict=True):
+        for color, name in zip(colors, names, strict=False):
+            style = "--" if name.startswith("reverse_") else "-"
+            for k, record in enumerate(grouped[name]):
+                steps, values = _trajectory(record, key, scale)
+                ax.plot(
+                    steps, values, ls=style, color=color, lw=1.3, alpha=0.85, label=rung_label(name) if k == 0 else None
+                )
+        ax.set_xlabel("Adam steps")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.25)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{title}: the test numbers after every epoch (one line per seed)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    return fig
+
+
 def draw_reference_ladder(
     records: Sequence[RunRecord],
     figure_dir: Path,
@@ -458,13 +512,17 @@ def draw_reference_ladder(
     title: str = "reference_ladder",
     criteria: VerdictCriteria = DEFAULT_CRITERIA,
 ) -> list[Path]:
-    """``reference_ladder.<format>`` per format, ``reference_ladder.json`` (the rows) and ``reference_ladder.md``."""
+    """Per format ``reference_ladder.<format>`` and ``reference_ladder_trajectories.<format>``; then
+    ``reference_ladder.json`` (the rows) and ``reference_ladder.md``."""
     from biosim.records import atomic_write_text
 
     figure_dir = Path(figure_dir)
     rows = ladder_rows(records, conditions, criteria)
     fig = reference_ladder_figure(rows, title, criteria)
     paths = [_save(fig, figure_dir / f"reference_ladder.{fmt}") for fmt in formats]
+    _pyplot().close(fig)
+    fig = ladder_trajectories_figure(records, [row["condition"] for row in rows], title)
+    paths += [_save(fig, figure_dir / f"reference_ladder_trajectories.{fmt}") for fmt in formats]
     _pyplot().close(fig)
     paths.append(_write_json(figure_dir / "reference_ladder.json", rows))
     md_path = figure_dir / "reference_ladder.md"
