@@ -168,3 +168,4 @@ def test_ladder_runs_end_to_end_and_is_drawn(tmp_path):
     table = (figures / "reference_ladder.md").read_text()
     assert "0 project" in table and "4 +readout unit" in table
     assert (figures / "reference_ladder.png").stat().st_size > 0
+    assert (figures / "reference_ladder_trajectories.png").stat().st_size > 0

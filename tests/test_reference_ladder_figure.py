@@ -18,6 +18,7 @@ from protocols.sweep_figures import (
     draw_sweep_figures,
     ladder_rows,
     ladder_table_markdown,
+    ladder_trajectories_figure,
     reference_ladder_figure,
     rung_label,
     sweep_kind,
@@ -77,7 +78,7 @@ def ladder(tmp_path) -> Path:
     protocol = Protocol(
         name="reference_ladder",
         conditions=CONDITIONS,
-        tier="study",  # the ladder's batch of 16 does not fit the smoke tier's 8 digits
+        tier="study",  # the batch rung's 1536 digits do not fit the smoke tier's pool
         seeds=(42, 43),
         overrides={"network": SMALL_NETWORK},
         validation_backend="numpy",
@@ -228,7 +229,12 @@ def test_draw_sweep_figures_writes_png_json_and_md(ladder):
     paths = draw_sweep_figures(
         load_runs(ladder), figures, ("png",), protocol_name="reference_ladder", conditions=CONDITIONS
     )
-    assert sorted(p.name for p in paths) == ["reference_ladder.json", "reference_ladder.md", "reference_ladder.png"]
+    assert sorted(p.name for p in paths) == [
+        "reference_ladder.json",
+        "reference_ladder.md",
+        "reference_ladder.png",
+        "reference_ladder_trajectories.png",
+    ]
     assert (figures / "reference_ladder.png").stat().st_size > 10_000
     saved = json.loads((figures / "reference_ladder.json").read_text())
     assert [row["condition"] for row in saved] == list(CONDITIONS)
@@ -236,3 +242,21 @@ def test_draw_sweep_figures_writes_png_json_and_md(ladder):
     markdown = (figures / "reference_ladder.md").read_text()
     assert markdown.startswith("### reference_ladder\n")
     assert sum(line.startswith("| ") for line in markdown.splitlines()) == 1 + len(CONDITIONS)
+
+
+def test_trajectories_are_drawn_against_adam_steps(ladder):
+    """Each seed's line runs over its Adam steps (epoch 0 at step 0); a missing value leaves a gap, not a 0."""
+    run_dir = ladder / "ladder_2_damping" / "seed_42"
+    epochs = [
+        {"epoch": 0, "test_accuracy": 0.1, "rate_i_hz": 38.0, "w_ei_pruned_fraction": 0.0},
+        {"epoch": 1, "optimizer_steps": 6, "test_accuracy": 0.5, "rate_i_hz": None, "w_ei_pruned_fraction": 0.5},
+        {"epoch": 2, "optimizer_steps": 12, "test_accuracy": 0.7, "rate_i_hz": 2.0, "w_ei_pruned_fraction": 0.9},
+    ]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    figure = ladder_trajectories_figure(load_runs(ladder), CONDITIONS)
+    accuracy, _, rate_i, pruned = figure.axes
+    line = next(line for line in rate_i.get_lines() if line.get_label() == "2 +damping")
+    assert list(line.get_xdata()) == [0.0, 12.0] and list(line.get_ydata()) == [38.0, 2.0]
+    line = next(line for line in pruned.get_lines() if line.get_label() == "2 +damping")
+    assert list(line.get_ydata()) == [0.0, 50.0, 90.0]
+    assert all(line.get_linestyle() == "-" for line in accuracy.get_lines())

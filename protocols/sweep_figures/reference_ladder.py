@@ -489,11 +489,13 @@ def ladder_trajectories_figure(
     for ax, (key, scale, label) in zip(axes, _TRAJECTORY_PANELS, strict=True):
         for color, name in zip(colors, names, strict=False):
             style = "--" if name.startswith("reverse_") else "-"
-            for k, record in enumerate(grouped[name]):
+            label_of_line: str | None = rung_label(name)  # on the condition's first line only
+            for record in grouped[name]:
                 steps, values = _trajectory(record, key, scale)
-                ax.plot(
-                    steps, values, ls=style, color=color, lw=1.3, alpha=0.85, label=rung_label(name) if k == 0 else None
-                )
+                if not steps:
+                    continue  # a run that has not finished an epoch yet
+                ax.plot(steps, values, ls=style, color=color, lw=1.3, alpha=0.85, label=label_of_line)
+                label_of_line = None
         ax.set_xlabel("Adam steps")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.25)
