@@ -31,6 +31,15 @@ Protocols (:data:`PROTOCOLS`):
 - ``membrane_damping``: the four ``dale_pruning`` conditions, exact and with
   the reference study's membrane-gradient damping (SPEC section 3): does
   the stabiliser change the answer?
+- ``reference_ladder``: the canonical loop, trainable, from this project's
+  training recipe to the reference study's one factor at a time
+  (:data:`REFERENCE_FACTORS`), every rung at the same 120 Adam steps, and
+  the reference recipe with each factor set back: which factor decides
+  between a rewired loop and a dismantled one (docs/reference.md)?
+
+Every protocol starts from a preset (:data:`bridge.presets.PRESETS`,
+``Protocol.preset``): ``project`` by default, ``reference`` for the
+study's recipe; a condition's settings apply on top of it.
 """
 
 from __future__ import annotations
@@ -153,8 +162,8 @@ BASIN_MAP = grid(
     train_w_ie=True,
 )
 
-REFERENCE_DAMPING = 1e-3
-"""The reference study's membrane-gradient damping ("v-grad dampen 1000"), SPEC section 3."""
+REFERENCE_DAMPING = PRESETS["reference"].recipe["membrane_grad_scale"]
+"""The reference study's membrane-gradient damping ("v-grad dampen 1000"), from its preset."""
 MEMBRANE_DAMPING = DALE_PRUNING + tuple(
     Condition(
         f"damped_{c.name}",
