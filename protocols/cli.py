@@ -394,6 +394,13 @@ def _protocol_run(args: argparse.Namespace) -> int:
 
     formats = _check_formats(args.formats)  # before any run, not after all of them
     overrides = {"dtype": args.dtype} if args.dtype else {}
+    if args.device:
+        if args.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False)")
+        overrides["device"] = args.device
     protocol = get_protocol(
         args.name,
         tier=args.tier,
@@ -465,6 +472,7 @@ def _add_protocol(subparsers) -> None:
     run.add_argument("--seeds", type=_seed, nargs="+", help="default: the protocol's (biosim protocol list)")
     run.add_argument("--conditions", nargs="+", help="a subset of the protocol's conditions (default: all)")
     run.add_argument("--dtype", choices=("float32", "float64"), help="training dtype (default: float32)")
+    run.add_argument("--device", choices=("cpu", "cuda"), help="training device (default: cpu)")
     run.add_argument(
         "--preset",
         default="project",

@@ -169,3 +169,12 @@ def test_ladder_runs_end_to_end_and_is_drawn(tmp_path):
     assert "0 project" in table and "4 +readout unit" in table
     assert (figures / "reference_ladder.png").stat().st_size > 0
     assert (figures / "reference_ladder_trajectories.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for a machine without a GPU")
+def test_protocol_device_cuda_without_a_gpu_is_refused_before_any_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["protocol", "run", "dale_pruning", "--preset", "reference", "--device", "cuda", "--out", str(out)]
+    assert main(argv) == 2
+    assert "--device cuda: torch sees no CUDA device" in capsys.readouterr().err
+    assert not out.exists()
