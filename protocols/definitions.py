@@ -244,6 +244,8 @@ def _ladder_condition(name: str, description: str, reference: tuple[str, ...]) -
 
 
 _RECIPE_FACTORS = tuple(f for f in REFERENCE_FACTORS if f != "batch")
+# The reference with its last recipe factor set back is the rung before it (rung 3): no condition of its own.
+_REVERSED_FACTORS = _RECIPE_FACTORS[:-1]
 REFERENCE_LADDER = (
     _ladder_condition("ladder_0_project", "canonical loop, trainable; the project's recipe", ()),
     *(
@@ -260,12 +262,13 @@ REFERENCE_LADDER = (
             f"canonical loop, trainable; the reference recipe with the project's {factor.replace('_', ' ')}",
             tuple(f for f in _RECIPE_FACTORS if f != factor),
         )
-        for factor in _RECIPE_FACTORS
+        for factor in _REVERSED_FACTORS
     ),
 )
 """The matched-steps ladder on trainable_ping_init: project recipe -> reference, one factor per rung
 (rung 4 is the reference recipe at batch 16, rung 5 at batch 256), and the reference recipe with
-each factor set back (``reverse_*``). Every run takes 120 Adam steps at the study tier."""
+each factor set back (``reverse_*``; with the readout unit set back it is rung 3). Every run takes
+120 Adam steps at the study tier."""
 
 STREAM_DIGITS = 4
 """Digits per stream of the ``streaming`` protocol (800 ms trials of 200 ms digits)."""

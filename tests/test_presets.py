@@ -118,10 +118,21 @@ def test_ladder_changes_one_factor_per_rung_and_ends_at_the_reference():
 
 
 def test_reverse_conditions_set_back_one_factor_of_the_reference():
-    for factor in ("constants", "damping", "global_clip", "readout_unit"):
+    for factor in ("constants", "damping", "global_clip"):
         changed = _differences("ladder_4_readout_unit", f"reverse_{factor}")
         assert changed == set(REFERENCE_FACTORS[factor][2]), factor
         assert CONDITIONS[f"reverse_{factor}"].settings["train_w_ei"] is True
+    # The readout unit set back is rung 3 itself, so it has no reverse condition of its own.
+    assert _differences("ladder_4_readout_unit", "ladder_3_global_clip") == set(REFERENCE_FACTORS["readout_unit"][2])
+    assert "reverse_readout_unit" not in CONDITIONS
+
+
+def test_no_two_ladder_conditions_are_the_same_run():
+    names = [c.name for c in PROTOCOLS["reference_ladder"]]
+    configs = [_resolved(name) for name in names]
+    for k, first in enumerate(configs):
+        for name, second in zip(names[k + 1 :], configs[k + 1 :], strict=True):
+            assert first != second, (names[k], name)
 
 
 def test_cli_preset_flags_are_checked_and_take_effect(tmp_path, capsys):

@@ -107,7 +107,6 @@ def test_rung_labels():
         "rev. constants",
         "rev. damping",
         "rev. clip",
-        "rev. readout unit",
     ]
     assert rung_label("trainable_ping_init") == "trainable_ping_init"
 
@@ -117,7 +116,7 @@ def test_rows_follow_the_protocol_order(ladder):
     assert [r.condition for r in records][0] == "ladder_0_project"  # load_runs sorts by name ...
     rows = ladder_rows(records[::-1], CONDITIONS)  # ... and the rows follow the protocol, not the records
     assert [row["condition"] for row in rows] == list(CONDITIONS)
-    assert [row["reverse"] for row in rows] == [False] * 6 + [True] * 4
+    assert [row["reverse"] for row in rows] == [False] * 6 + [True] * 3
     assert rows[2]["description"] == definitions.CONDITIONS["ladder_2_damping"].description
     # Conditions of the records that the protocol does not list come last.
     spec = RunSpec("reference_ladder", "trainable_ping_init", 42, records[0].spec.config, "numpy")
@@ -183,7 +182,7 @@ def test_figure_draws_seeds_and_means_and_leaves_missing_conditions_out(ladder):
         assert axes[5].get_yscale() == "log"
         # Rungs one apart, a gap of one before the reverse conditions.
         ticks = list(axes[-1].get_xticks())
-        assert ticks == [0, 1, 2, 3, 4, 5, 7, 8, 9, 10]
+        assert ticks == [0, 1, 2, 3, 4, 5, 7, 8, 9]
         tick_text = [t.get_text() for t in axes[-1].get_xticklabels()]
         assert tick_text[2] == "2 +damping: changed 1, kept 1 (of 2)" and tick_text[8] == "rev. clip: not run"
         accuracy = _points(axes[0])
