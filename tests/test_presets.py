@@ -113,7 +113,8 @@ def test_ladder_changes_one_factor_per_rung_and_ends_at_the_reference():
     ladder_reference = get_protocol("reference_ladder", conditions=("ladder_4_readout_unit",), seeds=(42,)).runs()[0]
     assert ladder_reference.config.resolved() == reference_at_study.config.resolved()
     # Every run of the ladder takes the same number of Adam steps.
-    steps = {n: _resolved(n)["n_train"] // _resolved(n)["batch_size"] * _resolved(n)["epochs"] for n in names}
+    sizes = {name: _resolved(name) for name in names}
+    steps = {name: c["n_train"] // c["batch_size"] * c["epochs"] for name, c in sizes.items()}
     assert set(steps.values()) == {120}
 
 
