@@ -46,7 +46,9 @@ optimizer, epoch, RNG states, retry counter, learning rate, metrics);
 stored result without training when ``final.json`` and ``weights.npz`` exist
 (a finished run; its checkpoint is not needed then, and a damaged one is
 ignored with a warning). A damaged checkpoint of an unfinished run is an
-error that names the file and how to recover.
+error that names the file and how to recover. A resume must see the run's
+own digits: ``config.json`` records their SHA-256 (``data``), and other
+digits are refused (:func:`bridge.run_records.check_same_data`).
 
 Non-finite values (retry policy): at every batch the loss, the network state
 at the end of the batch (membrane potentials, conductances, readout), the
@@ -101,6 +103,7 @@ from .run_records import (
     _load_run_checkpoint,
     _now,
     _write_json_lines,
+    check_same_data,
     is_finished,
 )
 from .torch_settings import flushed_denormals
@@ -245,6 +248,10 @@ class _Trainer:
         config = self.config
         if self.checkpoint_path.exists():
             checkpoint = _load_run_checkpoint(self.checkpoint_path)
+            # The fields first, then the digits by digest (the message names both data), then the data path:
+            # other digits under the same path, or the same name in another directory, are never resumed on.
+            _check_same_config(checkpoint["config"], config, self.checkpoint_path, ignore=("idx_directory",))
+            check_same_data(self.run_dir / "config.json", self.train_digits.data, action="resume")
             _check_same_config(checkpoint["config"], config, self.checkpoint_path)
             self._restore(checkpoint)
             self._log_event("resumed", epoch=self.epoch, retries=self.retries, lr=self.lr)
@@ -256,6 +263,7 @@ class _Trainer:
                     "created": _now(),
                     "seed": config.seed,
                     "config": config.to_dict(),
+                    "data": self.train_digits.data,
                     "versions": library_versions(),
                 },
             )
@@ -509,9 +517,10 @@ def train(
 ) -> TrainResult:
     """Train the PING network as ``config`` says, in ``run_dir`` (see the module docstring).
 
-    Resumes from ``run_dir/checkpoint.pt`` if present; returns the stored
-    result without training if ``run_dir`` holds ``final.json`` and
-    ``weights.npz`` (:func:`bridge.run_records.is_finished`).
+    Resumes from ``run_dir/checkpoint.pt`` if present (on the digits the run
+    recorded, checked by digest); returns the stored result without training
+    if ``run_dir`` holds ``final.json`` and ``weights.npz``
+    (:func:`bridge.run_records.is_finished`).
 
     Parameters
     ----------
@@ -533,8 +542,9 @@ def train(
     ------
     ConfigError
         If the config is invalid for this machine or data, or ``run_dir``
-        holds a run of a different config. Checked before ``run_dir`` is
-        created, so a failed config leaves no directory behind.
+        holds a run of a different config, or of other digits (the message
+        names the recorded and the current data). Checked before ``run_dir``
+        is created, so a failed config leaves no directory behind.
     biosim.records.OutputLocationError
         ``run_dir`` cannot be created or written (checked before any work).
     bridge.checkpoint.CheckpointError

@@ -47,8 +47,8 @@ from biosim.streams import StreamSet, accuracy_by_position, stream_params, windo
 from biosim.weight_files import load_weights
 
 from .crosscheck import compare_spikes
-from .feeding import test_stream_set, test_trial_set
-from .run_records import read_run_config
+from .feeding import data_record, run_digits, test_stream_set, test_trial_set
+from .run_records import check_same_data, read_run_config
 from .simulate import run_mirror
 
 __all__ = ["Criteria", "validate", "format_report"]
@@ -105,14 +105,16 @@ def validate(
 
     Returns a JSON-ready report (also written to ``RUN_DIR/validation_<backend>.json``)
     with per-simulator accuracy, E and I rates and gamma peak, the agreement
-    checks and the verdict.
+    checks, the verdict and the digits' record (``data``). The test digits
+    must be those the run recorded (checked by digest).
 
     Raises
     ------
     FileNotFoundError
         ``run_dir`` has no ``config.json`` or ``weights.npz``.
     bridge.train_config.ConfigError
-        ``config.json`` is not valid JSON or not a valid config (the message names the file).
+        ``config.json`` is not valid JSON or not a valid config (the message names the file),
+        or the digits now differ from those it records (the message names both data).
     biosim.weight_files.WeightFileError
         The weight file is malformed (the message names the matrix), or its
         network parameters differ from ``config.json`` (the message names the
@@ -132,6 +134,9 @@ def validate(
     # Inputs come from the config, the network from the file: they must describe the same network.
     loaded = load_weights(weights_path, params=config.network_params(), params_from=f"the run's {config_path}")
     params = loaded.params
+    # The run's own test digits, or none: the digest its config.json recorded must match.
+    data = data_record(config, *run_digits(config))
+    check_same_data(config_path, data, action="validate")
     check_writable_dir(run_dir, "run directory")  # the report goes there: fail now, not after Brian2
     if build_dir is not None:
         check_writable_dir(build_dir, "Brian2 build directory")
@@ -186,6 +191,7 @@ def validate(
         "run_dir": str(run_dir),
         "backend": backend,
         "n_trials": trials.n_trials,
+        "data": data,
         **({"stream": {**streams.describe(), "dt_ms": sim.dt_ms}} if streams else {}),
         "simulators": simulators,
         "agreement": agreement,
