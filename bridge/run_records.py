@@ -12,6 +12,8 @@ One run is described by a :class:`~bridge.train_config.TrainConfig` and lives in
 ``weights.npz``        final stored weights (:mod:`biosim.weight_files`), for Brian2
 ``final.json``         status (``completed`` or ``diverged``) and final metrics;
                        written last, it marks the run finished
+``.biosim.lock``       lock of the process training or validating the run, with its
+                       pid, host and command (:mod:`biosim.locks`)
 =====================  ==========================================================
 
 :func:`bridge.training.train` writes them. This module reads them back: a

@@ -40,6 +40,7 @@ import torch
 
 from biosim.analysis import gamma_peak, population_spectrum
 from biosim.backends import check_backend, run_trials
+from biosim.locks import directory_lock
 from biosim.records import check_writable_dir, write_json
 from biosim.results import SimulationResult
 from biosim.simulation import summarize
@@ -106,7 +107,8 @@ def validate(
     Returns a JSON-ready report (also written to ``RUN_DIR/validation_<backend>.json``)
     with per-simulator accuracy, E and I rates and gamma peak, the agreement
     checks, the verdict and the digits' record (``data``). The test digits
-    must be those the run recorded (checked by digest).
+    must be those the run recorded (checked by digest); the run directory's
+    lock (:mod:`biosim.locks`) is held throughout.
 
     Raises
     ------
@@ -123,9 +125,22 @@ def validate(
         ``run_dir`` (or ``build_dir``) cannot be written; checked before Brian2 runs.
     biosim.backends.BackendError
         Unknown backend, or ``cuda_standalone`` without a GPU.
+    biosim.locks.DirectoryLockedError
+        Another process trains or validates in ``run_dir`` (the message names it); before any work.
     """
     run_dir = Path(run_dir)
     check_backend(backend)  # an unknown backend, or cuda_standalone without a GPU, before any work
+    if not run_dir.is_dir():
+        return _validate(run_dir, backend, build_dir, criteria, progress)  # says what is missing
+    # The report and views go into the run: not while another process trains or validates it.
+    with directory_lock(run_dir, "run directory", f"validation on {backend}"):
+        return _validate(run_dir, backend, build_dir, criteria, progress)
+
+
+def _validate(
+    run_dir: Path, backend: str, build_dir: str | Path | None, criteria: Criteria, progress: bool
+) -> dict[str, Any]:
+    """:func:`validate` once the run directory is locked."""
     config_path, weights_path = run_dir / "config.json", run_dir / "weights.npz"
     for path in (config_path, weights_path):
         if not path.exists():

@@ -1,30 +1,53 @@
-"""A run's digits are its own (issue 22).
+"""A run's digits and its directory are its own (issue 22).
 
-A relative ``--idx-dir`` is stored absolute, ``config.json`` records the
-SHA-256 of the run's train and test digits, and a resume or a validation on
-other digits is refused with both data named; a run directory written before
-digests were recorded still resumes and validates (with a warning).
+Data: a relative ``--idx-dir`` is stored absolute, ``config.json`` records
+the SHA-256 of the run's train and test digits, and a resume or a validation
+on other digits is refused with both data named; a run directory written
+before digests were recorded still resumes and validates (with a warning).
+
+Locks: a second training, validation or protocol run in a directory that
+another process holds is refused at once, naming the directory and the
+holder, and goes ahead once the holder has gone (killed here: the operating
+system releases the lock). The lock is held from another process
+(:func:`held_by_another_process`) or, where that is simpler, from this one
+(flock locks of two open files conflict within one process too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import json
+import os
+import re
+import shlex
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bad_inputs import CONFIG, run_cli
+import torch
+from test_bad_inputs import CONFIG, PROTOCOL, run_cli
 from test_data import STEMS, write_idx_set
 
 import biosim.data
 from biosim.data import Dataset, digits_sha256
+from biosim.locks import LOCK_NAME, DirectoryLockedError, directory_lock
+from biosim.records import OutputLocationError
 from bridge import run_records, training, validation
 from bridge.feeding import data_record, run_digits
 from bridge.train_config import ConfigError, TrainConfig
 from bridge.training import BatchContext, train
 from bridge.validation import validate
+from protocols import runner
+from protocols.runner import run_protocol
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Crash(Exception):
@@ -60,6 +83,36 @@ def sha256_of(written: dict, n_train: int = 8, n_test: int = 8) -> str:
         Dataset(train_images[:n_train], train_labels[:n_train], "written"),
         Dataset(test_images[:n_test], test_labels[:n_test], "written"),
     )
+
+
+HOLD_LOCK = """
+import sys, time
+from biosim.locks import directory_lock
+with directory_lock(sys.argv[1], sys.argv[2], sys.argv[3]):
+    print("locked", flush=True)
+    time.sleep(300)
+"""
+
+
+@contextlib.contextmanager
+def held_by_another_process(directory: Path, what: str = "run directory", purpose: str = "training"):
+    """A child process holds ``directory``'s lock for the block; it is killed (``kill -9``) at the end."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(directory), what, purpose], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert child.stdout.readline().strip() == "locked"  # "" if the child failed: never hangs
+        yield child
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+        child.stdout.close()
+
+
+def assert_names_the_holder(message: str, directory: Path, child: subprocess.Popen, purpose: str) -> None:
+    assert f"{directory} is in use by another process: {purpose}, pid {child.pid} on host" in message, message
+    assert socket.gethostname() in message and "command: -c" in message, message
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +291,132 @@ def test_run_without_a_recorded_digest_still_resumes_and_validates(tmp_path, cap
     assert report["verdict"] == "pass", report
     err = capsys.readouterr().err
     assert warning in err and "validate goes on with embedded" in err, err
+
+
+# --- one process at a time in a directory --------------------------------------------------------
+
+
+def test_second_training_is_refused_while_the_first_trains(tmp_path):
+    """The reported case in one process: a training started during another's epoch 1 is refused."""
+    run_dir = tmp_path / "run"
+    refusals = []
+
+    def second_training(context: BatchContext) -> None:
+        if not refusals:
+            with pytest.raises(DirectoryLockedError) as error:
+                train(dataclasses.replace(CONFIG, lr=1e-3), run_dir, progress=False)
+            refusals.append(str(error.value))
+
+    result = train(CONFIG, run_dir, progress=False, hook=second_training)
+    assert result.status == "completed" and epochs(run_dir) == [0, 1]
+    assert f"run directory {run_dir} is in use by another process: training, pid {os.getpid()}" in refusals[0]
+    assert (run_dir / LOCK_NAME).read_text() == ""  # released: no holder named
+
+
+def test_training_in_a_locked_run_directory_is_refused_until_the_holder_dies(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with held_by_another_process(run_dir) as child:
+        with pytest.raises(DirectoryLockedError) as error:
+            train(CONFIG, run_dir, progress=False)
+        assert_names_the_holder(str(error.value), run_dir, child, "training")
+        code, err = run_cli(["train", run_dir, "--tier", "smoke", "--quiet"], capsys)
+        assert code == 2 and "Traceback" not in err, err
+        assert_names_the_holder(err, run_dir, child, "training")
+        assert os.listdir(run_dir) == [LOCK_NAME]  # nothing written
+    assert train(CONFIG, run_dir, progress=False).status == "completed" and epochs(run_dir) == [0, 1]
+
+
+def test_validate_is_refused_while_the_run_is_locked_and_holds_the_lock_itself(run_copy, capsys, monkeypatch):
+    with held_by_another_process(run_copy, purpose="training") as child:
+        with pytest.raises(DirectoryLockedError) as error:
+            validate(run_copy, backend="numpy", progress=False)
+        assert_names_the_holder(str(error.value), run_copy, child, "training")
+        code, err = run_cli(["validate", run_copy, "--backend", "numpy", "--quiet"], capsys)
+        assert code == 2 and "Traceback" not in err, err
+        assert_names_the_holder(err, run_copy, child, "training")
+    assert not list(run_copy.glob("validation_*.json"))
+
+    def brian2(*args, **kwargs):
+        # While Brian2 would run, the run directory is the validation's: a training is refused.
+        with pytest.raises(
+            DirectoryLockedError, match=re.escape(f"{run_copy} is in use by another process: validation")
+        ):
+            train(CONFIG, run_copy, progress=False)
+        raise HeavyWork
+
+    monkeypatch.setattr(validation, "run_trials", brian2)
+    with pytest.raises(HeavyWork):
+        validate(run_copy, backend="numpy", progress=False)
+    assert (run_copy / LOCK_NAME).read_text() == ""  # released after the failure too
+
+
+def test_protocol_run_is_refused_while_its_output_directory_is_locked(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    purpose = "protocol run dale_pruning (tier smoke)"
+    with held_by_another_process(out, "protocol output directory", purpose) as child:
+        with pytest.raises(DirectoryLockedError) as error:
+            run_protocol(PROTOCOL, out, progress=False)
+        assert f"protocol output directory {out} is in use by another process: {purpose}" in str(error.value)
+        assert_names_the_holder(str(error.value), out, child, purpose)
+        code, err = run_cli(["protocol", "run", "dale_pruning", "--tier", "smoke", "--out", out, "--quiet"], capsys)
+        assert code == 2 and "Traceback" not in err, err
+        assert_names_the_holder(err, out, child, purpose)
+        assert os.listdir(out) == [LOCK_NAME]  # no protocol.json, no run
+    started = []
+
+    def run_local(specs, out_dir, processes, on_done):
+        started.extend(spec.run_id for spec in specs)
+        with pytest.raises(DirectoryLockedError, match=re.escape(f"{out} is in use by another process: {purpose}")):
+            run_protocol(PROTOCOL, out, progress=False)
+
+    monkeypatch.setattr(runner, "_run_local", run_local)
+    run_protocol(PROTOCOL, out, progress=False)
+    assert started == ["frozen_ping/seed_42"] and (out / "protocol.json").exists()
+
+
+def test_the_output_directory_lock_leaves_its_runs_free(tmp_path):
+    """A worker trains and validates a run inside a locked protocol folder: the run's lock is another file."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (spec,) = PROTOCOL.runs()
+    with directory_lock(out, "protocol output directory", "protocol run dale_pruning (tier smoke)"):
+        status = runner.execute_run(spec.to_dict(), str(out))
+    torch.set_num_threads(2)
+    assert status["status"] == "completed" and status["validation"]["verdict"] == "pass", status
+    assert (out / spec.run_id / LOCK_NAME).is_file() and (out / LOCK_NAME).is_file()
+
+
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, capsys, monkeypatch):
+    """Lustre without flock answers ENOSYS: the work goes on unguarded, as before locks, with a warning."""
+
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with directory_lock(tmp_path, "run directory", "training") as path:
+        assert path == tmp_path / LOCK_NAME
+    err = capsys.readouterr().err
+    assert f"run directory {tmp_path}: the file system cannot lock {path} (Function not implemented)" in err, err
+
+    def broken(descriptor, operation):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", broken)
+    with pytest.raises(OutputLocationError, match=re.escape(f"cannot lock {path} (Bad file descriptor)")):
+        with directory_lock(tmp_path, "run directory", "training"):
+            pass
+
+
+def test_the_holder_records_itself_and_a_free_lock_names_nobody(tmp_path):
+    with directory_lock(tmp_path, "run directory", "training"):
+        holder = json.loads((tmp_path / LOCK_NAME).read_text())
+        with pytest.raises(DirectoryLockedError, match=re.escape(f"{tmp_path} is in use by another process")):
+            with directory_lock(tmp_path, "run directory", "validation on numpy"):
+                pass
+    assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+    assert holder["purpose"] == "training" and holder["command"] == shlex.join(sys.argv)
+    assert (tmp_path / LOCK_NAME).read_text() == ""
+    with directory_lock(tmp_path, "run directory", "validation on numpy"):  # free again
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["purpose"] == "validation on numpy"
