@@ -32,6 +32,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "Split",
+    "digits_sha256",
     "embedded_pool_indices",
     "load_embedded_mnist",
     "load_idx_mnist",
@@ -343,6 +344,23 @@ def load_split(tier: str, *, idx_directory: str | Path | None = None) -> Split:
         test_pool.subset(slice(spec.n_test)),
         tier,
     )
+
+
+def digits_sha256(*datasets: Dataset) -> str:
+    """SHA-256 of ``datasets``, in order: each one's digit count, images and labels.
+
+    Images enter as their uint8 bytes and labels as little-endian int64, as
+    in the embedded sample's pinned digest; the count (little-endian int64)
+    before each dataset keeps the boundary between two of them in the digest.
+    A run records the digest of its train and test digits, so that a resume or
+    a validation on other digits is refused (:mod:`bridge.run_records`).
+    """
+    digest = hashlib.sha256()
+    for dataset in datasets:
+        digest.update(np.array(len(dataset), dtype="<i8").tobytes())
+        digest.update(np.ascontiguousarray(dataset.images))
+        digest.update(np.ascontiguousarray(dataset.labels, dtype="<i8"))
+    return digest.hexdigest()
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

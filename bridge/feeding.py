@@ -18,18 +18,19 @@ reset between them (the test digits, in order, likewise).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from biosim.data import load_split
+from biosim.data import Dataset, digits_sha256, load_split
 from biosim.inputs import TrialSet, make_trials
 from biosim.params import NetworkParams
 from biosim.streams import StreamSet, make_streams
 
 from .train_config import ConfigError, TrainConfig
 
-__all__ = ["TrainingDigits", "derived_seed", "test_stream_set", "test_trial_set"]
+__all__ = ["TrainingDigits", "data_record", "derived_seed", "run_digits", "test_stream_set", "test_trial_set"]
 
 # Stream tags of the seeds derived from TrainConfig.seed.
 _TRAIN_INPUT_STREAM = 1
@@ -40,6 +41,61 @@ _SHUFFLE_STREAM = 3
 def derived_seed(seed: int, *stream: int) -> int:
     """A 32-bit seed for one random stream of a run: ``SeedSequence([seed, *stream])``."""
     return int(np.random.SeedSequence([seed, *stream]).generate_state(1, np.uint32)[0])
+
+
+def run_digits(config: TrainConfig) -> tuple[Dataset, Dataset]:
+    """The train and test digits of a run: the first ``n_train`` / ``n_test`` of its tier's split.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Resolved here.
+
+    Returns
+    -------
+    train, test : Dataset
+
+    Raises
+    ------
+    ConfigError
+        The data tier holds fewer than ``n_train`` training or ``n_test`` test digits.
+    """
+    config = config.resolved()
+    split = load_split(config.tier, idx_directory=config.idx_directory)
+    for name, dataset in (("n_train", split.train), ("n_test", split.test)):
+        requested = getattr(config, name)
+        if requested > len(dataset):
+            raise ConfigError(
+                f"TrainConfig.{name}: {requested} digits requested, but data tier {config.tier!r} holds {len(dataset)}"
+            )
+    return split.train.subset(slice(config.n_train)), split.test.subset(slice(config.n_test))
+
+
+def data_record(config: TrainConfig, train: Dataset, test: Dataset) -> dict[str, Any]:
+    """What a run's digits are: the ``data`` entry of its ``config.json``.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's config.
+    train, test : Dataset
+        Its digits (:func:`run_digits`).
+
+    Returns
+    -------
+    dict
+        ``source`` (the absolute IDX directory, or ``"embedded"`` for the
+        embedded sample), ``n_train``, ``n_test`` and ``sha256``
+        (:func:`biosim.data.digits_sha256` of train then test). The digest is
+        what a resume or a validation compares (:func:`bridge.run_records.check_same_data`):
+        the path says where the digits were, the digest what they were.
+    """
+    return {
+        "source": config.idx_directory or "embedded",
+        "n_train": len(train),
+        "n_test": len(test),
+        "sha256": digits_sha256(train, test),
+    }
 
 
 def test_trial_set(config: TrainConfig) -> TrialSet:
@@ -57,12 +113,7 @@ def test_trial_set(config: TrainConfig) -> TrialSet:
         :mod:`bridge.validation`, so Brian2 sees the trainer's exact inputs.
     """
     config = config.resolved()
-    test = load_split(config.tier, idx_directory=config.idx_directory).test
-    if config.n_test > len(test):
-        raise ConfigError(
-            f"TrainConfig.n_test: {config.n_test} digits requested, but data tier {config.tier!r} holds {len(test)}"
-        )
-    test = test.subset(slice(config.n_test))
+    test = run_digits(config)[1]
     return make_trials(
         test.images, test.labels, config.network_params(), seed=derived_seed(config.seed, _TEST_INPUT_STREAM)
     )
@@ -107,32 +158,28 @@ class TrainingDigits:
         Its network parameters.
     images, labels : np.ndarray
         The first ``n_train`` training digits of the config's tier.
+    data : dict
+        The run's :func:`data_record` (its train and test digits' source, counts and digest).
     """
 
     config: TrainConfig
     params: NetworkParams
     images: np.ndarray
     labels: np.ndarray
+    data: dict[str, Any]
 
     @classmethod
     def load(cls, config: TrainConfig) -> TrainingDigits:
-        """The training digits of ``config`` (resolved here).
+        """The training digits of ``config`` (resolved here), and the record of all its digits.
 
         Raises
         ------
         ConfigError
-            The data tier holds fewer than ``n_train`` training digits.
+            The data tier holds fewer than ``n_train`` training or ``n_test`` test digits.
         """
         config = config.resolved()
-        train_set = load_split(config.tier, idx_directory=config.idx_directory).train
-        if config.n_train > len(train_set):
-            raise ConfigError(
-                f"TrainConfig.n_train: {config.n_train} digits requested, "
-                f"but data tier {config.tier!r} holds {len(train_set)}"
-            )
-        return cls(
-            config, config.network_params(), train_set.images[: config.n_train], train_set.labels[: config.n_train]
-        )
+        train, test = run_digits(config)
+        return cls(config, config.network_params(), train.images, train.labels, data_record(config, train, test))
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         """The digit indices of each batch of epoch ``epoch``: a shuffle seeded ``derived(seed, 3, epoch)``."""

@@ -3,7 +3,8 @@
 One run is described by a :class:`~bridge.train_config.TrainConfig` and lives in a run directory:
 
 =====================  ==========================================================
-``config.json``        resolved config, network parameters, library versions
+``config.json``        resolved config, network parameters, library versions, and
+                       the digest of the run's digits (``data``)
 ``metrics.jsonl``      one JSON line per epoch, starting with epoch 0 (untrained)
 ``events.jsonl``       resumptions, non-finite values, rollbacks, divergence
 ``checkpoint.pt``      last good state (atomic; see :mod:`bridge.checkpoint`)
@@ -11,13 +12,16 @@ One run is described by a :class:`~bridge.train_config.TrainConfig` and lives in
 ``weights.npz``        final stored weights (:mod:`biosim.weight_files`), for Brian2
 ``final.json``         status (``completed`` or ``diverged``) and final metrics;
                        written last, it marks the run finished
+``.biosim.lock``       lock of the process training or validating the run, with its
+                       pid, host and command (:mod:`biosim.locks`)
 =====================  ==========================================================
 
 :func:`bridge.training.train` writes them. This module reads them back: a
 finished run's result (:func:`is_finished`, :func:`_finished_result`), its
 model (:func:`load_model`) and config (:func:`read_run_config`), with errors
-that name the file at fault; and it holds the JSON-lines helpers the trainer
-writes with.
+that name the file at fault; it checks that a resume or a validation sees the
+run's own digits (:func:`check_same_data`); and it holds the JSON-lines
+helpers the trainer writes with.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from .model import PINGModel
 from .surrogates import get_surrogate
 from .train_config import ConfigError, TrainConfig, build_model
 
-__all__ = ["WEIGHTS_NAME", "TrainResult", "is_finished", "load_model", "read_run_config"]
+__all__ = ["WEIGHTS_NAME", "TrainResult", "check_same_data", "is_finished", "load_model", "read_run_config"]
 
 WEIGHTS_NAME = "weights.npz"
 """Final stored weights of a run (:func:`biosim.weight_files.save_weights` format)."""
@@ -100,7 +104,9 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _check_same_config(stored: dict[str, Any], config: TrainConfig, where: Path) -> None:
+def _check_same_config(
+    stored: dict[str, Any], config: TrainConfig, where: Path, *, ignore: tuple[str, ...] = ()
+) -> None:
     # A field that an older config lacks has its default, which is what the older code did; that holds
     # for the network parameters too (fields added since, such as connectivity p_ee, keep their defaults).
     current = config.to_dict()
@@ -110,12 +116,64 @@ def _check_same_config(stored: dict[str, Any], config: TrainConfig, where: Path)
         current["network"] = NetworkParams.from_dict(current["network"]).to_dict()
     except (ConfigError, ParameterError, TypeError):
         pass  # reported below as differing fields
-    differing = sorted(key for key in set(stored) | set(current) if stored.get(key) != current.get(key))
+    keys = (set(stored) | set(current)) - set(ignore)
+    differing = sorted(key for key in keys if stored.get(key) != current.get(key))
     if differing:
         raise ConfigError(
             f"{where} was written by a run with a different config (fields {differing} differ); "
             "resume with the same config or use a new run directory"
         )
+
+
+def check_same_data(config_path: Path, current: dict[str, Any], *, action: str) -> None:
+    """Refuse to ``action`` a run on digits other than those its ``config.json`` records.
+
+    The ``data`` entry of ``config.json`` (:func:`bridge.feeding.data_record`,
+    written when the run starts) is compared with ``current`` by digest: the
+    same path may hold other files, and only the digest says what the
+    digits are. A run directory written before digests were recorded (no
+    ``data`` entry, or no ``config.json``) is not refused but warned about:
+    its digits cannot be checked, and refusing would strand every older run.
+
+    Parameters
+    ----------
+    config_path : Path
+        The run's ``config.json``.
+    current : dict
+        :func:`bridge.feeding.data_record` of the digits this process would use.
+    action : str
+        What would use them, for the messages (``"resume"``, ``"validate"``).
+
+    Raises
+    ------
+    ConfigError
+        The digests differ (the message names the file and both data: source, counts and
+        SHA-256), or the ``data`` entry is not a data record.
+    """
+    record = _read_json_file(config_path, "the run's config record") if config_path.is_file() else {}
+    recorded = record.get("data") if isinstance(record, dict) else None
+    if recorded is None:
+        _warn(
+            f"{config_path} records no digest of the run's digits (written before digests were recorded, or "
+            f"missing): they cannot be checked; {action} goes on with {_describe_data(current)}"
+        )
+        return
+    if not (isinstance(recorded, dict) and isinstance(recorded.get("sha256"), str)):
+        raise ConfigError(f"{config_path}: expected a 'data' entry with a 'sha256' digest, found {recorded!r}")
+    if recorded["sha256"] != current["sha256"]:
+        raise ConfigError(
+            f"{config_path}: cannot {action} on other digits: the run recorded {_describe_data(recorded)}, "
+            f"the digits now are {_describe_data(current)}; restore the run's data, or train a new run "
+            "in another run directory"
+        )
+
+
+def _describe_data(data: dict[str, Any]) -> str:
+    """``SOURCE (N train + M test digits, SHA-256 HEX)``."""
+    return (
+        f"{data.get('source', '?')} ({data.get('n_train', '?')} train + {data.get('n_test', '?')} test digits, "
+        f"SHA-256 {data.get('sha256', '?')})"
+    )
 
 
 def is_finished(run_dir: str | Path) -> bool:

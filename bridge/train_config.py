@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,7 +130,8 @@ class TrainConfig:
     retry_lr_factor : float
         Learning-rate multiplier applied at each retry, in (0, 1].
     idx_directory : str, optional
-        Folder with the MNIST IDX files (needed by the ``full`` tier).
+        Folder with the MNIST IDX files (needed by the ``full`` tier). Made
+        absolute (against the working directory) when the config is built.
     """
 
     tier: str = "cpu"
@@ -240,8 +242,13 @@ class TrainConfig:
             fail("max_retries", "must be a non-negative int")
         if not (is_number(self.retry_lr_factor) and 0 < self.retry_lr_factor <= 1):
             fail("retry_lr_factor", "must lie in (0, 1]")
-        if self.idx_directory is not None and not isinstance(self.idx_directory, str):
-            fail("idx_directory", "must be a path string or None")
+        if self.idx_directory is not None:
+            if not isinstance(self.idx_directory, str):
+                fail("idx_directory", "must be a path string or None")
+            # Absolute from the start, wherever the config comes from (flag, API, protocol): config.json, the
+            # resume check and a worker on another host then all mean the same files, not "idx_ok" in
+            # whatever directory reads them. abspath, not resolve: the path as named, symlinks kept.
+            object.__setattr__(self, "idx_directory", os.path.abspath(self.idx_directory))
         tier = _TRAINING_TIERS[self.tier]
         n_train = tier.n_train if self.n_train is None else self.n_train
         batch_size = tier.batch_size if self.batch_size is None else self.batch_size

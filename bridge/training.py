@@ -46,7 +46,11 @@ optimizer, epoch, RNG states, retry counter, learning rate, metrics);
 stored result without training when ``final.json`` and ``weights.npz`` exist
 (a finished run; its checkpoint is not needed then, and a damaged one is
 ignored with a warning). A damaged checkpoint of an unfinished run is an
-error that names the file and how to recover.
+error that names the file and how to recover. A resume must see the run's
+own digits: ``config.json`` records their SHA-256 (``data``), and other
+digits are refused (:func:`bridge.run_records.check_same_data`). One process
+at a time trains in a run directory: ``train`` holds its lock
+(:mod:`biosim.locks`), and a second one is refused at once.
 
 Non-finite values (retry policy): at every batch the loss, the network state
 at the end of the batch (membrane potentials, conductances, readout), the
@@ -80,6 +84,7 @@ import torch
 import torch.nn.functional as functional
 from tqdm import tqdm
 
+from biosim.locks import directory_lock
 from biosim.records import check_writable_dir, library_versions, write_json
 from biosim.streams import StreamSet
 from biosim.weight_files import save_weights
@@ -101,6 +106,7 @@ from .run_records import (
     _load_run_checkpoint,
     _now,
     _write_json_lines,
+    check_same_data,
     is_finished,
 )
 from .torch_settings import flushed_denormals
@@ -245,6 +251,10 @@ class _Trainer:
         config = self.config
         if self.checkpoint_path.exists():
             checkpoint = _load_run_checkpoint(self.checkpoint_path)
+            # The fields first, then the digits by digest (the message names both data), then the data path:
+            # other digits under the same path, or the same name in another directory, are never resumed on.
+            _check_same_config(checkpoint["config"], config, self.checkpoint_path, ignore=("idx_directory",))
+            check_same_data(self.run_dir / "config.json", self.train_digits.data, action="resume")
             _check_same_config(checkpoint["config"], config, self.checkpoint_path)
             self._restore(checkpoint)
             self._log_event("resumed", epoch=self.epoch, retries=self.retries, lr=self.lr)
@@ -256,6 +266,7 @@ class _Trainer:
                     "created": _now(),
                     "seed": config.seed,
                     "config": config.to_dict(),
+                    "data": self.train_digits.data,
                     "versions": library_versions(),
                 },
             )
@@ -509,9 +520,12 @@ def train(
 ) -> TrainResult:
     """Train the PING network as ``config`` says, in ``run_dir`` (see the module docstring).
 
-    Resumes from ``run_dir/checkpoint.pt`` if present; returns the stored
-    result without training if ``run_dir`` holds ``final.json`` and
-    ``weights.npz`` (:func:`bridge.run_records.is_finished`).
+    Resumes from ``run_dir/checkpoint.pt`` if present (on the digits the run
+    recorded, checked by digest); returns the stored result without training
+    if ``run_dir`` holds ``final.json`` and ``weights.npz``
+    (:func:`bridge.run_records.is_finished`). The run directory's lock
+    (:mod:`biosim.locks`) is held throughout, so no other process trains or
+    validates the run meanwhile.
 
     Parameters
     ----------
@@ -533,21 +547,36 @@ def train(
     ------
     ConfigError
         If the config is invalid for this machine or data, or ``run_dir``
-        holds a run of a different config. Checked before ``run_dir`` is
-        created, so a failed config leaves no directory behind.
+        holds a run of a different config, or of other digits (the message
+        names the recorded and the current data). Checked before ``run_dir``
+        is created, so a failed config leaves no directory behind.
     biosim.records.OutputLocationError
         ``run_dir`` cannot be created or written (checked before any work).
+    biosim.locks.DirectoryLockedError
+        Another process trains or validates in ``run_dir`` (the message names
+        it); raised before any work when ``run_dir`` exists.
     bridge.checkpoint.CheckpointError
         The checkpoint of an unfinished run is damaged (the message says how to recover).
     """
     config = config.resolved()
     run_dir = Path(run_dir)
     check_writable_dir(run_dir, "run directory")  # before any work; creates nothing
-    if is_finished(run_dir):
-        return _finished_result(config, run_dir)
-    # Decaying conductances reach denormal floats; flushing them keeps float32 CPU math fast.
-    with flushed_denormals(), _deterministic_algorithms(config.deterministic):
+    with contextlib.ExitStack() as stack:
+        # One process at a time in a run directory: a second training (or a validation) would splice its
+        # records into this one's. An existing directory is locked before anything in it is read.
+        locked = run_dir.is_dir()
+        if locked:
+            stack.enter_context(directory_lock(run_dir, "run directory", "training"))
+        if is_finished(run_dir):
+            return _finished_result(config, run_dir)
+        # Decaying conductances reach denormal floats; flushing them keeps float32 CPU math fast.
+        stack.enter_context(flushed_denormals())
+        stack.enter_context(_deterministic_algorithms(config.deterministic))
         # The trainer checks device and data first; the directory exists only once they pass.
         trainer = _Trainer(config, run_dir, progress, hook)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if not locked:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(directory_lock(run_dir, "run directory", "training"))
+            if is_finished(run_dir):  # another process trained it while this one was setting up
+                return _finished_result(config, run_dir)
         return trainer.run()

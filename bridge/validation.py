@@ -40,6 +40,7 @@ import torch
 
 from biosim.analysis import gamma_peak, population_spectrum
 from biosim.backends import check_backend, run_trials
+from biosim.locks import directory_lock
 from biosim.records import check_writable_dir, write_json
 from biosim.results import SimulationResult
 from biosim.simulation import summarize
@@ -47,8 +48,8 @@ from biosim.streams import StreamSet, accuracy_by_position, stream_params, windo
 from biosim.weight_files import load_weights
 
 from .crosscheck import compare_spikes
-from .feeding import test_stream_set, test_trial_set
-from .run_records import read_run_config
+from .feeding import data_record, run_digits, test_stream_set, test_trial_set
+from .run_records import check_same_data, read_run_config
 from .simulate import run_mirror
 
 __all__ = ["Criteria", "validate", "format_report"]
@@ -105,14 +106,17 @@ def validate(
 
     Returns a JSON-ready report (also written to ``RUN_DIR/validation_<backend>.json``)
     with per-simulator accuracy, E and I rates and gamma peak, the agreement
-    checks and the verdict.
+    checks, the verdict and the digits' record (``data``). The test digits
+    must be those the run recorded (checked by digest); the run directory's
+    lock (:mod:`biosim.locks`) is held throughout.
 
     Raises
     ------
     FileNotFoundError
         ``run_dir`` has no ``config.json`` or ``weights.npz``.
     bridge.train_config.ConfigError
-        ``config.json`` is not valid JSON or not a valid config (the message names the file).
+        ``config.json`` is not valid JSON or not a valid config (the message names the file),
+        or the digits now differ from those it records (the message names both data).
     biosim.weight_files.WeightFileError
         The weight file is malformed (the message names the matrix), or its
         network parameters differ from ``config.json`` (the message names the
@@ -121,9 +125,22 @@ def validate(
         ``run_dir`` (or ``build_dir``) cannot be written; checked before Brian2 runs.
     biosim.backends.BackendError
         Unknown backend, or ``cuda_standalone`` without a GPU.
+    biosim.locks.DirectoryLockedError
+        Another process trains or validates in ``run_dir`` (the message names it); before any work.
     """
     run_dir = Path(run_dir)
     check_backend(backend)  # an unknown backend, or cuda_standalone without a GPU, before any work
+    if not run_dir.is_dir():
+        return _validate(run_dir, backend, build_dir, criteria, progress)  # says what is missing
+    # The report and views go into the run: not while another process trains or validates it.
+    with directory_lock(run_dir, "run directory", f"validation on {backend}"):
+        return _validate(run_dir, backend, build_dir, criteria, progress)
+
+
+def _validate(
+    run_dir: Path, backend: str, build_dir: str | Path | None, criteria: Criteria, progress: bool
+) -> dict[str, Any]:
+    """:func:`validate` once the run directory is locked."""
     config_path, weights_path = run_dir / "config.json", run_dir / "weights.npz"
     for path in (config_path, weights_path):
         if not path.exists():
@@ -132,6 +149,9 @@ def validate(
     # Inputs come from the config, the network from the file: they must describe the same network.
     loaded = load_weights(weights_path, params=config.network_params(), params_from=f"the run's {config_path}")
     params = loaded.params
+    # The run's own test digits, or none: the digest its config.json recorded must match.
+    data = data_record(config, *run_digits(config))
+    check_same_data(config_path, data, action="validate")
     check_writable_dir(run_dir, "run directory")  # the report goes there: fail now, not after Brian2
     if build_dir is not None:
         check_writable_dir(build_dir, "Brian2 build directory")
@@ -186,6 +206,7 @@ def validate(
         "run_dir": str(run_dir),
         "backend": backend,
         "n_trials": trials.n_trials,
+        "data": data,
         **({"stream": {**streams.describe(), "dt_ms": sim.dt_ms}} if streams else {}),
         "simulators": simulators,
         "agreement": agreement,

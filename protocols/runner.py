@@ -14,7 +14,9 @@ diverged runs and retries failed ones; a damaged ``status.json`` counts as none
 ``final.json`` and ``weights.npz`` are intact. Training resumes from its last
 checkpoint, so a run interrupted by a crash or a killed worker loses at most
 one epoch. A failure in one run is recorded in its ``status.json`` and never
-stops the others. Every file is written atomically.
+stops the others. Every file is written atomically. One process at a time
+runs a protocol in an output directory: :func:`run_protocol` holds its lock
+(:mod:`biosim.locks`), and a second one is refused at once.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from biosim.locks import directory_lock
 from biosim.records import check_writable_dir, library_versions, write_json
 
 from .definitions import Protocol, RunSpec
@@ -252,8 +255,12 @@ def run_protocol(
         ``out_dir`` cannot be created or written.
     SchedulerError
         ``scheduler`` cannot be reached.
+    biosim.locks.DirectoryLockedError
+        Another process runs a protocol in ``out_dir`` (the message names it).
 
-    All of these are raised before anything is written under ``out_dir``.
+    All of these are raised before anything is written under ``out_dir``
+    (but the lock file, in an ``out_dir`` that exists). The lock of
+    ``out_dir`` (:mod:`biosim.locks`) is held until every run has ended.
     """
     if workers is not None and scheduler is not None:
         raise ValueError("give either workers (a local Dask cluster) or scheduler (an existing one), not both")
@@ -264,12 +271,22 @@ def run_protocol(
     runs = protocol.runs()
     out = Path(out_dir)
     check_writable_dir(out, "protocol output directory")
-    pending, statuses = _pending(runs, out)
+    what, purpose = "protocol output directory", f"protocol run {protocol.name} (tier {protocol.tier})"
     with contextlib.ExitStack() as stack:
+        # One protocol process per output directory, or two would train the same pending runs. An existing
+        # one is locked before its run statuses are read; a new one once created. The workers lock each run
+        # directory too (bridge.training): another lock file, so the two never conflict.
+        locked = out.is_dir()
+        if locked:
+            stack.enter_context(directory_lock(out, what, purpose))
+        pending, statuses = _pending(runs, out)
         client = None
         if pending and scheduler is not None:
             client = stack.enter_context(_connect(scheduler))  # an unreachable scheduler fails before any write
         out.mkdir(parents=True, exist_ok=True)
+        if not locked:
+            stack.enter_context(directory_lock(out, what, purpose))
+            pending, statuses = _pending(runs, out)  # as another process may have left them meanwhile
         write_json(out / "protocol.json", {"protocol": protocol.to_dict(), "versions": library_versions()})
         bar = stack.enter_context(
             contextlib.closing(_progress_bar(len(pending) + len(statuses), len(statuses), progress))

@@ -16,6 +16,7 @@ from biosim.data import (
     N_PIXELS,
     DataError,
     Dataset,
+    digits_sha256,
     embedded_pool_indices,
     load_embedded_mnist,
     load_idx_mnist,
@@ -125,6 +126,27 @@ def test_dataset_validates_at_construction():
     assert dataset.labels.dtype == np.int64
     assert len(dataset) == 3
     assert np.array_equal(dataset.subset(np.array([2, 0])).labels, [3, 1])
+
+
+def test_digits_sha256_sees_every_pixel_label_order_and_boundary():
+    split = load_split("smoke")
+    train, test = split.train.subset(slice(6)), split.test.subset(slice(4))
+    digest = digits_sha256(train, test)
+    assert digits_sha256(Dataset(train.images.copy(), train.labels.copy(), "a copy"), test) == digest
+    images = train.images.copy()
+    images[3, 400] ^= 1
+    labels = train.labels.copy()
+    labels[0] = (labels[0] + 1) % N_CLASSES
+    # The same ten digits cut 5 + 5 instead of 6 + 4: the boundary is part of the digest.
+    joined = Dataset(np.concatenate([train.images, test.images]), np.concatenate([train.labels, test.labels]), "all")
+    changed = [
+        digits_sha256(Dataset(images, train.labels, "one pixel"), test),
+        digits_sha256(Dataset(train.images, labels, "one label"), test),
+        digits_sha256(train.subset(np.arange(6)[::-1]), test),
+        digits_sha256(test, train),
+        digits_sha256(joined.subset(slice(5)), joined.subset(slice(5, 10))),
+    ]
+    assert len({digest, *changed}) == len(changed) + 1
 
 
 # --- IDX files --------------------------------------------------------------------------------------
