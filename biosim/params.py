@@ -168,7 +168,7 @@ class ConnectivityParams:
 
     Input -> E is sparse (a fixed random mask); E -> I and I -> E are dense
     with probability ``p_ei`` / ``p_ie`` (1.0 = all to all). The recurrent
-    E -> E and I -> I blocks are optional (SPEC section 1): ``p_ee`` /
+    E -> E and I -> I blocks are optional (the study's network has neither): ``p_ee`` /
     ``p_ii`` = 0 (the default) means the block does not exist; above 0 it
     exists with that connection probability (no autapses).
     """

@@ -197,7 +197,7 @@ def init_weights(
     w_ee: InitSpec = "canonical",
     w_ii: InitSpec = "canonical",
 ) -> NetworkWeights:
-    """Draw the canonical, fan-in normalised weights of SPEC section 1.
+    """Draw the canonical, fan-in normalised weights of the reference study (docs/reference_study.md).
 
     Each matrix has its own random stream (``SeedSequence([seed, 1, k])``), so
     changing one matrix's initialisation leaves the others unchanged, and a

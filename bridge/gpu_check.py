@@ -23,8 +23,8 @@ JSON file the check reports. Steps:
     spikes: spike identity per population, and ``cuda_standalone``'s speed
     against ``cpp_standalone``'s.
 ``merge``
-    The one JSON file: steps, install notes, and a summary with the targets
-    of issue 13 (medium epoch <= 2 s, ``cuda_standalone`` >= 20x
+    The one JSON file: steps, install notes, and a summary with the GPU
+    targets (medium epoch <= 2 s, ``cuda_standalone`` >= 20x
     ``cpp_standalone``).
 
 ``merge`` uses the standard library only, so it runs with any Python 3. The
@@ -45,7 +45,7 @@ from typing import Any
 __all__ = ["TARGETS", "main", "merge", "summarize"]
 
 TARGETS = {"medium_epoch_s": 2.0, "cuda_standalone_speedup": 20.0}
-"""Issue 13's targets on an H100/H200: a medium epoch in at most 2 s, ``cuda_standalone`` at least 20x."""
+"""The GPU targets on an H100/H200: a medium epoch in at most 2 s, ``cuda_standalone`` at least 20x."""
 
 STEP_ORDER = ("train_epoch", "bench", "brian2_cpp_standalone", "brian2_cuda_standalone", "crosscheck")
 """The steps in the order the script runs them (and the report lists them)."""

@@ -1,4 +1,4 @@
-"""Penalties that oppose the dismantling of the PING loop (SPEC section 6, "anti-pruning").
+"""Penalties that oppose the dismantling of the PING loop (the anti-pruning follow-up of docs/reference_study.md).
 
 Two terms a training run can add to its cross-entropy, each with its own
 strength lambda (:class:`bridge.train_config.TrainConfig` fields

@@ -20,7 +20,7 @@ name              surrogate derivative ``sigma'(x)``                peak (1/unit
 ``triangle``      ``max(0, 1 - k |x|)``; zero for ``|x| >= 1 / k``  1
 ================  ================================================  =============
 
-The default is ``fast_sigmoid`` with slope ``k = 1 / V`` (SPEC: slope 1):
+The default is ``fast_sigmoid`` with slope ``k = 1 / V`` (the reference study's slope 1):
 ``d spike / d v = 1e-3 / (1 + |v - v_threshold| / 1 V)^2`` per mV, nearly
 flat over the membrane's range, so every neuron receives a learning signal.
 Why volts: with the same form in mV (``unit_mv = 1``, peak 1/mV) the

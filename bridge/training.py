@@ -1,4 +1,4 @@
-"""Surrogate-gradient BPTT training of the PING network (SPEC section 3).
+"""Surrogate-gradient BPTT training of the PING network (the recipe: docs/training.md).
 
 One run is described by a :class:`~bridge.train_config.TrainConfig` and
 lives in a run directory (its files: :mod:`bridge.run_records`); its digits,

@@ -12,24 +12,24 @@ directory, so any run can be rebuilt from there.
 
 Protocols (:data:`PROTOCOLS`):
 
-- ``dale_pruning`` (SPEC section 4): is the PING loop learnable? Four
+- ``dale_pruning`` (the study's experiment): is the PING loop learnable? Four
   initialisations of the E-I loop, frozen or trainable.
 - ``frozen_baseline``: the frozen control alone.
-- ``tau_gaba`` (SPEC section 6): tau_GABA of 4, 6, 8, 12 and 16 ms, each with
+- ``tau_gaba`` (a follow-up): tau_GABA of 4, 6, 8, 12 and 16 ms, each with
   the loop frozen and trainable.
-- ``basin_map`` (SPEC section 6): initial W_EI x W_IE, each at 0, 0.25, 0.5,
+- ``basin_map`` (a follow-up): initial W_EI x W_IE, each at 0, 0.25, 0.5,
   1 and 2 x canonical, loop trainable: which end state each start reaches.
-- ``anti_pruning`` (SPEC section 6): the canonical loop trainable, with a
+- ``anti_pruning`` (a follow-up): the canonical loop trainable, with a
   penalty on W_EI's distance from canonical or on low E gamma-band power
   (:mod:`bridge.regularisers`), lambda on a log grid: how strong must it be
   to keep the loop?
-- ``streaming`` (SPEC section 6): streams of four digits back to back in one
+- ``streaming`` (a follow-up): streams of four digits back to back in one
   trial, no reset between them, one readout window per digit
   (:mod:`biosim.streams`), loop frozen and trainable (exact BPTT and with
   the reference's membrane-gradient damping): does the loop survive, and
   does it help, when the network must follow a continuous input?
 - ``membrane_damping``: the four ``dale_pruning`` conditions, exact and with
-  the reference study's membrane-gradient damping (SPEC section 3): does
+  the reference study's membrane-gradient damping: does
   the stabiliser change the answer?
 - ``reference_ladder``: the canonical loop, trainable, from this project's
   training recipe to the reference study's one factor at a time

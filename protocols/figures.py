@@ -1,4 +1,4 @@
-"""Per-condition figures of a protocol (SPEC section 4).
+"""Per-condition figures of a protocol.
 
 - Diagnostic card: per-epoch strip (mean |stored| of W_EI and W_IE, E and I
   rates, test accuracy; one thin line per seed, the seed mean bold), the

@@ -1,4 +1,4 @@
-"""The at-a-glance table of a protocol (SPEC section 4): mean (std) over seeds per condition.
+"""The at-a-glance table of a protocol: mean (std) over seeds per condition.
 
 Accuracy, rates and gamma peak are Brian2's (the trained weights run in the
 Brian2 network on the test digits, see :mod:`bridge.validation`); weight

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 13): on a machine with an NVIDIA GPU, install
+# The prepared GPU check: on a machine with an NVIDIA GPU, install
 # what is missing and, in at most --budget-s seconds (default 480), measure
 #   (a) medium-tier training epochs on CUDA torch (1600 digits, batch 256),
 #   (b) biosim bench --device cuda --json (the training comparison on the GPU),
@@ -168,7 +168,7 @@ export PYTHONPATH="$root${site:+:$site}"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 say "Python $version: $python ($mode)${site:+; extra packages in $site}"
 
-pip_install() {  # pip_install WHAT SPEC...: wheelhouse first (offline), then the index; records the outcome
+pip_install() {  # pip_install WHAT REQUIREMENT...: wheelhouse first (offline), then the index; records the outcome
     local what="$1"; shift
     local left=$((install_deadline - SECONDS)) target=()
     # --target ignores what is installed, so it takes no dependencies: the loop below adds the missing ones.

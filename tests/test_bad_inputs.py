@@ -1,4 +1,4 @@
-"""Bad input never runs silently or loses work (issue 12).
+"""Bad input never runs silently or loses work.
 
 Every case gives a named error (exit status 2 from the CLI, one line, no
 traceback) before any heavy work starts, or the correct behaviour where the
@@ -180,7 +180,7 @@ CLI_CASES = [
         ["train", "{tmp}/run", "--tier", "smoke", "--batch-size", "32"],
         ["--batch-size", "32", "n_train", "16"],
     ),
-    # already clean before issue 12; kept so that they stay so
+    # cases that were always clean; kept so that they stay so
     ("simulate-unknown-backend", ["simulate", "--backend", "genn"], ["--backend", "genn", "cpp_standalone"]),
     ("simulate-n-trials-0", ["simulate", "--n-trials", "0"], ["--n-trials", "got 0"]),
     (
@@ -463,7 +463,7 @@ def test_corrupt_status_json_does_not_block_the_protocol(run_copy, capsys):
 # --- the Python API ----------------------------------------------------------------------------------
 
 PARAM_CASES = [
-    # 8. accepted silently before issue 12
+    # non-finite or mistyped values, once accepted silently
     ({"synapse__tau_gaba_ms": math.inf}, "synapse.tau_gaba_ms: expected a finite number, got inf"),
     ({"membrane_e__e_leak_mv": math.nan}, "membrane_e.e_leak_mv: expected a finite number, got nan"),
     ({"membrane_i__v_reset_mv": -math.inf}, "membrane_i.v_reset_mv: expected a finite number, got -inf"),
@@ -473,7 +473,7 @@ PARAM_CASES = [
     ({"init__w_ie_mean_us": -2.0}, "init.w_ie_mean_us: must be >= 0"),
     ({"init__w_in_mean": -0.1}, "init.w_in_mean: must be >= 0"),
     ({"simulation__trial_ms": -20.0}, "simulation.trial_ms: must be > 0"),
-    # 8. misnamed before issue 12
+    # errors that once named the wrong field
     ({"synapse__tau_gaba_ms": "8"}, "synapse.tau_gaba_ms: expected a number, got '8' (str)"),
     ({"membrane_i__c_m_nf": None}, "membrane_i.c_m_nf: expected a number, got None"),
     ({"synapse": {"tau_gaba_ms": 30.0}}, "NetworkParams.synapse: expected a SynapseParams, got dict"),

@@ -1,4 +1,4 @@
-"""The untrained full-size network is in the PING regime of SPEC section 2."""
+"""The untrained full-size network is in the PING regime (the reference study's regime: docs/reference_study.md)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The optional recurrent blocks (E -> E, I -> I; SPEC section 1): off by default, and when on, one parameter
+"""The optional recurrent blocks (E -> E, I -> I): off by default, and when on, one parameter
 object through every simulator: init, weight files, Brian2 (every CPU backend), the eager mirror, the fused
 engine (torch and C++ kernels, forward and adjoint) and the model."""
 

@@ -1,4 +1,4 @@
-"""A run's digits and its directory are its own (issue 22).
+"""A run's digits and its directory are its own.
 
 Data: a relative ``--idx-dir`` is stored absolute, ``config.json`` records
 the SHA-256 of the run's train and test digits, and a resume or a validation

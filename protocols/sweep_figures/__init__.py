@@ -1,4 +1,4 @@
-"""Figures of the follow-up sweeps (SPEC section 6): one figure per protocol across its grid.
+"""Figures of the follow-up sweeps: one figure per protocol across its grid.
 
 The per-condition cards and the comparison figure (:mod:`protocols.figures`)
 show one condition at a time; these show how the end state depends on the
