@@ -496,8 +496,8 @@ def _add_protocol(subparsers) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from benchmarks.bench import run_benchmark
     from biosim.records import write_json, write_run_record
-    from bridge.bench import run_benchmark
 
     result = run_benchmark(
         device=args.device,

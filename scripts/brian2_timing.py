@@ -1,7 +1,7 @@
-"""Time the benchmark's Brian2 part (``bridge/bench.py``, (d)) and say where the time goes.
+"""Time the benchmark's Brian2 part (``benchmarks/brian2_eval.py``) and say where the time goes.
 
-Runs exactly what ``run_benchmark`` runs for Brian2 (``_brian2_trials``, seed 42, the bench's
-params and initial weights, ``_brian2`` on ``cpp_standalone``), with timers wrapped around the
+Runs exactly what ``run_benchmark`` runs for Brian2 (``brian2_trials``, seed 42, the bench's
+params and initial weights, ``run_brian2`` on ``cpp_standalone``), with timers wrapped around the
 phases of :func:`biosim.backends._simulate` (this process only; the other parts of a split run
 report their own ``timings_s``):
 
@@ -106,27 +106,28 @@ def main() -> int:
     t_start = time.perf_counter()
     import torch  # noqa: F401  (as in the bench: imported before Brian2)
 
+    from benchmarks.brian2_eval import brian2_trials, fused_evaluation, mismatching_trials, run_brian2
+    from benchmarks.problem import problem_params
     from biosim.weights import init_weights
-    from bridge.bench import _brian2, _brian2_trials, _params
 
-    params = _params(2000)  # the bench's default n_steps: 200 ms trials at dt 0.1 ms
+    params = problem_params(2000)  # the bench's default n_steps: 200 ms trials at dt 0.1 ms
     weights = init_weights(params, seed=args.seed).effective()
-    trials = _brian2_trials(params, args.trials, args.seed)
+    trials = brian2_trials(params, args.trials, args.seed)
     t_setup = time.perf_counter() - t_start
     timers: dict[str, float] = {}
     _install_timers(timers)
     begin = time.perf_counter()
-    brian = _brian2("cpp_standalone", params, weights, trials, args.openmp, False, args.processes)
+    brian = run_brian2("cpp_standalone", params, weights, trials, args.openmp, False, args.processes)
     wall = time.perf_counter() - begin
-    result = brian.pop("result")
+    result = brian.result
     out = {
         "label": args.label,
         "processes": args.processes,
         "cold": args.cold,
         "openmp": args.openmp,
-        "total_s": round(brian["total_s"], 2),
-        "build_s": round(brian["build_s"], 2),
-        "simulate_s": round(brian["simulate_s"], 2),
+        "total_s": round(brian.total_s, 2),
+        "build_s": round(brian.build_s, 2),
+        "simulate_s": round(brian.simulate_s, 2),
         "wall_s": round(wall, 2),
         "setup_s": round(t_setup, 2),
         "timings_s": {k: round(v, 2) for k, v in result.timings_s.items()},
@@ -149,14 +150,8 @@ def main() -> int:
             "units": [(name, round(cpu, 2), round(el, 2)) for cpu, el, name in units],
         }
     if args.check:
-        from bridge.bench import _fused_evaluation
-
-        evaluation = _fused_evaluation(params, weights, trials, torch.float64, "cpu")
-        mismatching = np.flatnonzero(
-            (result.spikes_e.counts() != evaluation["counts_e"]).any(axis=1)
-            | (result.spikes_i.counts() != evaluation["counts_i"]).any(axis=1)
-        )
-        out["mismatching_trials_vs_fused_float64"] = mismatching.tolist()
+        evaluation = fused_evaluation(params, weights, trials, torch.float64, "cpu")
+        out["mismatching_trials_vs_fused_float64"] = mismatching_trials(result, evaluation)
     counts = np.concatenate([result.spikes_e.counts().ravel(), result.spikes_i.counts().ravel()])
     trains = [result.spikes_e.trial, result.spikes_e.step, result.spikes_e.neuron,
               result.spikes_i.trial, result.spikes_i.step, result.spikes_i.neuron, result.scores]  # fmt: skip

@@ -254,7 +254,7 @@ for item in "${cannot[@]}"; do say "COULD NOT INSTALL: $item"; done
     printf '\n  ],\n  "seconds": %d\n}\n' "$SECONDS"
 } > "$parts/install.json"
 
-timeout 180 "$python" -m bridge.gpu_check env --out "$parts/env.json" >>"$install_log" 2>&1 \
+timeout 180 "$python" -m benchmarks.gpu_check env --out "$parts/env.json" >>"$install_log" 2>&1 \
     || say "the environment report failed (see $install_log)"
 torch_sees_gpu="$(timeout 120 "$python" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null)"
 
@@ -306,7 +306,7 @@ no_torch_gpu() {
 train_metrics=", \"metrics_jsonl\": $(json_string "$work/train/train_medium_cuda/metrics.jsonl")"
 if [ "$torch_sees_gpu" = 1 ]; then
     run_step train train_epoch "$train_metrics" -- \
-        "$python" -m bridge.gpu_check train --work "$work/train" --epochs "$epochs" --out "$parts/train_epoch.json"
+        "$python" -m benchmarks.gpu_check train --work "$work/train" --epochs "$epochs" --out "$parts/train_epoch.json"
 else
     no_torch_gpu train_epoch "$train_metrics" train
 fi
@@ -327,12 +327,12 @@ fi
 for backend in cpp_standalone cuda_standalone; do
     key="${backend%%_*}"
     # A fresh project directory (build included, nothing reused); cpp_standalone as one program (the baseline).
-    run_step "$key" "brian2_$backend" "" -- "$python" -m bridge.gpu_check brian2 --backend "$backend" --processes 1 \
+    run_step "$key" "brian2_$backend" "" -- "$python" -m benchmarks.gpu_check brian2 --backend "$backend" --processes 1 \
         --n-trials "$n_trials" --build-dir "$work/build/$backend" --spikes "$work/spikes/spikes_$backend.npz" \
         --out "$parts/brian2_$backend.json"
 done
 if compgen -G "$work/spikes/spikes_*.npz" >/dev/null; then
-    run_step compare crosscheck "" -- "$python" -m bridge.gpu_check compare --n-trials "$n_trials" \
+    run_step compare crosscheck "" -- "$python" -m benchmarks.gpu_check compare --n-trials "$n_trials" \
         --spikes-dir "$work/spikes" --out "$parts/crosscheck.json"
 else
     write_step crosscheck skipped "" "" "" "no Brian2 backend produced spikes" ""
@@ -345,7 +345,7 @@ meta+=" \"budget_s\": $budget, \"nvidia_smi\": $(json_string "$(timeout 60 nvidi
 meta+=" \"host\": $(json_string "$(uname -n)"), \"work_dir\": $(json_string "$work")}"
 merger="$python"
 "$merger" -c 'import json' 2>/dev/null || merger=python3
-if ! "$merger" -m bridge.gpu_check merge --parts "$parts" --out "$out" --meta "$meta"; then
+if ! "$merger" -m benchmarks.gpu_check merge --parts "$parts" --out "$out" --meta "$meta"; then
     echo "gpu_check: merging the step files failed; they are in $parts" >&2
     exit 1
 fi

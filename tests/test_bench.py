@@ -53,12 +53,12 @@ def test_no_batch_sweep_skips_the_sweep(capsys):
 
 
 def test_a_brian2_failure_keeps_the_other_figures(monkeypatch):
-    from bridge import bench
+    from benchmarks import bench
 
     def no_compiler(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(bench, "_brian2", no_compiler)
+    monkeypatch.setattr(bench, "run_brian2", no_compiler)
     result = bench.run_benchmark(n_steps=20, batch_size=2, n_repeats=1, grad_check_steps=20, measure_memory=False)
     assert result["speedup"] > 0 and result["grad_max_rel_diff"] < 1e-6
     assert result["brian2_error"] == "RuntimeError: no C++ compiler"
@@ -67,7 +67,7 @@ def test_a_brian2_failure_keeps_the_other_figures(monkeypatch):
 
 
 def test_brian2_processes_reach_the_evaluation_and_bad_values_fail_first(monkeypatch, capsys):
-    from bridge import bench
+    from benchmarks import bench
 
     seen = []
 
@@ -75,7 +75,7 @@ def test_brian2_processes_reach_the_evaluation_and_bad_values_fail_first(monkeyp
         seen.append((backend, trials.n_trials, processes))
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(bench, "_brian2", record)
+    monkeypatch.setattr(bench, "run_brian2", record)
     tiny = {"n_steps": 20, "batch_size": 2, "n_repeats": 1, "grad_check_steps": 20, "measure_memory": False}
     result = bench.run_benchmark(n_brian2_trials=100, brian2_processes=2, **tiny)
     assert seen == [("cpp_standalone", 100, 2)] and result["settings"]["brian2_parts"] == 2

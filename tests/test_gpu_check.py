@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.gpu_check import TARGETS, merge
+from benchmarks.gpu_check import TARGETS, merge
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"

@@ -1,4 +1,8 @@
-"""Layers import downward only: biosim <- bridge <- protocols <- the command line (protocols.cli); no circles.
+"""Layers import downward only: biosim <- bridge <- {protocols, benchmarks} <- the command line (protocols.cli).
+
+``protocols`` (the experiments) and ``benchmarks`` (the benchmark and the GPU check) share a level:
+each imports biosim and bridge, neither imports the other; the command line imports both (``biosim
+bench`` imports benchmarks when it runs). No circles.
 
 The imports are read from the source (every ``import`` and ``from ... import``, also those inside
 functions), not from a running interpreter, so a lazy import cannot hide a violation.
@@ -10,10 +14,13 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("biosim", "bridge", "protocols")
-"""Bottom to top: a module may import from its own layer and the layers before it."""
+LAYERS = (("biosim",), ("bridge",), ("protocols", "benchmarks"))
+"""Bottom to top: a module may import from its own package and the layers before it, not from another
+package of its own layer."""
+PACKAGES = tuple(package for layer in LAYERS for package in layer)
+RANK = {package: level for level, layer in enumerate(LAYERS) for package in layer}
 CLI = "protocols.cli"
-"""The command line, above every other module: none imports it."""
+"""The command line, above every other module (the packages of the top layer included): none imports it."""
 
 
 def _module_name(path: Path) -> str:
@@ -38,13 +45,13 @@ def _imports(path: Path) -> set[str]:
             module = ".".join([*base, *(node.module.split(".") if node.module else [])])
             found.add(module)
             found.update(f"{module}.{alias.name}" for alias in node.names)  # submodules imported by name
-    return {name for name in found if name.split(".")[0] in LAYERS}
+    return {name for name in found if name.split(".")[0] in PACKAGES}
 
 
 def _project_modules() -> dict[str, Path]:
     modules = {}
-    for layer in LAYERS:
-        for path in sorted(ROOT.joinpath(layer).rglob("*.py")) if ROOT.joinpath(layer).is_dir() else []:
+    for package in PACKAGES:
+        for path in sorted(ROOT.joinpath(package).rglob("*.py")) if ROOT.joinpath(package).is_dir() else []:
             modules[_module_name(path)] = path
     return modules
 
@@ -64,13 +71,19 @@ def _graph() -> dict[str, set[str]]:
     return graph
 
 
+def _allowed(module: str, target: str) -> bool:
+    source, destination = module.split(".")[0], target.split(".")[0]
+    if module == CLI or source == destination:
+        return True
+    return RANK[destination] < RANK[source]
+
+
 def test_layers_import_downward_only():
-    rank = {layer: k for k, layer in enumerate(LAYERS)}
     violations = [
         f"{module} imports {target}"
         for module, targets in _graph().items()
         for target in targets
-        if rank[target.split(".")[0]] > rank[module.split(".")[0]]
+        if not _allowed(module, target)
     ]
     violations += [f"{module} imports the command line" for module, targets in _graph().items() if CLI in targets]
     assert not violations, "imports from a higher layer:\n" + "\n".join(sorted(violations))
@@ -102,4 +115,12 @@ def test_the_import_reader_sees_relative_and_lazy_imports():
     graph = _graph()
     assert "bridge.eager" in graph["bridge.fast_engine"]  # relative import
     assert "bridge.validation" in graph["protocols.runner"]  # an import inside a function
-    assert {"bridge.training", "protocols.runner", "biosim.backends"} <= graph[CLI]
+    assert {"bridge.training", "protocols.runner", "biosim.backends", "benchmarks.bench"} <= graph[CLI]
+
+
+def test_packages_of_one_layer_do_not_import_each_other():
+    """The rule itself: the top layer's packages are siblings, only the command line sees both."""
+    assert not _allowed("protocols.runner", "benchmarks.bench")
+    assert not _allowed("benchmarks.bench", "protocols.runner")
+    assert _allowed("benchmarks.bench", "bridge.fast_engine") and not _allowed("bridge.fast_engine", "benchmarks.bench")
+    assert _allowed(CLI, "benchmarks.bench")
