@@ -333,7 +333,7 @@ def fma_peak_flops(threads: int, seconds: float = 0.1, rounds: int = 5) -> float
 
     Independent FMA chains at the kernels' vector width, timed over about
     ``seconds``, the best of ``rounds``: the ceiling of the benchmark's
-    roofline (:mod:`bridge.bench`). The best, because other load on the
+    roofline (:mod:`benchmarks.throughput`). The best, because other load on the
     machine can only lower it, and a lowered ceiling would flatter the
     fraction measured against it.
     """
