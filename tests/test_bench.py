@@ -1,4 +1,5 @@
-"""``biosim bench`` end to end on a short trial (the measured figures live in docs/performance.md, not here)."""
+"""``biosim bench`` end to end on a short trial, and the records its measurements give (the measured figures
+live in docs/performance.md, not here)."""
 
 import json
 
@@ -102,3 +103,43 @@ def test_summary_without_adjoint_kernels_omits_the_products_share():
     }
     summary = _bench_summary(result)
     assert "products alone     50 GFLOP/s" in summary and "of the adjoint's time" not in summary
+
+
+def test_each_engine_is_scored_by_its_fastest_repetition():
+    from benchmarks.throughput import Throughput
+
+    seconds = {"eager": {1: [2.0, 1.0], 2: [1.5, 1.2]}, "fused": {1: [0.2, 0.25], 2: [0.3, 0.1]}}
+    record = Throughput(batch_size=4, n_steps=10, seconds=seconds).record()
+    assert (record["eager_threads"], record["fused_threads"]) == (1, 2)
+    assert record["eager_sample_steps_per_s"] == pytest.approx(40.0) and record["speedup"] == pytest.approx(10.0)
+    assert record["fused_seconds_per_sample"] == pytest.approx(0.025)
+    assert record["speedup_at_threads"] == pytest.approx({"1": 5.0, "2": 12.0})
+    assert record["seconds_per_batch"]["fused"] == {"1": [0.2, 0.25], "2": [0.3, 0.1]}  # every repetition, JSON keys
+
+
+def test_brian2_figures_and_the_trials_that_differ_from_the_fused_engine():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from benchmarks.brian2_eval import Brian2Timing, FusedEvaluation, agreement_record
+
+    counts_e, counts_i = np.array([[1, 0], [2, 2], [0, 0]]), np.array([[0], [1], [3]])
+    spikes = SimpleNamespace(
+        spikes_e=SimpleNamespace(counts=lambda: counts_e), spikes_i=SimpleNamespace(counts=lambda: counts_i)
+    )
+    timing = Brian2Timing(result=spikes, n_trials=3, build_s=2.0, simulate_s=1.0)
+    cpp, cuda = timing.record("brian2_"), timing.record("brian2_cuda_")
+    assert cpp["brian2_trials_per_s"] == 3.0 and cpp["brian2_trials_per_s_with_build"] == 1.0
+    assert cpp["brian2_total_s"] == 3.0 and cuda["brian2_cuda_build_s"] == 2.0
+    assert [key.removeprefix("brian2_cuda_") for key in cuda] == [key.removeprefix("brian2_") for key in cpp]
+    # Trial 1 differs in E, trial 2 in I: both are named, trial 0 is not.
+    fused = FusedEvaluation(
+        seconds=0.5, counts_e=np.array([[1, 0], [2, 1], [0, 0]]), counts_i=np.array([[0], [1], [2]])
+    )
+    record = agreement_record(timing, fused)
+    assert record["brian2_trials_mismatching_fused_float64"] == [1, 2]
+    assert record["brian2_spike_counts_match_fused_float64"] is False
+    assert record["fused_eval_float64_trials_per_s"] == 6.0
+    same = FusedEvaluation(seconds=0.5, counts_e=counts_e, counts_i=counts_i)
+    assert agreement_record(timing, same)["brian2_spike_counts_match_fused_float64"] is True
