@@ -94,6 +94,7 @@ from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, capture_rng_state, r
 from .checkpoint import save_checkpoint as _save_checkpoint_file
 from .evaluation import _forward, _nonfinite_state, _weight_metrics, evaluate
 from .feeding import TrainingDigits, test_stream_set, test_trial_set
+from .memory import check_training_memory
 from .model import NetworkOutput, PINGModel
 from .regularisers import gamma_shortfall, w_ei_distance
 from .run_records import (
@@ -561,6 +562,7 @@ def train(
     config = config.resolved()
     run_dir = Path(run_dir)
     check_writable_dir(run_dir, "run directory")  # before any work; creates nothing
+    check_training_memory(config)  # a size that cannot fit, named, instead of a bare MemoryError later
     with contextlib.ExitStack() as stack:
         # One process at a time in a run directory: a second training (or a validation) would splice its
         # records into this one's. An existing directory is locked before anything in it is read.

@@ -132,3 +132,125 @@ def test_the_largest_float32_is_accepted(saved: Path) -> None:
     np.savez_compressed(saved, **arrays)
     assert load_weights(saved).stored.w_out[0, 0] == FLOAT32_MAX
     assert json.loads(str(arrays["metadata"]))["format_version"] == 1
+
+
+# --- named errors instead of tracebacks -----------------------------------------------------------------
+
+
+def test_an_init_scale_float32_cannot_hold_is_refused_naming_the_flag(tmp_path: Path, capsys) -> None:
+    from protocols.cli import main
+
+    run = tmp_path / "run"
+    code = main(["train", str(run), "--tier", "smoke", "--init-w-ei", "1e308", "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--init-w-ei (TrainConfig.init_w_ei): 1e+308 x the canonical draw" in err and "float32" in err
+    assert not run.exists()
+
+
+def test_bench_sizes_that_cannot_fit_are_refused_naming_the_flags(capsys) -> None:
+    from protocols.cli import main
+
+    argv = ["bench", "--no-brian2", "--no-batch-sweep", "--n-steps", "1000000000000", "--batch-size", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--n-steps 1000000000000 and --batch-size 2: need at least" in err and "available" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_bench_memory_estimate_passes_the_default_sizes() -> None:
+    from bridge.memory import bench_memory_bytes, check_bench_memory
+
+    check_bench_memory(2000, 32, available=1 << 30)
+    assert bench_memory_bytes(2000, 64) > bench_memory_bytes(2000, 32)
+
+
+def test_a_network_too_large_for_memory_is_refused_naming_the_field(tmp_path: Path) -> None:
+    from bridge.train_config import ConfigError, TrainConfig
+    from bridge.training import train
+
+    config = TrainConfig(tier="smoke", network={"connectivity": {"n_e": 10**9}})
+    with pytest.raises(ConfigError, match=r"TrainConfig.network: connectivity .*n_e 1000000000, .* available"):
+        train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_too_large_for_memory_is_refused_naming_the_field() -> None:
+    from bridge.memory import check_training_memory
+    from bridge.train_config import ConfigError, TrainConfig
+
+    config = TrainConfig(tier="smoke", batch_size=32, n_train=32)
+    check_training_memory(config, available=1 << 30)
+    with pytest.raises(ConfigError, match=r"TrainConfig.batch_size: 32 trials of 2000 steps need"):
+        check_training_memory(config, available=40 << 20)
+
+
+def test_ctrl_c_during_train_prints_one_line_and_exits_130(tmp_path: Path, monkeypatch, capsys) -> None:
+    import bridge.training
+    from protocols.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bridge.training, "train", interrupted)
+    assert main(["train", str(run), "--tier", "smoke", "--quiet"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{run / 'checkpoint.pt'} holds the last finished epoch; the same command resumes" in err
+
+
+# --- settings that do nothing or come too late -------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["off", "false", "no", "0"])
+def test_fused_kernels_off_in_any_spelling_skips_the_kernels(monkeypatch, value: str) -> None:
+    from bridge import fused_kernels
+
+    monkeypatch.setenv("BIOSIM_FUSED_KERNELS", value)
+    fused_kernels.kernel_library.cache_clear()
+    try:
+        assert fused_kernels.kernel_library() is None
+    finally:
+        fused_kernels.kernel_library.cache_clear()
+
+
+@pytest.mark.parametrize("name", ["BIOSIM_BRIAN2_PCH", "BIOSIM_BRIAN2_VECTOR_EXP", "BIOSIM_BRIAN2_SETUP_O1"])
+def test_brian2_switches_read_every_spelling_and_refuse_typos(monkeypatch, name: str) -> None:
+    from biosim import standalone_build
+
+    monkeypatch.setenv(name, "False")
+    assert standalone_build._switched_on(name) is False
+    monkeypatch.setenv(name, "yes")
+    assert standalone_build._switched_on(name) is True
+    monkeypatch.setenv(name, "of")
+    with pytest.raises(ValueError, match=rf"{name}='of'"):
+        standalone_build._switched_on(name)
+
+
+def test_an_unusable_brian2_cache_is_refused(tmp_path: Path, monkeypatch) -> None:
+    from biosim.standalone_build import cache_root
+
+    occupied = tmp_path / "a_file"
+    occupied.write_text("")
+    monkeypatch.setenv("BIOSIM_BRIAN2_CACHE", str(occupied))
+    with pytest.raises(ValueError, match=r"BIOSIM_BRIAN2_CACHE=.*cannot be used as a directory"):
+        cache_root()
+    monkeypatch.setenv("BIOSIM_BRIAN2_CACHE", "off")
+    assert cache_root() is None
+    monkeypatch.setenv("BIOSIM_BRIAN2_CACHE", str(tmp_path / "cache"))
+    assert cache_root() == tmp_path / "cache"
+
+
+def test_a_bad_environment_is_refused_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
+    from protocols.cli import main
+
+    monkeypatch.setenv("BIOSIM_KERNEL_ISA", "avx9000")
+    run = tmp_path / "run"
+    assert main(["train", str(run), "--tier", "smoke", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "biosim train: error: environment: BIOSIM_KERNEL_ISA='avx9000': expected one of native, avx2"
+    assert not run.exists()
