@@ -108,7 +108,9 @@ from .run_records import (
     _now,
     _write_json_lines,
     check_same_data,
+    check_same_environment,
     is_finished,
+    run_environment,
 )
 from .torch_settings import flushed_denormals
 from .train_config import ConfigError, TrainConfig, build_model
@@ -258,7 +260,9 @@ class _Trainer:
             check_same_data(self.run_dir / "config.json", self.train_digits.data, action="resume")
             _check_same_config(checkpoint["config"], config, self.checkpoint_path)
             self._restore(checkpoint)
-            self._log_event("resumed", epoch=self.epoch, retries=self.retries, lr=self.lr)
+            environment = run_environment(config)
+            check_same_environment(self.run_dir / "config.json", environment)
+            self._log_event("resumed", epoch=self.epoch, retries=self.retries, lr=self.lr, environment=environment)
         else:
             write_json(
                 self.run_dir / "config.json",
@@ -269,6 +273,7 @@ class _Trainer:
                     "config": config.to_dict(),
                     "data": self.train_digits.data,
                     "versions": library_versions(),
+                    "environment": run_environment(config),
                 },
             )
             self.metrics = [self._epoch_zero()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -254,3 +255,155 @@ def test_a_bad_environment_is_refused_before_any_work(tmp_path: Path, monkeypatc
     err = capsys.readouterr().err.strip()
     assert err == "biosim train: error: environment: BIOSIM_KERNEL_ISA='avx9000': expected one of native, avx2"
     assert not run.exists()
+
+
+# --- messages that say what is wrong, and where -------------------------------------------------------
+
+
+class _Brian2Reached(Exception):
+    """Raised in place of Brian2: every check before it passed."""
+
+
+@pytest.fixture
+def no_brian2(monkeypatch) -> None:
+    from bridge import validation
+
+    def brian2(*args, **kwargs):
+        raise _Brian2Reached
+
+    monkeypatch.setattr(validation, "run_trials", brian2)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """One small finished training run (a few seconds); tests that change it work on a copy."""
+    from bridge.train_config import TrainConfig
+    from bridge.training import train
+
+    network = NetworkParams().replace(
+        connectivity__n_e=64, connectivity__n_i=16, simulation__trial_ms=40.0, simulation__transient_ms=10.0
+    )
+    config = TrainConfig(tier="smoke", n_train=8, n_test=8, epochs=1, batch_size=8, network=network.to_dict())
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    train(config, run_dir, progress=False)
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(finished_run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+def _edit_config(run_dir: Path, **fields: object) -> Path:
+    path = run_dir / "config.json"
+    record = json.loads(path.read_text())
+    record["config"].update(fields)
+    path.write_text(json.dumps(record))
+    return path
+
+
+@pytest.mark.parametrize(("make", "kind"), [(Path.mkdir, "a directory"), (os.mkfifo, "a FIFO")])
+def test_an_idx_path_that_is_not_a_file_is_named_for_what_it_is(tmp_path: Path, make, kind: str) -> None:
+    from biosim.data import DataError, load_idx_mnist
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    make(path)
+    with pytest.raises(DataError, match=rf"train-images-idx3-ubyte: expected an MNIST IDX file, found {kind}"):
+        load_idx_mnist(tmp_path)
+
+
+def test_n_test_beyond_the_tier_in_config_json_names_the_file_and_field(run_copy: Path, no_brian2) -> None:
+    from bridge.train_config import ConfigError
+    from bridge.validation import validate
+
+    path = _edit_config(run_copy, n_test=99999)
+    with pytest.raises(ConfigError, match=rf"{path}: config.n_test: 99999 digits requested"):
+        validate(run_copy, backend="numpy", progress=False)
+
+
+def test_a_bad_idx_directory_in_config_json_names_the_file_and_field(run_copy: Path, no_brian2) -> None:
+    from bridge.train_config import ConfigError
+    from bridge.validation import validate
+
+    path = _edit_config(run_copy, idx_directory=str(run_copy / "no_idx_here"))
+    with pytest.raises(ConfigError, match=rf"{path}: config.idx_directory '.*no_idx_here'.*missing"):
+        validate(run_copy, backend="numpy", progress=False)
+
+
+def test_validate_and_train_agree_a_run_without_final_json_is_unfinished(run_copy: Path, no_brian2) -> None:
+    from bridge.run_records import is_finished
+    from bridge.validation import validate
+
+    (run_copy / "final.json").unlink()
+    assert not is_finished(run_copy)  # train resumes it
+    with pytest.raises(FileNotFoundError, match=r"final.json not found: .* is not a finished training run"):
+        validate(run_copy, backend="numpy", progress=False)
+
+
+def test_validate_and_train_agree_a_run_without_config_json_is_finished(run_copy: Path, no_brian2, capsys) -> None:
+    from bridge.run_records import is_finished
+    from bridge.validation import validate
+
+    (run_copy / "config.json").unlink()
+    assert is_finished(run_copy)  # train returns its stored result
+    with pytest.raises(_Brian2Reached):  # every check passed with the config recorded in weights.npz
+        validate(run_copy, backend="numpy", progress=False)
+    assert "config.json is missing: using the config recorded in" in capsys.readouterr().err
+
+
+# --- what each run records about its computing environment ---------------------------------------------
+
+
+def test_config_json_records_the_environment(finished_run: Path) -> None:
+    import torch
+
+    environment = json.loads((finished_run / "config.json").read_text())["environment"]
+    assert environment["engine_path"] == "eager" and environment["kernel_product_path"] is None
+    assert environment["aten_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert environment["torch"] == torch.__version__ and environment["mkl"]
+
+
+def test_the_fused_torch_fallback_is_visible_in_the_records(monkeypatch) -> None:
+    from bridge import fused_kernels
+    from bridge.run_records import run_environment
+    from bridge.train_config import TrainConfig
+
+    config = TrainConfig(tier="smoke", engine="fused")
+    monkeypatch.setenv("BIOSIM_FUSED_KERNELS", "off")
+    assert run_environment(config)["engine_path"] == "fused torch fallback (BIOSIM_FUSED_KERNELS off)"
+    monkeypatch.setenv("BIOSIM_FUSED_KERNELS", "on")
+    unavailable = {"available": False, "product_path": None, "description": "torch operations", "library": None}
+    monkeypatch.setattr(fused_kernels, "kernel_info", lambda: unavailable)
+    assert run_environment(config)["engine_path"] == "fused torch fallback (kernels unavailable)"
+    available = {"available": True, "product_path": "avx2", "description": "", "library": "x.so"}
+    monkeypatch.setattr(fused_kernels, "kernel_info", lambda: available)
+    recorded = run_environment(config)
+    assert recorded["engine_path"] == "fused C++ kernels" and recorded["kernel_product_path"] == "avx2"
+
+
+def test_resuming_on_another_path_warns_naming_both(tmp_path: Path, capsys) -> None:
+    from bridge.run_records import check_same_environment
+
+    path = tmp_path / "config.json"
+    recorded = {"engine_path": "fused C++ kernels", "kernel_product_path": "avx512", "aten_cpu_capability": "AVX512"}
+    path.write_text(json.dumps({"environment": recorded}))
+    check_same_environment(path, dict(recorded))
+    assert capsys.readouterr().err == ""
+    check_same_environment(path, {**recorded, "kernel_product_path": "avx2", "aten_cpu_capability": "AVX2"})
+    err = capsys.readouterr().err
+    assert "kernel_product_path: recorded 'avx512', now 'avx2'" in err
+    assert "aten_cpu_capability: recorded 'AVX512', now 'AVX2'" in err
+
+
+def test_the_table_gets_one_environment_line() -> None:
+    from bridge.run_records import describe_environment
+
+    same = {"torch": "2.13.0", "aten_cpu_capability": "AVX512", "engine_path": "fused C++ kernels"}
+    same["kernel_product_path"] = "avx512"
+    line = describe_environment([same, dict(same)])
+    assert line == "Environment: torch 2.13.0, ATen CPU capability AVX512, fused C++ kernels avx512."
+    other = {**same, "aten_cpu_capability": "AVX2", "kernel_product_path": "avx2"}
+    assert describe_environment([same, other, None]).startswith("Environment: runs differ: ")
+    assert "(1 runs without a record)" in describe_environment([same, other, None])
