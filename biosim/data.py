@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,6 +230,13 @@ def load_idx_mnist(directory: str | Path) -> tuple[Dataset, Dataset]:
         for stem in (image_stem, label_stem):
             candidates = [directory / stem, directory / f"{stem}.gz"]
             existing = [path for path in candidates if path.is_file()]
+            others = [path for path in candidates if path.exists() and not path.is_file()]
+            if others and not existing:
+                # Reading a FIFO would block, a directory is not data: say what is there, not "missing".
+                raise DataError(
+                    f"{others[0].resolve()}: expected an MNIST IDX file, found {_file_kind(others[0])} "
+                    f"(in idx directory {directory})"
+                )
             if existing:
                 found[stem] = existing[0]
             else:
@@ -258,6 +266,19 @@ def load_idx_mnist(directory: str | Path) -> tuple[Dataset, Dataset]:
             )
         )
     return datasets[0], datasets[1]
+
+
+def _file_kind(path: Path) -> str:
+    """What is at ``path`` when it is not a regular file, in words."""
+    mode = path.stat().st_mode
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((name for test, name in kinds if test(mode)), "something other than a regular file")
 
 
 def _read_idx(path: Path, magic: int, kind: str) -> np.ndarray:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["VARIABLES", "Variable", "check_environment", "markdown_table", "switch"]
+__all__ = ["VARIABLES", "Variable", "check_environment", "check_variable", "markdown_table", "switch"]
 
 _ON = ("1", "on", "yes", "true")
 _OFF = ("0", "off", "no", "false")
@@ -119,6 +119,17 @@ def switch(name: str) -> bool:
     if value in _OFF:
         return False
     raise ValueError(f"{name}={value!r}: {_switch_error(value)}")
+
+
+def check_variable(name: str) -> str | None:
+    """The set value of one variable of :data:`VARIABLES` (``None`` when unset), refused if its check rejects it."""
+    value = os.environ.get(name)
+    variable = _BY_NAME[name]
+    if value is not None and variable.check is not None:
+        problem = variable.check(value)
+        if problem:
+            raise ValueError(f"{name}={value!r}: {problem}")
+    return value
 
 
 def check_environment(environ: dict[str, str] | None = None) -> None:

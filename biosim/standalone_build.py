@@ -109,6 +109,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .environment import check_variable, switch
+
 __all__ = [
     "EXTRA_MAKEFILE",
     "FIRST_OBJECTS",
@@ -205,8 +207,8 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def _switched_on(variable: str) -> bool:
-    """An on/off environment variable of this module; on unless set to 0, off, no or false."""
-    return os.environ.get(variable, "1").strip().lower() not in ("0", "off", "no", "false")
+    """An on/off environment variable of this module (:func:`biosim.environment.switch`: a typo is refused)."""
+    return switch(variable)
 
 
 def _make_variables(makefile: Path) -> dict[str, str]:
@@ -442,7 +444,9 @@ def build_project(
 
 def cache_root() -> Path | None:
     """Where project directories are kept (``$BIOSIM_BRIAN2_CACHE``); ``None``: temporary ones."""
-    value = os.environ.get("BIOSIM_BRIAN2_CACHE")
+    # A set value that cannot be used is refused: falling back to temporary projects would silently make
+    # every evaluation a cold build.
+    value = check_variable("BIOSIM_BRIAN2_CACHE")
     if value is not None and value.strip().lower() in ("", "0", "off", "no", "none", "false"):
         return None
     if value:

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -35,11 +36,13 @@ from typing import Any
 
 import numpy as np
 
+from .memory import available_memory_bytes, format_bytes
 from .params import ConnectivityParams, NetworkParams, ParameterError
 from .records import atomic_output, jsonable
 from .weights import MATRICES, RECURRENT_BLOCKS, NetworkWeights, expected_shapes, is_conductance
 
 __all__ = [
+    "FLOAT32_MAX",
     "FORMAT",
     "FORMAT_VERSION",
     "LAYOUT",
@@ -62,6 +65,9 @@ UNITS = {"w_in": "uS", "w_ei": "uS", "w_ie": "uS", "w_out": "1"}
 """Unit of each matrix every network has: conductances in microsiemens, the readout dimensionless."""
 BLOCK_UNITS = {"w_ee": "uS", "w_ii": "uS"}
 """Unit of each optional recurrent block (present in a file when its network has it)."""
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""The largest magnitude a weight may have: training and the float32 mirror hold weights in float32."""
 
 _KINDS = ("stored", "effective")
 _MASK = "input_mask"
@@ -276,33 +282,141 @@ def load_weights(
     if not path.is_file():
         raise WeightFileError(f"{source}: expected a weight file, found a directory or special file")
     try:
-        archive = np.load(path, allow_pickle=False)
-    except ValueError as error:
-        if "pickle" not in str(error):
-            raise WeightFileError(f"{source}: expected an .npz archive, found an unreadable file ({error})") from None
-        # numpy's message suggests loading with pickle: never for a weight file, which holds no objects.
-        raise WeightFileError(
-            f"{source}: expected an .npz archive, found other data (neither .npz nor .npy; refused unread)"
-        ) from None
-    except (OSError, EOFError, zipfile.BadZipFile) as error:
-        raise WeightFileError(f"{source}: expected an .npz archive, found an unreadable file ({error})") from error
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise WeightFileError(f"{source}: expected an .npz archive, found a single .npy array")
+        archive = zipfile.ZipFile(path)
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as error:
+        raise WeightFileError(_not_an_archive(source, path, error)) from None
     with archive:
-        arrays = {name: _read_entry(source, archive, name) for name in archive.files}
+        members = _members(source, archive)
+        # Everything is checked from the zip directory and the .npy headers before any array is read,
+        # so a file that declares more data than it should is refused before it takes the memory.
+        headers = {name: _read_header(source, archive, name, info) for name, info in members.items()}
+        meta_header = headers.get(_METADATA)
+        if meta_header is not None and meta_header.nbytes > _METADATA_MAX_BYTES:
+            raise WeightFileError(
+                f"{source}: {_METADATA}: expected at most {format_bytes(_METADATA_MAX_BYTES)} of JSON, "
+                f"found {format_bytes(meta_header.nbytes)} declared"
+            )
+        metadata = {_METADATA: _read_member(source, archive, _METADATA, members)} if meta_header else {}
+        meta = _read_metadata(source, metadata)
+        file_params = _read_params(source, meta)
+        if params is not None:
+            _check_params(source, file_params, params, params_from)
+        shapes = expected_shapes(file_params)
+        _check_blocks(source, {name for name in RECURRENT_BLOCKS if f"stored/{name}" in members}, shapes)
+        wanted = entry_names(file_params)
+        for entry in wanted:
+            if entry in headers:
+                header = headers[entry]
+                if entry == _MASK:
+                    _check_mask_header(source, header.dtype, header.shape, shapes["w_in"])
+                else:
+                    _check_header(source, entry, header.dtype, header.shape, shapes[entry.partition("/")[2]])
+        total = sum(headers[entry].nbytes for entry in wanted if entry in headers)
+        available = available_memory_bytes()
+        if total > available:
+            raise WeightFileError(
+                f"{source}: expected entries that fit in memory, found {format_bytes(total)} declared "
+                f"against {format_bytes(available)} available"
+            )
+        arrays = metadata | {
+            entry: _read_member(source, archive, entry, members) for entry in wanted if entry in members
+        }
     return _validate(source, arrays, params=params, params_from=params_from)
 
 
-def _read_entry(source: str, archive: Any, name: str) -> np.ndarray:
+_METADATA_MAX_BYTES = 64 << 20
+"""The metadata entry is a few kilobytes of JSON; anything far larger is not a weight file's."""
+
+
+@dataclass(frozen=True)
+class _Header:
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+def _not_an_archive(source: str, path: Path, error: Exception) -> str:
     try:
-        return archive[name]
+        with path.open("rb") as handle:
+            magic = handle.read(6)
+    except OSError:
+        magic = b""
+    if magic == b"\x93NUMPY":
+        return f"{source}: expected an .npz archive, found a single .npy array"
+    return f"{source}: expected an .npz archive, found an unreadable file ({error})"
+
+
+def _all_entries() -> set[str]:
+    names = (*MATRICES, *RECURRENT_BLOCKS)
+    return {f"{kind}/{name}" for kind in _KINDS for name in names} | {_MASK, _METADATA}
+
+
+def _members(source: str, archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """The archive's known entries by name; duplicates refused, unknown ones skipped unread with a warning."""
+    known = _all_entries()
+    members: dict[str, zipfile.ZipInfo] = {}
+    unknown = []
+    for info in archive.infolist():
+        name = info.filename.removesuffix(".npy")
+        if name not in known or not info.filename.endswith(".npy"):
+            unknown.append(info.filename)
+            continue
+        if name in members:
+            # zipfile and numpy would silently use the last one: which copy was meant cannot be known.
+            raise WeightFileError(
+                f"{source}: {info.filename}: expected one member of that name, found it twice (refused: "
+                "which copy is meant cannot be told)"
+            )
+        members[name] = info
+    if unknown:
+        # Versioning: entries added later are ignored by this reader; they are not read at all.
+        warnings.warn(
+            f"{source}: ignoring entries this reader does not know (not read): {sorted(unknown)}", stacklevel=3
+        )
+    return members
+
+
+def _read_header(source: str, archive: zipfile.ZipFile, name: str, info: zipfile.ZipInfo) -> _Header:
+    """dtype and shape from the member's .npy header, checked against the size the zip directory declares."""
+    try:
+        with archive.open(info) as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle, max_header_size=_HEADER_MAX)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle, max_header_size=_HEADER_MAX)
+            offset = handle.tell()
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise WeightFileError(
+            f"{source}: {name}: expected a readable .npy entry, found a damaged one ({error})"
+        ) from error
     except ValueError as error:
-        if "pickle" not in str(error):
-            raise WeightFileError(f"{source}: {name}: expected a readable .npy entry, found: {error}") from error
+        raise WeightFileError(f"{source}: {name}: expected a readable .npy entry, found: {error}") from error
+    if dtype.hasobject:
         # allow_pickle=False refuses object arrays: a weight file never needs pickle.
         raise WeightFileError(
-            f"{source}: {name}: expected a plain numeric/boolean/string array, found a pickled object array ({error})"
-        ) from error
+            f"{source}: {name}: expected a plain numeric/boolean/string array, found a pickled object array "
+            f"(dtype {dtype}; refused unread)"
+        )
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if info.file_size != offset + nbytes:
+        raise WeightFileError(
+            f"{source}: {name}: expected {offset + nbytes} bytes (the .npy header's shape {shape} of {dtype}), "
+            f"found {info.file_size} declared in the zip directory"
+        )
+    return _Header(dtype=dtype, shape=tuple(shape), nbytes=nbytes)
+
+
+_HEADER_MAX = 10_000
+"""numpy's own limit on an .npy header's length when it reads without pickle."""
+
+
+def _read_member(source: str, archive: zipfile.ZipFile, name: str, members: dict[str, zipfile.ZipInfo]) -> np.ndarray:
+    try:
+        with archive.open(members[name]) as handle:
+            return np.lib.format.read_array(handle, allow_pickle=False, max_header_size=_HEADER_MAX)
+    except ValueError as error:
+        raise WeightFileError(f"{source}: {name}: expected a readable .npy entry, found: {error}") from error
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         # A damaged member (CRC mismatch, corrupt deflate stream) only shows when it is read.
         raise WeightFileError(
@@ -504,13 +618,15 @@ def _check_description(source: str, name: str, description: Any, shape: tuple[in
         )
 
 
+def _check_header(source: str, entry: str, dtype: np.dtype, found: tuple[int, ...], shape: tuple[int, int]) -> None:
+    if dtype.kind != "f" or not np.can_cast(dtype, np.float64, "safe"):
+        raise WeightFileError(f"{source}: {entry}: expected a floating-point array (float64), found dtype {dtype}")
+    if found != shape:
+        raise WeightFileError(f"{source}: {entry}: expected shape {shape} (pre, post), found {found}")
+
+
 def _check_array(source: str, entry: str, array: np.ndarray, shape: tuple[int, int]) -> None:
-    if array.dtype.kind != "f" or not np.can_cast(array.dtype, np.float64, "safe"):
-        raise WeightFileError(
-            f"{source}: {entry}: expected a floating-point array (float64), found dtype {array.dtype}"
-        )
-    if array.shape != shape:
-        raise WeightFileError(f"{source}: {entry}: expected shape {shape} (pre, post), found {array.shape}")
+    _check_header(source, entry, array.dtype, array.shape, shape)
     finite = np.isfinite(array)
     if not finite.all():
         index = tuple(int(i) for i in np.argwhere(~finite)[0])
@@ -518,10 +634,23 @@ def _check_array(source: str, entry: str, array: np.ndarray, shape: tuple[int, i
             f"{source}: {entry}: expected finite values, found {int(np.count_nonzero(~finite))} non-finite "
             f"(first {float(array[index])!r} at {index})"
         )
+    # The trainer and the float32 mirror hold weights in float32: a larger value would become inf there
+    # while Brian2 (float64) runs it, and the two would disagree without either failing.
+    too_large = np.abs(array) > FLOAT32_MAX
+    if too_large.any():
+        index = tuple(int(i) for i in np.argwhere(too_large)[0])
+        raise WeightFileError(
+            f"{source}: {entry}: expected values float32 can hold (|w| <= {FLOAT32_MAX:.6g}), found "
+            f"{int(np.count_nonzero(too_large))} beyond it (first {float(array[index])!r} at {index})"
+        )
 
 
 def _check_mask(source: str, mask: np.ndarray, shape: tuple[int, int]) -> None:
-    if mask.dtype != np.bool_:
-        raise WeightFileError(f"{source}: {_MASK}: expected dtype bool, found {mask.dtype}")
-    if mask.shape != shape:
-        raise WeightFileError(f"{source}: {_MASK}: expected shape {shape} (pre, post), found {mask.shape}")
+    _check_mask_header(source, mask.dtype, mask.shape, shape)
+
+
+def _check_mask_header(source: str, dtype: np.dtype, found: tuple[int, ...], shape: tuple[int, int]) -> None:
+    if dtype != np.bool_:
+        raise WeightFileError(f"{source}: {_MASK}: expected dtype bool, found {dtype}")
+    if found != shape:
+        raise WeightFileError(f"{source}: {_MASK}: expected shape {shape} (pre, post), found {found}")

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from biosim.environment import switch
+
 from .dynamics import PopulationConstants
 
 __all__ = [
@@ -397,7 +399,7 @@ def kernel_library() -> KernelLibrary | None:
     (``vmsExp``/``vmdExp``) exported by ``libtorch_cpu``, which is what
     ``torch.exp`` calls on CPU. Set ``BIOSIM_FUSED_KERNELS=0`` to skip them.
     """
-    if os.environ.get("BIOSIM_FUSED_KERNELS", "1") == "0" or not sys.platform.startswith("linux"):
+    if not switch("BIOSIM_FUSED_KERNELS") or not sys.platform.startswith("linux"):
         return None
     torch_cpu = _torch_library_directory() / "libtorch_cpu.so"
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")

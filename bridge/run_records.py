@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,7 +45,18 @@ from .model import PINGModel
 from .surrogates import get_surrogate
 from .train_config import ConfigError, TrainConfig, build_model
 
-__all__ = ["WEIGHTS_NAME", "TrainResult", "check_same_data", "is_finished", "load_model", "read_run_config"]
+__all__ = [
+    "WEIGHTS_NAME",
+    "TrainResult",
+    "check_same_data",
+    "check_same_environment",
+    "describe_environment",
+    "finished_run_config",
+    "is_finished",
+    "load_model",
+    "read_run_config",
+    "run_environment",
+]
 
 WEIGHTS_NAME = "weights.npz"
 """Final stored weights of a run (:func:`biosim.weight_files.save_weights` format)."""
@@ -273,6 +285,91 @@ def _checkpoint_problem(path: Path, error: Exception) -> str:
     return f"{path}: no checkpoint, ignored"
 
 
+# --- the computing environment a run's numbers came from ----------------------------------------------------
+
+_ENVIRONMENT_PATHS = ("engine_path", "kernel_product_path", "aten_cpu_capability")
+"""Entries of :func:`run_environment` that decide float32 bits: a resume on other ones is warned about."""
+
+
+def run_environment(config: TrainConfig) -> dict[str, Any]:
+    """Which code computes this run here: engine path, kernel product path, ATen CPU capability, torch, MKL.
+
+    Recorded in ``config.json`` (``environment``). ``engine_path`` is
+    ``"eager"``, ``"fused C++ kernels"`` or ``"fused torch fallback"`` (with
+    why: ``BIOSIM_FUSED_KERNELS`` off, another device, or kernels that could
+    not be built, e.g. an unwritable ``BIOSIM_KERNEL_CACHE``); the fused
+    paths give other float32 bits than each other.
+    """
+    import torch
+
+    from biosim.environment import switch
+
+    from . import fused_kernels
+
+    product_path = None
+    if config.engine == "eager":
+        engine_path = "eager"
+    elif config.device != "cpu":
+        engine_path = f"fused torch fallback (device {config.device})"
+    elif not switch("BIOSIM_FUSED_KERNELS"):
+        engine_path = "fused torch fallback (BIOSIM_FUSED_KERNELS off)"
+    else:
+        info = fused_kernels.kernel_info()  # builds the kernels if this process has not yet: the run will
+        product_path = info["product_path"]
+        engine_path = "fused C++ kernels" if info["available"] else "fused torch fallback (kernels unavailable)"
+    return {
+        "engine_path": engine_path,
+        "kernel_product_path": product_path,
+        "kernel_isa": os.environ.get("BIOSIM_KERNEL_ISA", "native"),
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "mkl": _mkl_version(torch) if torch.backends.mkl.is_available() else "not available",
+    }
+
+
+def _mkl_version(torch: Any) -> str:
+    """The MKL version line of ``torch.__config__.show()`` (``"2024.2-Product Build 20240605"``)."""
+    for line in torch.__config__.show().splitlines():
+        if "Math Kernel Library Version" in line:
+            return line.split("Version", 1)[1].split(" for ", 1)[0].strip()
+    return "available (version not reported)"
+
+
+def check_same_environment(config_path: Path, current: dict[str, Any]) -> None:
+    """Warn, naming both, when a run resumes on another engine path, kernel product path or CPU capability."""
+    try:
+        recorded = json.loads(config_path.read_text()).get("environment")
+    except (OSError, ValueError, AttributeError):
+        return  # a missing or damaged config.json is reported where it is read
+    if not isinstance(recorded, dict):
+        return  # written before environments were recorded
+    differ = [key for key in _ENVIRONMENT_PATHS if recorded.get(key) != current.get(key)]
+    if differ:
+        details = "; ".join(f"{key}: recorded {recorded.get(key)!r}, now {current.get(key)!r}" for key in differ)
+        _warn(
+            f"{config_path}: resuming on another path than the run started on ({details}); "
+            "the float32 bits of the remaining epochs may differ from an uninterrupted run"
+        )
+
+
+def describe_environment(environments: list[dict[str, Any] | None]) -> str:
+    """One line for a table: ``Environment: torch ..., ATen CPU capability ..., kernels ...`` (or how runs differ)."""
+
+    def line(env: dict[str, Any]) -> str:
+        engine = env.get("engine_path", "?")
+        if env.get("kernel_product_path"):
+            engine = f"{engine} {env['kernel_product_path']}"
+        return f"torch {env.get('torch', '?')}, ATen CPU capability {env.get('aten_cpu_capability', '?')}, {engine}"
+
+    known = [env for env in environments if isinstance(env, dict)]
+    unrecorded = len(environments) - len(known)
+    lines = sorted({line(env) for env in known})
+    if not lines:
+        return "Environment: not recorded by these runs."
+    text = f"Environment: {lines[0]}" if len(lines) == 1 else "Environment: runs differ: " + "; ".join(lines)
+    return text + (f" ({unrecorded} runs without a record)" if unrecorded else "") + "."
+
+
 def _warn(message: str) -> None:
     print(f"[bridge.training] warning: {message}", file=sys.stderr)
 
@@ -309,6 +406,21 @@ def read_run_config(path: Path) -> TrainConfig:
         return TrainConfig.from_dict(record["config"])
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def finished_run_config(run_dir: str | Path) -> tuple[TrainConfig, str]:
+    """The config of a finished run and where it was read: ``config.json``, else the weight file's record.
+
+    The same order :func:`bridge.training.train` reads a finished run in; a
+    missing ``config.json`` is warned about.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if path.is_file():
+        return read_run_config(path), str(path)
+    config = _stored_config(run_dir, None)
+    _warn(f"{path} is missing: using the config recorded in {run_dir / WEIGHTS_NAME}")
+    return config, f"{run_dir / WEIGHTS_NAME} (provenance.config)"
 
 
 def _stored_config(run_dir: Path, checkpoint: dict[str, Any] | None) -> TrainConfig:

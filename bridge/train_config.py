@@ -18,10 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from biosim.params import NetworkParams, ParameterError
 from biosim.tiers import TIERS, RunSize
+from biosim.weight_files import FLOAT32_MAX
 from biosim.weights import init_weights
 
 from .model import ENGINES, MATRICES, RECURRENT_BLOCKS, PINGModel
@@ -351,6 +353,16 @@ def build_model(config: TrainConfig, params: NetworkParams) -> PINGModel:
     """The untrained model of ``config``: weights ``init_weights(params, seed)``, on the config's device."""
     inits = {name: getattr(config, f"init_{name}") for name in ("w_in", "w_ei", "w_ie", *RECURRENT_BLOCKS)}
     weights = init_weights(params, config.seed, **inits)
+    for name, init in inits.items():
+        matrix = getattr(weights, name)
+        largest = float(np.abs(matrix).max()) if matrix is not None and matrix.size else 0.0
+        if largest > FLOAT32_MAX:
+            # The trainer and the weight file hold weights that float32 can hold; inf would only show as a
+            # non-finite loss at epoch 0.
+            raise ConfigError(
+                f"TrainConfig.init_{name}: {init!r} x the canonical draw gives weights up to {largest:.6g} uS, "
+                f"beyond float32's {FLOAT32_MAX:.6g}; give a smaller multiple"
+            )
     return PINGModel.from_network_weights(
         params,
         weights,

@@ -94,6 +94,7 @@ from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, capture_rng_state, r
 from .checkpoint import save_checkpoint as _save_checkpoint_file
 from .evaluation import _forward, _nonfinite_state, _weight_metrics, evaluate
 from .feeding import TrainingDigits, test_stream_set, test_trial_set
+from .memory import check_training_memory
 from .model import NetworkOutput, PINGModel
 from .regularisers import gamma_shortfall, w_ei_distance
 from .run_records import (
@@ -107,7 +108,9 @@ from .run_records import (
     _now,
     _write_json_lines,
     check_same_data,
+    check_same_environment,
     is_finished,
+    run_environment,
 )
 from .torch_settings import flushed_denormals
 from .train_config import ConfigError, TrainConfig, build_model
@@ -257,7 +260,9 @@ class _Trainer:
             check_same_data(self.run_dir / "config.json", self.train_digits.data, action="resume")
             _check_same_config(checkpoint["config"], config, self.checkpoint_path)
             self._restore(checkpoint)
-            self._log_event("resumed", epoch=self.epoch, retries=self.retries, lr=self.lr)
+            environment = run_environment(config)
+            check_same_environment(self.run_dir / "config.json", environment)
+            self._log_event("resumed", epoch=self.epoch, retries=self.retries, lr=self.lr, environment=environment)
         else:
             write_json(
                 self.run_dir / "config.json",
@@ -268,6 +273,7 @@ class _Trainer:
                     "config": config.to_dict(),
                     "data": self.train_digits.data,
                     "versions": library_versions(),
+                    "environment": run_environment(config),
                 },
             )
             self.metrics = [self._epoch_zero()]
@@ -561,6 +567,7 @@ def train(
     config = config.resolved()
     run_dir = Path(run_dir)
     check_writable_dir(run_dir, "run directory")  # before any work; creates nothing
+    check_training_memory(config)  # a size that cannot fit, named, instead of a bare MemoryError later
     with contextlib.ExitStack() as stack:
         # One process at a time in a run directory: a second training (or a validation) would splice its
         # records into this one's. An existing directory is locked before anything in it is read.

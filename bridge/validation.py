@@ -40,6 +40,7 @@ import torch
 
 from biosim.analysis import gamma_peak, population_spectrum
 from biosim.backends import check_backend, run_trials
+from biosim.data import DataError
 from biosim.locks import directory_lock
 from biosim.records import check_writable_dir, write_json
 from biosim.results import SimulationResult
@@ -49,8 +50,9 @@ from biosim.weight_files import load_weights
 
 from .crosscheck import compare_spikes
 from .feeding import data_record, run_digits, test_stream_set, test_trial_set
-from .run_records import check_same_data, read_run_config
+from .run_records import check_same_data, finished_run_config, is_finished
 from .simulate import run_mirror
+from .train_config import ConfigError
 
 __all__ = ["Criteria", "validate", "format_report"]
 
@@ -142,15 +144,28 @@ def _validate(
 ) -> dict[str, Any]:
     """:func:`validate` once the run directory is locked."""
     config_path, weights_path = run_dir / "config.json", run_dir / "weights.npz"
-    for path in (config_path, weights_path):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: is {run_dir} a finished training run (biosim train)?")
-    config = read_run_config(config_path)
+    # Finished means what it means to biosim train (final.json and weights.npz): a run train would resume is
+    # not validated, and a finished run whose config.json is lost is validated with the config train reads.
+    if not is_finished(run_dir):
+        missing = [path for path in (config_path, run_dir / "final.json", weights_path) if not path.is_file()]
+        raise FileNotFoundError(
+            "; ".join(f"{path} not found" for path in missing)
+            + f": {run_dir} is not a finished training run (biosim train {run_dir} trains or finishes it)"
+        )
+    config, config_source = finished_run_config(run_dir)
     # Inputs come from the config, the network from the file: they must describe the same network.
-    loaded = load_weights(weights_path, params=config.network_params(), params_from=f"the run's {config_path}")
+    loaded = load_weights(weights_path, params=config.network_params(), params_from=f"the run's {config_source}")
     params = loaded.params
     # The run's own test digits, or none: the digest its config.json recorded must match.
-    data = data_record(config, *run_digits(config))
+    try:
+        digits = run_digits(config)
+    except ConfigError as error:  # n_test beyond the tier: a value of the run's config file
+        raise ConfigError(f"{config_source}: {str(error).replace('TrainConfig.', 'config.', 1)}") from None
+    except DataError as error:  # the digits the config names cannot be read
+        raise ConfigError(
+            f"{config_source}: config.idx_directory {config.idx_directory!r} (tier {config.tier!r}): {error}"
+        ) from None
+    data = data_record(config, *digits)
     check_same_data(config_path, data, action="validate")
     check_writable_dir(run_dir, "run directory")  # the report goes there: fail now, not after Brian2
     if build_dir is not None:

@@ -496,8 +496,12 @@ def _add_protocol(subparsers) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from benchmarks.bench import run_benchmark
     from biosim.records import write_json, write_run_record
+    from bridge.memory import check_bench_memory
+
+    # Sizes that cannot fit are refused, naming the flags, before the benchmark imports or allocates anything.
+    check_bench_memory(args.n_steps, args.batch_size or (256 if args.device == "cuda" else 32))
+    from benchmarks.bench import run_benchmark
 
     result = run_benchmark(
         device=args.device,
@@ -620,14 +624,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from biosim.environment import check_environment
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        # A misspelt or unusable setting is refused before any work (before a run directory is written).
+        check_environment()
         return args.handler(args)
     except (ValueError, OSError) as error:
         # Bad input (a value, a file, a location that cannot be written): one clear line, no traceback.
         print(f"biosim {args.command}: error: {_describe(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"biosim {args.command}: interrupted; {_interrupted(args)}", file=sys.stderr)
+        return 130
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted command kept, and how to go on."""
+    if args.command != "train":
+        return "what was already written is kept"
+    checkpoint = Path(args.run_dir) / "checkpoint.pt"
+    if checkpoint.is_file():
+        return (
+            f"{checkpoint} holds the last finished epoch; the same command resumes from it "
+            "(the epoch under way is trained again, with the same result)"
+        )
+    return f"no epoch was finished in {args.run_dir}; the same command starts the run again"
 
 
 def _describe(error: BaseException) -> str:

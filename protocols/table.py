@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bridge.run_records import describe_environment
 
 from .definitions import CONDITIONS
 from .results import RunRecord
@@ -131,6 +134,14 @@ def run_verdict_lines(records: list[RunRecord], criteria: VerdictCriteria = DEFA
     return lines
 
 
+def _recorded_environment(record: RunRecord) -> dict[str, Any] | None:
+    """The ``environment`` entry of a run's ``config.json`` (``None`` where there is none)."""
+    try:
+        return json.loads((record.run_dir / "config.json").read_text()).get("environment")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def write_tables(
     records: list[RunRecord], out_dir: Path, *, title: str, criteria: VerdictCriteria = DEFAULT_CRITERIA
 ) -> tuple[Path, Path]:
@@ -148,6 +159,7 @@ def write_tables(
         "",
         describe_criteria(criteria),
     ]
+    markdown += ["", describe_environment([_recorded_environment(r) for r in records])]
     markdown += ["", "Per-run verdicts:", *(f"- {line}" for line in run_verdict_lines(records, criteria))]
     if notes:
         markdown += ["", "Runs not averaged:", *(f"- {n}" for n in notes)]
