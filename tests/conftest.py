@@ -28,6 +28,18 @@ def _torch_settings():
     torch.set_flush_denormal(True)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks run faster on one thread: no fork/join stalls when other processes hold the cores.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``; the session's count comes back after.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def small_params() -> NetworkParams:
     """A scaled-down network (fan-in normalisation keeps it in a similar regime)."""

@@ -8,6 +8,7 @@ cached in ``~/.cython/brian_extensions``).
 import numpy as np
 import pytest
 import torch
+from helpers import BRIAN2_BACKENDS
 
 from biosim.backends import run_trials
 from biosim.data import load_split
@@ -16,12 +17,6 @@ from biosim.params import NetworkParams
 from biosim.weights import init_weights
 from bridge.crosscheck import compare_spikes
 from bridge.simulate import run_mirror
-
-BACKENDS = [
-    pytest.param("numpy", marks=pytest.mark.numpy_backend),
-    pytest.param("cython", marks=pytest.mark.cython_backend),
-    pytest.param("cpp_standalone", marks=pytest.mark.standalone),
-]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +32,7 @@ def network():
     return params, weights, trials, mirror
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BRIAN2_BACKENDS)
 def test_mirror_is_spike_identical_to_brian2(network, backend, tmp_path):
     params, weights, trials, mirror = network
     brian = run_trials(params, weights, trials, backend=backend, build_dir=tmp_path, progress=False)

@@ -3,20 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_spikes
 
 from biosim.backends import BACKENDS, BackendError, run_trials
 from biosim.data import load_split
 from biosim.inputs import make_trials
 from biosim.weights import DaleLawError, WeightShapeError, init_weights
 from bridge.simulate import run_mirror
-
-
-def _assert_same_spikes(a, b):
-    for population in ("spikes_e", "spikes_i"):
-        x, y = getattr(a, population), getattr(b, population)
-        assert len(x) > 0, f"{population}: no spikes, the comparison would be empty"
-        for field in ("trial", "step", "neuron"):
-            np.testing.assert_array_equal(getattr(x, field), getattr(y, field), err_msg=f"{population}.{field}")
 
 
 @pytest.fixture
@@ -32,11 +25,11 @@ def test_runtime_and_cpp_standalone_give_identical_spikes(small_run, tmp_path):
     params, weights, trials = small_run
     numpy_result = run_trials(params, weights, trials, backend="numpy", progress=False)
     cpp_result = run_trials(params, weights, trials, backend="cpp_standalone", build_dir=tmp_path, progress=False)
-    _assert_same_spikes(numpy_result, cpp_result)
+    assert_same_spikes(numpy_result, cpp_result)
     np.testing.assert_allclose(numpy_result.scores, cpp_result.scores, rtol=1e-9, atol=1e-12)
     # and the float64 mirror reproduces Brian2 spike for spike
     mirror = run_mirror(params, weights, trials, dtype=torch.float64)
-    _assert_same_spikes(numpy_result, mirror)
+    assert_same_spikes(numpy_result, mirror)
     np.testing.assert_allclose(mirror.scores, numpy_result.scores, rtol=1e-9, atol=1e-12)
 
 

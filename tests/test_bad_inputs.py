@@ -19,6 +19,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import FROZEN_PING_CONFIG as CONFIG
+from helpers import FROZEN_PING_PROTOCOL as PROTOCOL
+from helpers import run_cli
 
 from biosim import backends, records
 from biosim.params import NetworkParams, ParameterError
@@ -29,31 +32,8 @@ from bridge.train_config import ConfigError, TrainConfig
 from bridge.training import train
 from protocols import runner
 from protocols.cli import build_parser, main
-from protocols.definitions import Protocol, get_protocol
+from protocols.definitions import get_protocol
 from protocols.results import load_runs
-
-# The smallest network of tests/test_training.py.
-NETWORK = (
-    NetworkParams()
-    .replace(
-        connectivity__n_e=64,
-        connectivity__n_i=16,
-        simulation__trial_ms=20.0,
-        simulation__transient_ms=5.0,
-        init__input_scale_us=0.06,
-    )
-    .to_dict()
-)
-# Exactly the frozen_ping run of the smoke protocol tier below (seed 42), so the runner can reuse it.
-CONFIG = TrainConfig(tier="smoke", n_train=8, n_test=8, epochs=1, batch_size=8, engine="fused", network=NETWORK)
-PROTOCOL = Protocol(
-    name="dale_pruning",
-    conditions=("frozen_ping",),
-    tier="smoke",
-    seeds=(42,),
-    overrides={"network": NETWORK},
-    validation_backend="numpy",
-)
 
 
 @pytest.fixture(scope="module")
@@ -94,15 +74,6 @@ def no_heavy_work(monkeypatch):
         monkeypatch.setattr(module, name, _forbidden)
     monkeypatch.setattr(backends, "_gpu_visible", lambda: False)  # the same answer on a GPU machine
     monkeypatch.setattr(runner, "SCHEDULER_CONNECT_TIMEOUT_S", 1.0)
-
-
-def run_cli(argv, capsys) -> tuple[int, str]:
-    """Exit status and stderr of ``biosim ARGV``, argparse errors included."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_info:
-        code = exit_info.code
-    return code, capsys.readouterr().err
 
 
 def _damage(path, kind: str) -> None:

@@ -54,13 +54,12 @@ def test_crosscheck_json_reports_identical_spikes(tmp_path, capsys):
 
 
 def _small_trained_run(run_dir):
-    from biosim.params import NetworkParams
+    from helpers import small_network
+
     from bridge.train_config import TrainConfig
     from bridge.training import train
 
-    network = NetworkParams().replace(
-        connectivity__n_e=64, connectivity__n_i=16, simulation__trial_ms=40.0, simulation__transient_ms=10.0
-    )
+    network = small_network(simulation__trial_ms=40.0, simulation__transient_ms=10.0)
     config = TrainConfig(tier="smoke", n_train=8, n_test=8, epochs=1, batch_size=8, network=network.to_dict())
     return train(config, run_dir, progress=False)
 

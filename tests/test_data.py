@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import itertools
-import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import STEMS, idx_images, idx_labels, write_idx_set
 
 from biosim.data import (
     N_CLASSES,
@@ -150,41 +148,6 @@ def test_digits_sha256_sees_every_pixel_label_order_and_boundary():
 
 
 # --- IDX files --------------------------------------------------------------------------------------
-
-STEMS = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-
-
-def idx_images(images: np.ndarray, *, magic: int = 0x803, rows: int = 28, columns: int = 28) -> bytes:
-    return struct.pack(">IIII", magic, len(images), rows, columns) + images.astype(np.uint8).tobytes()
-
-
-def idx_labels(labels: np.ndarray, *, magic: int = 0x801) -> bytes:
-    return struct.pack(">II", magic, len(labels)) + labels.astype(np.uint8).tobytes()
-
-
-def write_idx_set(directory: Path, n_train: int, n_test: int, *, compress: bool = False, seed: int = 0):
-    """Write four synthetic IDX files; return the (images, labels) written for train and test."""
-    rng = np.random.default_rng(seed)
-    written = {}
-    for role, n in (("train", n_train), ("test", n_test)):
-        images = rng.integers(0, 256, size=(n, N_PIXELS), dtype=np.uint8)
-        labels = rng.integers(0, N_CLASSES, size=n)
-        written[role] = (images, labels)
-        for kind, payload in (
-            ("images", idx_images(images)),
-            ("labels", idx_labels(labels)),
-        ):
-            path = directory / STEMS[f"{role}_{kind}"]
-            if compress:
-                Path(f"{path}.gz").write_bytes(gzip.compress(payload))
-            else:
-                path.write_bytes(payload)
-    return written
 
 
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gz"])

@@ -5,19 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import small_network
 
 from biosim.data import load_split
 from biosim.inputs import make_trials
-from biosim.params import NetworkParams
 from biosim.weights import init_weights
 from bridge.dynamics import initial_state, make_constants, step
 from bridge.model import ENGINES, MATRICES, PINGModel, get_engine, run_network
 from bridge.simulate import run_mirror
 from bridge.surrogates import get_surrogate
 
-PARAMS = NetworkParams().replace(
-    connectivity__n_e=64, connectivity__n_i=16, simulation__trial_ms=20.0, simulation__transient_ms=5.0
-)
+PARAMS = small_network()
 N_TRIALS = 8
 
 

@@ -5,39 +5,30 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import ENGINE_CONSTANTS as CONSTANTS
+from helpers import ENGINE_PARAMS as PARAMS
+from helpers import ENGINE_TRIALS as N_TRIALS
+from helpers import (
+    IMPLEMENTATIONS,
+    assert_same_forward,
+    bptt,
+    inputs,
+    per_step_loss,
+    relative_difference,
+    state_and_count_loss,
+)
 
 from biosim.data import load_split
 from biosim.inputs import make_trials
-from biosim.params import NetworkParams
 from biosim.weights import init_weights
-from bridge.dynamics import Weights, heaviside, make_constants
+from bridge.dynamics import Weights, heaviside
 from bridge.fast_engine import FusedEngine, run_network_fused
 from bridge.fused_kernels import kernel_info, kernels_available
 from bridge.model import run_network
 from bridge.simulate import torch_weights
 from bridge.surrogates import SURROGATES, get_surrogate
 
-PARAMS = NetworkParams().replace(
-    connectivity__n_e=64, connectivity__n_i=16, simulation__trial_ms=20.0, simulation__transient_ms=5.0
-)
-N_TRIALS = 4
-CONSTANTS = make_constants(PARAMS)
-
-IMPLEMENTATIONS = [
-    "torch",
-    pytest.param(
-        "kernels", marks=pytest.mark.skipif(not kernels_available(), reason="CPU kernels cannot be built here")
-    ),
-]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These networks are tiny: one thread avoids fork/join stalls when other processes hold the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -51,30 +42,6 @@ def stored_weights():
     return init_weights(PARAMS, seed=1)
 
 
-def inputs(trials, dtype=torch.float64, count=N_TRIALS):
-    return (
-        torch.from_numpy(trials.dense(slice(0, count))),
-        torch.as_tensor(trials.v_init_e_mv[:count], dtype=dtype),
-        torch.as_tensor(trials.v_init_i_mv[:count], dtype=dtype),
-    )
-
-
-def leaf_weights(weights, dtype=torch.float64) -> Weights:
-    """Leaf copies of the effective weights, by name (a network may have one recurrent block without the other)."""
-    effective = torch_weights(weights, dtype=dtype).items()
-    return Weights(**{name: w.detach().clone().requires_grad_(True) for name, w in effective})
-
-
-def bptt(engine, trials, weights, spike_fn, *, dtype=torch.float64, count=N_TRIALS, loss_fn=None):
-    """Forward + backward of a loss; returns (output, gradients of the four weight matrices)."""
-    w = leaf_weights(weights, dtype)
-    output = engine(*inputs(trials, dtype, count), w, CONSTANTS, spike_fn, record_population=True, record_readout=True)
-    labels = torch.as_tensor(trials.labels[:count])
-    loss = torch.nn.functional.cross_entropy(output.scores, labels) if loss_fn is None else loss_fn(output, labels)
-    loss.backward()
-    return output, [x.grad for x in w]
-
-
 _EAGER_CACHE: dict = {}
 
 
@@ -84,28 +51,6 @@ def eager_bptt(trials, weights, surrogate="fast_sigmoid", *, dtype=torch.float64
     if cache_key not in _EAGER_CACHE:
         _EAGER_CACHE[cache_key] = bptt(run_network, trials, weights, get_surrogate(surrogate), dtype=dtype, count=count)
     return _EAGER_CACHE[cache_key]
-
-
-def relative_difference(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
-    """``max|a - b| / max|a|`` (0 when both are zero or absent)."""
-    a = torch.zeros(()) if a is None else a
-    b = torch.zeros(()) if b is None else b
-    scale = float(a.abs().max())
-    difference = float((a - b).abs().max())
-    return difference / scale if scale > 0 else difference
-
-
-def assert_same_forward(expected, actual) -> None:
-    assert torch.equal(expected.scores, actual.scores)
-    assert torch.equal(expected.spike_counts_e, actual.spike_counts_e)
-    assert torch.equal(expected.spike_counts_i, actual.spike_counts_i)
-    assert torch.equal(expected.population_e, actual.population_e)
-    assert torch.equal(expected.population_i, actual.population_i)
-    if expected.readout_trace is not None:
-        assert torch.equal(expected.readout_trace, actual.readout_trace)
-    assert expected.final_state.step == actual.final_state.step
-    for name in expected.final_state._fields[:-1]:  # the tensors; the last field is the step index
-        assert torch.equal(getattr(expected.final_state, name), getattr(actual.final_state, name)), name
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -133,23 +78,6 @@ def test_gradients_match_eager_autograd(trials, stored_weights, surrogate, imple
         assert relative_difference(a, b) < 1e-6, name
 
 
-def state_and_count_loss(output, labels):
-    """A loss on everything the engine returns that can carry gradient."""
-    state = output.final_state
-    return (
-        torch.nn.functional.cross_entropy(output.scores, labels)
-        + 1e-2 * output.spike_counts_e.pow(2).mean()
-        + 0.3 * output.spike_counts_i.mean()
-        + 1e-3 * state.v_e.mean()
-        + state.gi_e.sum()
-        + state.ge_e.sum()
-        + 0.5 * state.ge_i.sum()
-        + 1e-2 * state.v_i.sum()
-        + 0.1 * state.u.sum()
-        + 1e-3 * state.score_sum.sum()
-    )
-
-
 @pytest.fixture(scope="module")
 def eager_state_and_count_gradients(trials, stored_weights):
     return bptt(run_network, trials, stored_weights, get_surrogate(), loss_fn=state_and_count_loss)[1]
@@ -163,16 +91,6 @@ def test_gradients_through_counts_and_final_state(
     _, actual = bptt(engine, trials, stored_weights, get_surrogate(), loss_fn=state_and_count_loss)
     for name, a, b in zip(Weights.BASE, eager_state_and_count_gradients, actual, strict=True):
         assert relative_difference(a, b) < 1e-6, name
-
-
-def per_step_loss(output, labels):
-    """Losses on the per-step outputs: a rhythm of the E population and readouts over two windows of the trial."""
-    n_steps = output.population_e.shape[1]
-    phase = torch.arange(n_steps, dtype=output.population_e.dtype) * (2 * torch.pi / 25.0)
-    rhythm = (output.population_e * torch.cos(phase)).sum(dim=1).pow(2).mean()
-    half = n_steps // 2
-    windows = [output.readout_trace[:, :half].mean(dim=1), output.readout_trace[:, half:].mean(dim=1)]
-    return 1e-2 * rhythm + sum(torch.nn.functional.cross_entropy(w, labels) for w in windows)
 
 
 @pytest.fixture(scope="module")
@@ -446,15 +364,17 @@ def test_mirror_spike_trains_are_identical_on_both_engines(trials, stored_weight
 _GRADIENT_DIGEST = """
 import hashlib, json, sys, torch
 sys.path.insert(0, {tests!r})
-import test_fast_engine as t
+from helpers import ENGINE_PARAMS, bptt
+from biosim.data import load_split
+from biosim.inputs import make_trials
 from biosim.weights import init_weights
 from bridge.fast_engine import FusedEngine
 from bridge.fused_kernels import kernel_info
 from bridge.surrogates import get_surrogate
 torch.set_num_threads(1)
-split = t.load_split("smoke")
-trials = t.make_trials(split.train.images[:7], split.train.labels[:7], t.PARAMS, seed=4)
-_, grads = t.bptt(FusedEngine(implementation="kernels"), trials, init_weights(t.PARAMS, seed=1), get_surrogate(),
+split = load_split("smoke")
+trials = make_trials(split.train.images[:7], split.train.labels[:7], ENGINE_PARAMS, seed=4)
+_, grads = bptt(FusedEngine(implementation="kernels"), trials, init_weights(ENGINE_PARAMS, seed=1), get_surrogate(),
                   dtype=torch.float32, count=7)
 digest = hashlib.sha256(b"".join(g.numpy().tobytes() for g in grads)).hexdigest()
 print(json.dumps({{"path": kernel_info()["product_path"], "digest": digest}}))

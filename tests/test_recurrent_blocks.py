@@ -10,19 +10,20 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from test_backend_identity import BACKENDS
-from test_backends import _assert_same_spikes
-from test_fast_engine import (  # the fused engine's helpers, on a network that differs only by its blocks
+from helpers import BRIAN2_BACKENDS as BACKENDS
+from helpers import ENGINE_PARAMS as BLOCKS_OFF
+from helpers import (  # the fused engine's helpers, on a network that differs only by its blocks
     IMPLEMENTATIONS,
-    _one_thread,  # noqa: F401  (autouse: one thread for these tiny networks)
+    SMOKE,
     assert_same_forward,
+    assert_same_spikes,
     bptt,
     per_step_loss,
+    read_raw,
     relative_difference,
     state_and_count_loss,
+    write_raw,
 )
-from test_fast_engine import PARAMS as BLOCKS_OFF
-from test_weight_files import read_raw, write_raw
 
 from biosim.backends import run_trials
 from biosim.data import load_split
@@ -37,7 +38,9 @@ from bridge.simulate import run_mirror, torch_weights
 from bridge.surrogates import SURROGATES, get_surrogate
 
 PARAMS = BLOCKS_OFF.replace(connectivity__p_ee=0.2, connectivity__p_ii=0.2)
-"""test_fast_engine's network (64 E, 16 I, 20 ms) with both blocks: the same constants, so its helpers apply."""
+"""The fused engine's test network (64 E, 16 I, 20 ms) with both blocks: the same constants, so its helpers apply."""
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NAMES = (*MATRICES, "w_ee", "w_ii")
 N_TRIALS = 4
 
@@ -188,7 +191,7 @@ def test_the_blocks_change_the_raster(brian2_network):
 def test_mirror_is_spike_identical_to_brian2_with_the_blocks(brian2_network, backend, tmp_path):
     params, weights, trials, mirror, _ = brian2_network
     brian = run_trials(params, weights, trials, backend=backend, build_dir=tmp_path, progress=False)
-    _assert_same_spikes(brian, mirror)
+    assert_same_spikes(brian, mirror)
     np.testing.assert_allclose(mirror.scores, brian.scores, rtol=1e-9, atol=1e-12)
 
 
@@ -338,8 +341,6 @@ def test_mirror_weights_carry_the_blocks(stored_weights):
 
 
 def test_config_flags_of_the_blocks_and_old_configs_resume(tmp_path):
-    from test_training import SMOKE
-
     from bridge.run_records import _check_same_config
     from bridge.train_config import ConfigError
 
@@ -362,8 +363,6 @@ def test_config_flags_of_the_blocks_and_old_configs_resume(tmp_path):
 
 def test_training_the_blocks_and_validating_them_in_brian2(tmp_path):
     """A smoke run that trains w_ee and w_ii (fused engine), its bookkeeping, and Brian2 against its weights."""
-    from test_training import SMOKE
-
     from bridge.training import train
     from bridge.validation import validate
 

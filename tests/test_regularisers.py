@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import SMOKE
 
 from bridge.regularisers import gamma_fraction, gamma_shortfall, w_ei_distance
 from bridge.train_config import ConfigError, TrainConfig
@@ -76,8 +77,6 @@ def test_config_checks_regulariser_strengths():
 
 
 def test_regularised_training_logs_the_penalties_and_changes_the_weights(tmp_path):
-    from test_training import SMOKE
-
     base = dataclasses.replace(SMOKE, epochs=1)
     plain = train(base, tmp_path / "plain", progress=False)
     regularised = train(

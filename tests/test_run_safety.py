@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_bad_inputs import CONFIG, PROTOCOL, run_cli
-from test_data import STEMS, write_idx_set
+from helpers import FROZEN_PING_CONFIG as CONFIG
+from helpers import FROZEN_PING_PROTOCOL as PROTOCOL
+from helpers import STEMS, run_cli, write_idx_set
 
 import biosim.data
 from biosim.data import Dataset, digits_sha256

@@ -5,12 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_backends import _assert_same_spikes
+from helpers import assert_same_spikes, small_network
 
 from biosim.backends import run_trials
 from biosim.data import load_split
 from biosim.inputs import make_trials
-from biosim.params import NetworkParams
 from biosim.streams import StreamSet, accuracy_by_position, make_streams, stream_params, window_means
 from biosim.weights import init_weights
 from bridge import evaluation, feeding
@@ -22,10 +21,7 @@ from bridge.train_config import ConfigError, TrainConfig
 from bridge.training import train
 from bridge.validation import format_report, validate
 
-# The small network of tests/test_training.py: 64 E, 16 I, 20 ms digits.
-SMALL = NetworkParams().replace(
-    connectivity__n_e=64, connectivity__n_i=16, simulation__trial_ms=20.0, simulation__transient_ms=5.0
-)
+SMALL = small_network()  # 64 E, 16 I, 20 ms digits
 
 
 @pytest.fixture
@@ -131,7 +127,7 @@ def _brian2_against_mirror(digits, streams: StreamSet, backend: str, build_dir=N
         record_readout=True,
     )
     mirror = run_mirror(params, weights, streams.trials, dtype=torch.float64, record_readout=True)
-    _assert_same_spikes(brian, mirror)
+    assert_same_spikes(brian, mirror)
     np.testing.assert_allclose(brian.traces["readout"], mirror.traces["readout"], rtol=1e-9, atol=1e-12)
     brian_scores = window_means(brian.traces["readout"], streams.n_digits, streams.settle_steps)
     mirror_scores = window_means(mirror.traces["readout"], streams.n_digits, streams.settle_steps)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from helpers import SMOKE
 
 from bridge.torch_settings import denormals_flushed, flushed_denormals, torch_threads
 
@@ -38,8 +39,6 @@ def test_context_managers_restore_what_they_change():
 
 
 def test_training_validation_and_the_engines_leave_global_settings_alone(tmp_path):
-    from test_training import SMOKE
-
     from bridge.run_records import load_model
     from bridge.simulate import run_mirror
     from bridge.training import train

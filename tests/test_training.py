@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from helpers import SMOKE
 
 from biosim.params import NetworkParams
 from biosim.tiers import TIERS
@@ -22,31 +23,6 @@ from bridge.model import MATRICES
 from bridge.run_records import load_model
 from bridge.train_config import ConfigError, TrainConfig
 from bridge.training import BatchContext, train
-
-NETWORK = (
-    NetworkParams()
-    .replace(
-        connectivity__n_e=64,
-        connectivity__n_i=16,
-        simulation__trial_ms=20.0,
-        simulation__transient_ms=5.0,
-        init__input_scale_us=0.06,  # keeps the 64-neuron network active (about 8 Hz E, 17 Hz I)
-    )
-    .to_dict()
-)
-SMOKE = TrainConfig(
-    tier="smoke",
-    n_train=16,
-    n_test=8,
-    epochs=2,
-    batch_size=8,
-    network=NETWORK,
-    dtype="float64",
-    deterministic=True,
-    train_w_ei=True,
-    train_w_ie=True,
-    seed=5,
-)
 
 
 class Crash(Exception):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import read_raw, write_raw
 
 from biosim.params import NetworkParams
 from biosim.weight_files import (
@@ -49,21 +50,6 @@ def weights() -> NetworkWeights:
 @pytest.fixture
 def saved(tmp_path: Path, weights: NetworkWeights) -> Path:
     return save_weights(tmp_path / "weights.npz", weights, PARAMS, provenance=PROVENANCE)
-
-
-def read_raw(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {name: archive[name] for name in archive.files}
-    return arrays, json.loads(str(arrays.pop("metadata")))
-
-
-def write_raw(path: Path, arrays: dict[str, np.ndarray], metadata: dict | None) -> Path:
-    """Write a (possibly broken) weight file by hand, bypassing save_weights' checks."""
-    entries = dict(arrays)
-    if metadata is not None:
-        entries["metadata"] = np.array(json.dumps(metadata))
-    np.savez_compressed(path, **entries)
-    return path
 
 
 def assert_rejected(path: Path, *fragments: str, params: NetworkParams | None = None) -> str:

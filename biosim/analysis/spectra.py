@@ -29,6 +29,10 @@ def population_activity(spiketrains: SpikeTrains, dt_ms: float, transient_ms: fl
         raise ValueError(f"bin_ms={bin_ms} must be a whole multiple of dt_ms={dt_ms}")
     first_step = int(np.ceil(transient_ms / dt_ms - 1e-9))
     n_bins = (spiketrains.n_steps - first_step) // steps_per_bin
+    if n_bins < 1:  # else numpy fails on a negative bin count, or an empty signal gives a nan spectrum
+        raise ValueError(
+            f"transient_ms={transient_ms} leaves no whole {bin_ms} ms bin of a {spiketrains.n_steps}-step trial"
+        )
     keep = (spiketrains.step >= first_step) & (spiketrains.step < first_step + n_bins * steps_per_bin)
     bins = (spiketrains.step[keep] - first_step) // steps_per_bin
     flat = np.bincount(spiketrains.trial[keep] * n_bins + bins, minlength=spiketrains.n_trials * n_bins)
