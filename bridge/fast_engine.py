@@ -133,6 +133,7 @@ from .fused_kernels import (
     Network,
     address,
     kernel_library,
+    make_struct,
     phase_recorder,
     population_struct,
     state_struct,
@@ -277,30 +278,34 @@ class _Problem:
         w_ii: torch.Tensor | None,
     ) -> Network:
         c, (batch, n_steps, n_input) = self.constants, self.x.shape
-        return Network(
-            batch,
-            n_steps,
-            w_in.shape[1],
-            w_ie.shape[0],
-            w_e_out.shape[1] - w_ie.shape[0],
-            self.chunk_steps,
-            torch.get_num_threads(),
-            self.library.control_word(),
-            c.dt,
-            c.decay_ampa,
-            c.decay_gaba,
-            c.decay_readout,
-            population_struct(c.e),
-            population_struct(c.i),
-            n_input,
-            address(self.x),
-            address(w_in),
-            address(w_ie),
-            address(w_e_out),
-            *_surrogate_fields(self.surrogate),
-            self.membrane_grad_scale,
-            address(w_ee),
-            address(w_ii),
+        kind, slope, unit_mv = _surrogate_fields(self.surrogate)
+        return make_struct(
+            Network,
+            batch=batch,
+            n_steps=n_steps,
+            n_e=w_in.shape[1],
+            n_i=w_ie.shape[0],
+            n_classes=w_e_out.shape[1] - w_ie.shape[0],
+            chunk=self.chunk_steps,
+            n_threads=torch.get_num_threads(),
+            mxcsr=self.library.control_word(),
+            dt=c.dt,
+            decay_ampa=c.decay_ampa,
+            decay_gaba=c.decay_gaba,
+            decay_readout=c.decay_readout,
+            e=population_struct(c.e),
+            i=population_struct(c.i),
+            n_input=n_input,
+            x=self.x,
+            w_in=w_in,
+            w_ie=w_ie,
+            w_e_out=w_e_out,
+            surrogate=kind,
+            surrogate_slope=slope,
+            surrogate_unit_mv=unit_mv,
+            membrane_grad_scale=self.membrane_grad_scale,
+            w_ee=w_ee,
+            w_ii=w_ii,
         )
 
 
@@ -335,13 +340,19 @@ def _forward_kernels(
     counts = {name: torch.zeros_like(state[f"v_{name}"]) for name in ("e", "i")}
     population = {name: u.new_empty(batch, n_steps) for name in ("e", "i")}
     network = problem.network_struct(w_in, w_ie, w_e_out, w_ee, w_ii)
-    buffers = ForwardBuffers(
-        state_struct(state),
-        *(address(t) for t in (u, score_sum, raster_e, raster_i, counts["e"], counts["i"])),
-        address(population["e"]),
-        address(population["i"]),
-        state_struct(checkpoints),
-        address(trace),
+    buffers = make_struct(
+        ForwardBuffers,
+        state=state_struct(state),
+        u=u,
+        score_sum=score_sum,
+        raster_e=raster_e,
+        raster_i=raster_i,
+        counts_e=counts["e"],
+        counts_i=counts["i"],
+        population_e=population["e"],
+        population_i=population["i"],
+        checkpoints=state_struct(checkpoints),
+        readout_trace=trace,
     )
     recorder, started = phase_recorder(), time.perf_counter()
     problem.library.forward[u.dtype](ctypes.byref(network), ctypes.byref(buffers))
@@ -412,6 +423,23 @@ def _forward_torch(
     population_e, population_i = raster_e.sum(dim=2).t().to(dtype), raster_i.sum(dim=2).t().to(dtype)
     final = {name: getattr(state, name) for name in STATE_NAMES}
     return final, counts_e, counts_i, population_e.contiguous(), population_i.contiguous(), None
+
+
+class _Replay:
+    """Threshold and pathways of the recompute at step ``step``: the saved spikes, and the chunk's synaptic
+    increments (``(steps, batch, n_post)`` per weight name, from step ``first``) gathered beforehand."""
+
+    def __init__(self, rasters: dict[str, torch.Tensor], increments: dict[str, torch.Tensor], first: int):
+        self.rasters, self.increments, self.first = rasters, increments, first
+        self.step = first
+
+    def threshold(self, population: str, v1: torch.Tensor, integrating: torch.Tensor, k: PopulationConstants):
+        fired = self.rasters[population][self.step]
+        return fired, fired
+
+    def synapses(self, name: str, spikes: torch.Tensor) -> torch.Tensor | None:
+        increment = self.increments.get(name)
+        return None if increment is None else increment[self.step - self.first]
 
 
 class _ForwardRun(NamedTuple):
@@ -834,26 +862,28 @@ class _Adjoint:
         library = self.problem.library
         network = ctypes.byref(self.network)
         checkpoints, saved = self.saved.checkpoints, self.saved
-        chunk_pointers = [
-            address(t)
-            for t in (self.s_e, self.cv_e, self.cge_e, self.cgi_e, self.s_i, self.cv_i, self.cge_i, self.cgi_i)
-        ]
+        coefficients = ("s_e", "cv_e", "cge_e", "cgi_e", "s_i", "cv_i", "cge_i", "cgi_i")
+        chunk_coefficients = {name: getattr(self, name) for name in coefficients}
+        rasters = {"raster_e": saved.raster_e, "raster_i": saved.raster_i}
 
         def through_all_chunks(part: int) -> None:  # one block of trials
             trials = self.trial_blocks[part]
             accumulators = {name: parts[part] for name, parts in self.gradient_parts.items()}
-            extras = ChunkExtras(
-                *(address(t) for t in (self.g_counts_e, self.g_counts_i)),
-                *(address(accumulators.get(name)) for name in ("grad_in", "grad_ie", "grad_e_out")),
-                *(address(t) for t in self.packed),
-                address(self.g_population_e),
-                *(address(accumulators.get(name)) for name in ("grad_ee", "grad_ii")),
+            extras = make_struct(
+                ChunkExtras,
+                g_counts_e=self.g_counts_e,
+                g_counts_i=self.g_counts_i,
+                packed_e=self.packed[0],
+                packed_i=self.packed[1],
+                g_population_e=self.g_population_e,
+                **{name: accumulators.get(name) for name in GRADIENT_ACCUMULATORS},
             )
-            rasters = address(saved.raster_e), address(saved.raster_i)
             recompute_s = adjoint_s = 0.0
             for index, first, last in self._chunk_bounds():
                 start = state_struct({name: value[index] for name, value in checkpoints.items()})
-                buffers = ChunkBuffers(first, last, start, *rasters, *chunk_pointers)
+                buffers = make_struct(
+                    ChunkBuffers, first=first, last=last, start=start, **rasters, **chunk_coefficients
+                )
                 entered = time.perf_counter()
                 library.recompute[self.dtype](network, ctypes.byref(buffers), *trials)
                 adjoint = self._adjoint_buffers(first)
@@ -882,18 +912,15 @@ class _Adjoint:
             recorder.add("backward", time.perf_counter() - started)
             recorder.add("batches", 1)
 
-    def _adjoint_buffers(self, first: int) -> AdjointBuffers:
-        return AdjointBuffers(
-            first,
-            *(address(t) for t in (self.s_e, self.cv_e, self.cge_e, self.cgi_e, self.s_i, self.cv_i, self.cge_i)),
-            address(self.saved.raster_e),
-            address(self.saved.raster_i),
-            *(address(t) for t in (self.ls_e, self.ls_i, self.lv_e, self.lv_i, self.lgi_e, self.lge_e)),
-            address(self.leo),
-            address(self.g_sum),
-            address(self.g_trace),
-            address(self.cgi_i),
-            address(self.lgi_i),
+    def _adjoint_buffers(self, first: int) -> ctypes.Structure:
+        names = ("s_e", "cv_e", "cge_e", "cgi_e", "s_i", "cv_i", "cge_i", "cgi_i", "ls_e", "ls_i", "lv_e", "lv_i")
+        names += ("lgi_e", "lge_e", "lgi_i", "leo", "g_sum", "g_trace")
+        return make_struct(
+            AdjointBuffers,
+            first=first,
+            raster_e=self.saved.raster_e,
+            raster_i=self.saved.raster_i,
+            **{name: getattr(self, name) for name in names},
         )
 
     # --- torch operations --------------------------------------------------------
@@ -971,19 +998,12 @@ class _Adjoint:
         out += [self._empty(n, batch, n_i) for _ in range(3)]
         out.append(torch.empty(n, batch, n_i, dtype=torch.bool, device=self.device))
 
-        def threshold(population: str, v1: torch.Tensor, integrating: torch.Tensor, k: PopulationConstants):
-            fired = rasters[population][state.step]
-            return fired, fired
-
+        replay = _Replay(rasters, increments, first)
         for j in range(n):
             out[0][j], out[1][j], out[2][j] = state.v_e, state.ge_e, state.gi_e
             out[4][j], out[5][j], out[6][j] = state.v_i, state.ge_i, state.gi_i
-
-            def synapses(name: str, spikes: torch.Tensor, j: int = j) -> torch.Tensor | None:
-                increment = increments.get(name)
-                return None if increment is None else increment[j]
-
-            made = transition(state, problem.constants, drive[j], threshold, synapses)
+            replay.step = first + j
+            made = transition(state, problem.constants, drive[j], replay.threshold, replay.synapses)
             out[3][j], out[7][j] = made.integrating_e, made.integrating_i
             state = made.state
         return tuple(out)

@@ -121,3 +121,59 @@ def test_cpp_kernels_equal_the_torch_step_order(network, dtype):
     for grad_torch, grad_kernels in zip(torch_path[1], kernels[1], strict=True):
         scale = float(grad_torch.abs().max())
         assert float((grad_torch - grad_kernels).abs().max()) <= tolerance * scale
+
+
+# --- the structs the C++ kernels share: fields declared once, in the C++ field lists --------------------
+
+
+def test_ctypes_structs_come_from_the_cpp_field_lists():
+    from bridge import fused_kernels
+
+    source = fused_kernels._KERNEL_SOURCE_PATH.read_text()
+    assert set(fused_kernels.STRUCTS) == {
+        "Population",
+        "Network",
+        "State",
+        "ForwardBuffers",
+        "ChunkBuffers",
+        "AdjointBuffers",
+        "ChunkExtras",
+    }
+    assert fused_kernels.STATE_NAMES == bridge.dynamics.NetworkState._fields[:8]
+    # A field added to a list (here at the end of ChunkExtras) reaches the ctypes class without another edit.
+    grown = fused_kernels.structs_from_source(
+        source.replace("F(void*, grad_ee) F(void*, grad_ii)", "F(void*, grad_ee) F(void*, grad_ii) F(double, extra)")
+    )
+    assert [name for name, _ in grown["ChunkExtras"]._fields_][-3:] == ["grad_ee", "grad_ii", "extra"]
+    with pytest.raises(RuntimeError, match=r"Population\.v_reset has type 'float'"):
+        fused_kernels.structs_from_source(source.replace("F(double, v_reset)", "F(float, v_reset)"))
+
+
+def test_structs_are_made_by_field_name():
+    from bridge.fused_kernels import Network, State, make_struct
+
+    v = torch.zeros(2, 3)
+    state = make_struct(State, v_e=v, ge_e=None, gi_e=v, ready_e=None, v_i=v, ge_i=v, gi_i=v, ready_i=None)
+    assert state.v_e == v.data_ptr() and state.ge_e is None
+    with pytest.raises(TypeError, match=r"State: missing fields \['ready_i'\], unknown fields \['readyi'\]"):
+        make_struct(State, v_e=v, ge_e=v, gi_e=v, ready_e=v, v_i=v, ge_i=v, gi_i=v, readyi=v)
+    with pytest.raises(TypeError, match="Network: missing fields"):
+        make_struct(Network, batch=1)
+
+
+@pytest.mark.skipif(not kernels_available(), reason="CPU kernels cannot be built here")
+def test_the_library_exports_the_field_lists_it_was_built_from():
+    import ctypes
+
+    from bridge import fused_kernels
+    from bridge.fused_kernels import kernel_info
+
+    library = ctypes.CDLL(kernel_info()["library"])
+    assert fused_kernels.layout_mismatches(library) == []
+    described = library.biosim_struct_fields
+    described.argtypes, described.restype = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int64], ctypes.c_int64
+    assert described(b"NoSuchStruct", None, 0) == 0
+    # A class whose fields are those of the list but one: the loader's check names the struct.
+    shifted = type("State", (ctypes.Structure,), {"_fields_": fused_kernels.State._fields_[1:]})
+    (problem,) = fused_kernels.layout_mismatches(library, {"State": shifted})
+    assert problem.startswith("State: size and offsets")
