@@ -280,6 +280,13 @@ pathway order where two share a target (input, then E -> E onto ``ge_e``; ``bios
 block is a row here, a field of :class:`Weights`, and the adjoint's terms in :mod:`bridge.fast_engine`."""
 
 
+TARGETS = ("ge_e", "gi_e", "ge_i", "gi_i", "u")
+"""The state fields synapses add to (:func:`transition` delivers onto each, in this order)."""
+
+_PLAN = tuple((TARGETS.index(p.target), p.weight, p.pre == "e") for p in PATHWAYS)
+""":data:`PATHWAYS` as ``(index in TARGETS, weight name, from E)``, looked up once rather than per step."""
+
+
 class Transition(NamedTuple):
     """What one step makes: the threshold's spikes and masks, the integrating masks, and the next state."""
 
@@ -311,33 +318,25 @@ def transition(
     # 1. state update: membranes with the conductances at the step's start, then the decays
     v_e, integrating_e = update_membrane(state.v_e, state.ge_e, state.gi_e, state.ready_e, t, k_e, dt)
     v_i, integrating_i = update_membrane(state.v_i, state.ge_i, state.gi_i, state.ready_i, t, k_i, dt)
-    after = {
-        "ge_e": state.ge_e * constants.decay_ampa,
-        "gi_e": state.gi_e * constants.decay_gaba,
-        "ge_i": state.ge_i * constants.decay_ampa,
-        "gi_i": state.gi_i * constants.decay_gaba,
-        "u": None if state.u is None else state.u * constants.decay_readout,
-    }
+    ge_e, gi_e = state.ge_e * constants.decay_ampa, state.gi_e * constants.decay_gaba
+    ge_i, gi_i = state.ge_i * constants.decay_ampa, state.gi_i * constants.decay_gaba
+    u = None if state.u is None else state.u * constants.decay_readout
     # 2. threshold
     spikes_e, fired_e = threshold("e", v_e, integrating_e, k_e)
     spikes_i, fired_i = threshold("i", v_i, integrating_i, k_i)
-    # 3. synaptic propagation, zero delay: the input first, then every pathway
-    after["ge_e"] = after["ge_e"] + input_drive
-    spikes = {"e": spikes_e, "i": spikes_i}
-    for pathway in PATHWAYS:
-        if after[pathway.target] is None:
-            continue
-        increment = synapses(pathway.weight, spikes[pathway.pre])
-        if increment is not None:
-            after[pathway.target] = after[pathway.target] + increment
+    # 3. synaptic propagation, zero delay: the input first, then every pathway onto each target
+    targets = [ge_e + input_drive, gi_e, ge_i, gi_i, u]  # TARGETS
+    for index, weight, from_e in _PLAN:
+        if targets[index] is not None:  # u is None where the readout is not tracked
+            increment = synapses(weight, spikes_e if from_e else spikes_i)
+            if increment is not None:
+                targets[index] = targets[index] + increment
+    ge_e, gi_e, ge_i, gi_i, u = targets
     # 4. reset; the readout accumulates u at the end of the step
     v_e, ready_e = reset(v_e, state.ready_e, fired_e, t, k_e)
     v_i, ready_i = reset(v_i, state.ready_i, fired_i, t, k_i)
-    u = after["u"]
     score_sum = None if u is None else state.score_sum + u
-    following = NetworkState(
-        v_e, after["ge_e"], after["gi_e"], ready_e, v_i, after["ge_i"], after["gi_i"], ready_i, u, score_sum, t + 1
-    )
+    following = NetworkState(v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i, u, score_sum, t + 1)
     return Transition(spikes_e, spikes_i, fired_e, fired_i, integrating_e, integrating_i, following)
 
 

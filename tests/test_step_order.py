@@ -66,6 +66,7 @@ def test_every_matrix_but_the_input_is_one_pathway():
     state_fields = set(bridge.dynamics.NetworkState._fields)
     for pathway in PATHWAYS:
         assert pathway.pre in ("e", "i") and pathway.target in state_fields, pathway
+        assert pathway.target in bridge.dynamics.TARGETS, pathway
     # Brian2's order onto ge_e: the input (first, as input_drive), then E -> E.
     assert [p.weight for p in PATHWAYS if p.target == "ge_e"] == ["w_ee"]
 
