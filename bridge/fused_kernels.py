@@ -15,7 +15,6 @@ are described in :mod:`bridge.fast_engine`.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import functools
 import hashlib
 import os
@@ -102,14 +101,19 @@ ForwardBuffers, ChunkBuffers, ChunkExtras = STRUCTS["ForwardBuffers"], STRUCTS["
 AdjointBuffers = STRUCTS["AdjointBuffers"]
 
 
+@functools.cache
+def _field_names(struct: type[ctypes.Structure]) -> frozenset[str]:
+    return frozenset(name for name, _ in struct._fields_)
+
+
 def make_struct(struct: type[ctypes.Structure], **fields: Any) -> ctypes.Structure:
     """``struct`` with every field given by name: a field missing or unknown is a ``TypeError`` naming it.
 
     Tensors may be given for pointer fields (their ``data_ptr()``; None: a null pointer).
     """
-    names = [name for name, _ in struct._fields_]
-    missing, unknown = [n for n in names if n not in fields], [n for n in fields if n not in names]
-    if missing or unknown:
+    names = _field_names(struct)
+    if fields.keys() != names:
+        missing, unknown = [n for n, _ in struct._fields_ if n not in fields], [n for n in fields if n not in names]
         raise TypeError(f"{struct.__name__}: missing fields {missing}, unknown fields {unknown}")
     return struct(**{name: address(v) if isinstance(v, torch.Tensor) else v for name, v in fields.items()})
 
@@ -446,4 +450,4 @@ def kernels_available() -> bool:
 
 def population_struct(k: PopulationConstants) -> ctypes.Structure:
     """The kernels' ``Population`` of one population's constants (the fields share their names)."""
-    return make_struct(Population, **dataclasses.asdict(k))
+    return make_struct(Population, **{name: getattr(k, name) for name in _field_names(Population)})
