@@ -3,9 +3,13 @@
 :func:`kernel_library` compiles the C++ once per machine and source version
 (the cache key holds the source text, the compiler and its flags, the torch
 version and this CPU's model and feature flags), loads it with ctypes and
-checks every struct the two sides share against the layout the library
-exports (``biosim_struct_layout``): a mismatch is a ``RuntimeError`` naming the
-field, never silent memory corruption. When the kernels cannot be built, it
+checks every struct the two sides share against the fields the library
+exports (``biosim_struct_fields``): a mismatch is a ``RuntimeError`` naming the
+struct, never silent memory corruption. Each struct's fields are declared
+once, in its ``BIOSIM_FIELDS_`` list in the C++; the ctypes classes here are
+built from the same lines (:func:`structs_from_source`) and filled by field
+name (:func:`make_struct`); docs/engine.md says why ctypes rather than a
+``TORCH_LIBRARY`` extension. When the kernels cannot be built, it
 says why (no compiler, no MKL symbols in ``libtorch_cpu``, the compiler's
 first lines) in one warning, and :mod:`bridge.fast_engine` runs its torch
 implementation instead. The algorithm the kernels compute, and its adjoint,
@@ -37,6 +41,9 @@ import torch
 from .dynamics import PopulationConstants
 
 __all__ = [
+    "STRUCTS",
+    "make_struct",
+    "structs_from_source",
     "PRODUCT_PATHS",
     "KERNEL_SURROGATES",
     "STATE_NAMES",
