@@ -12,8 +12,13 @@ Brian2's schedule order:
    sees it from the next step on;
 4. reset of the neurons that spiked; the readout accumulator adds ``u``.
 
-The state is an immutable :class:`NetworkState`; loops call :func:`step`,
-never a copy of it. The update rule's parts (:func:`exponential_euler`,
+The order is written once, in :func:`transition`; the eager step
+(:func:`step`/:func:`advance`), the fused engine's torch forward pass and its
+recompute call it, each with its own threshold (surrogate spikes, bool masks,
+a saved raster) and its own way of delivering spikes to the pathways of
+:data:`PATHWAYS` (products, summed weight rows, a precomputed chunk). The
+state is an immutable :class:`NetworkState`; loops call :func:`step`, never a
+copy of it. The update rule's parts (:func:`exponential_euler`,
 :func:`update_membrane`, :func:`crossed`/:func:`fire`, :func:`reset`) are the
 ones every PyTorch engine uses (the fused engine's torch path included), so
 the rule is written once in Python; the fused engine's C++ kernels mirror it
@@ -48,6 +53,10 @@ __all__ = [
     "crossed",
     "fire",
     "reset",
+    "Pathway",
+    "PATHWAYS",
+    "Transition",
+    "transition",
     "step",
     "advance",
 ]
@@ -68,9 +77,9 @@ class NetworkState(NamedTuple):
     gi_i: torch.Tensor
     ready_i: torch.Tensor
     u: torch.Tensor
-    """Readout potentials, (batch, n_classes)."""
+    """Readout potentials, (batch, n_classes); None where a loop tracks no readout (the fused recompute)."""
     score_sum: torch.Tensor
-    """Sum over past steps of ``u`` at the end of each step."""
+    """Sum over past steps of ``u`` at the end of each step (None with ``u``)."""
     step: int = 0
     """Index of the next step: steps taken since the state was initialised."""
 
@@ -239,6 +248,98 @@ def reset(
     return v.masked_fill(fired, k.v_reset), ready.masked_fill(fired, step + k.refractory_steps)
 
 
+Threshold = Callable[[str, torch.Tensor, torch.Tensor, PopulationConstants], tuple[torch.Tensor, torch.Tensor]]
+"""``(population, v1, integrating, k) -> (spikes, fired)``: the threshold of population ``"e"`` or ``"i"``;
+``spikes`` go to the synapses, the bool mask ``fired`` to the reset. The eager engine returns :func:`fire`'s
+spikes; the fused engine's forward pass the bool mask of :func:`crossed` twice; its recompute the saved raster
+of the step."""
+
+Synapses = Callable[[str, torch.Tensor], "torch.Tensor | None"]
+"""``(weight name, presynaptic spikes) -> increment of the target``: how one pathway of :data:`PATHWAYS`
+delivers a step's spikes (a dense product, summed weight rows, a precomputed chunk); None adds nothing (no
+spike, or no such block)."""
+
+
+class Pathway(NamedTuple):
+    """A synaptic pathway: spikes of population ``pre`` through ``Weights.<weight>`` onto the state field ``target``."""
+
+    weight: str
+    pre: str
+    target: str
+
+
+PATHWAYS: tuple[Pathway, ...] = (
+    Pathway("w_ee", "e", "ge_e"),
+    Pathway("w_ie", "i", "gi_e"),
+    Pathway("w_ei", "e", "ge_i"),
+    Pathway("w_ii", "i", "gi_i"),
+    Pathway("w_out", "e", "u"),
+)
+"""Every synaptic pathway after the input (which reaches ``ge_e`` first, as ``input_drive``), in Brian2's
+pathway order where two share a target (input, then E -> E onto ``ge_e``; ``biosim.equations``). A new model
+block is a row here, a field of :class:`Weights`, and the adjoint's terms in :mod:`bridge.fast_engine`."""
+
+
+TARGETS = ("ge_e", "gi_e", "ge_i", "gi_i", "u")
+"""The state fields synapses add to (:func:`transition` delivers onto each, in this order)."""
+
+_PLAN = tuple((TARGETS.index(p.target), p.weight, p.pre == "e") for p in PATHWAYS)
+""":data:`PATHWAYS` as ``(index in TARGETS, weight name, from E)``, looked up once rather than per step."""
+
+
+class Transition(NamedTuple):
+    """What one step makes: the threshold's spikes and masks, the integrating masks, and the next state."""
+
+    spikes_e: torch.Tensor
+    spikes_i: torch.Tensor
+    fired_e: torch.Tensor
+    fired_i: torch.Tensor
+    integrating_e: torch.Tensor
+    integrating_i: torch.Tensor
+    state: NetworkState
+
+
+def transition(
+    state: NetworkState,
+    constants: Constants,
+    input_drive: torch.Tensor,
+    threshold: Threshold,
+    synapses: Synapses,
+) -> Transition:
+    """One time step in Brian2's schedule order: the one definition of that order.
+
+    The eager step (:func:`advance`), the fused engine's torch forward pass and its recompute
+    (:mod:`bridge.fast_engine`) all call it; they differ only in how a population fires
+    (``threshold``) and how spikes reach their targets (``synapses``). The C++ kernels
+    (``bridge/csrc/fused_engine.cpp``) keep their own copy, tested equal bit for bit.
+    ``state.u`` may be None (the recompute tracks no readout): the readout pathways are then skipped.
+    """
+    k_e, k_i, dt, t = constants.e, constants.i, constants.dt, state.step
+    # 1. state update: membranes with the conductances at the step's start, then the decays
+    v_e, integrating_e = update_membrane(state.v_e, state.ge_e, state.gi_e, state.ready_e, t, k_e, dt)
+    v_i, integrating_i = update_membrane(state.v_i, state.ge_i, state.gi_i, state.ready_i, t, k_i, dt)
+    ge_e, gi_e = state.ge_e * constants.decay_ampa, state.gi_e * constants.decay_gaba
+    ge_i, gi_i = state.ge_i * constants.decay_ampa, state.gi_i * constants.decay_gaba
+    u = None if state.u is None else state.u * constants.decay_readout
+    # 2. threshold
+    spikes_e, fired_e = threshold("e", v_e, integrating_e, k_e)
+    spikes_i, fired_i = threshold("i", v_i, integrating_i, k_i)
+    # 3. synaptic propagation, zero delay: the input first, then every pathway onto each target
+    targets = [ge_e + input_drive, gi_e, ge_i, gi_i, u]  # TARGETS
+    for index, weight, from_e in _PLAN:
+        if targets[index] is not None:  # u is None where the readout is not tracked
+            increment = synapses(weight, spikes_e if from_e else spikes_i)
+            if increment is not None:
+                targets[index] = targets[index] + increment
+    ge_e, gi_e, ge_i, gi_i, u = targets
+    # 4. reset; the readout accumulates u at the end of the step
+    v_e, ready_e = reset(v_e, state.ready_e, fired_e, t, k_e)
+    v_i, ready_i = reset(v_i, state.ready_i, fired_i, t, k_i)
+    score_sum = None if u is None else state.score_sum + u
+    following = NetworkState(v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i, u, score_sum, t + 1)
+    return Transition(spikes_e, spikes_i, fired_e, fired_i, integrating_e, integrating_i, following)
+
+
 def step(
     input_spikes: torch.Tensor,
     state: NetworkState,
@@ -280,27 +381,14 @@ def advance(
     the active inputs (see :func:`bridge.simulate.input_drive`) skip a dense
     matrix product per step; the dynamics are the same.
     """
-    k_e, k_i, dt, t = constants.e, constants.i, constants.dt, state.step
-    # 1. state update: membranes with the conductances at the step's start
-    v_e, integrating_e = update_membrane(state.v_e, state.ge_e, state.gi_e, state.ready_e, t, k_e, dt)
-    v_i, integrating_i = update_membrane(state.v_i, state.ge_i, state.gi_i, state.ready_i, t, k_i, dt)
-    ge_e, gi_e = state.ge_e * constants.decay_ampa, state.gi_e * constants.decay_gaba
-    ge_i, gi_i = state.ge_i * constants.decay_ampa, state.gi_i * constants.decay_gaba
-    u = state.u * constants.decay_readout
-    # 2. threshold
-    spikes_e = fire(v_e, integrating_e, k_e, spike_fn)
-    spikes_i = fire(v_i, integrating_i, k_i, spike_fn)
-    # 3. synaptic propagation (ge_e: the input, then E -> E, in Brian2's pathway order; biosim.equations)
-    ge_e = ge_e + input_drive
-    if weights.w_ee is not None:
-        ge_e = ge_e + spikes_e @ weights.w_ee
-    gi_e = gi_e + spikes_i @ weights.w_ie
-    ge_i = ge_i + spikes_e @ weights.w_ei
-    if weights.w_ii is not None:
-        gi_i = gi_i + spikes_i @ weights.w_ii
-    u = u + spikes_e @ weights.w_out
-    # 4. reset; readout accumulates u at the end of the step
-    v_e, ready_e = reset(v_e, state.ready_e, spikes_e > 0, t, k_e)
-    v_i, ready_i = reset(v_i, state.ready_i, spikes_i > 0, t, k_i)
-    state = NetworkState(v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i, u, state.score_sum + u, t + 1)
-    return spikes_e, spikes_i, state
+
+    def threshold(population: str, v1: torch.Tensor, integrating: torch.Tensor, k: PopulationConstants):
+        spikes = fire(v1, integrating, k, spike_fn)
+        return spikes, spikes > 0
+
+    def synapses(name: str, spikes: torch.Tensor) -> torch.Tensor | None:
+        weight = getattr(weights, name)
+        return None if weight is None else spikes @ weight
+
+    step = transition(state, constants, input_drive, threshold, synapses)
+    return step.spikes_e, step.spikes_i, step.state

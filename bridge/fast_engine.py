@@ -102,13 +102,14 @@ import ctypes
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from .dynamics import (
+    PATHWAYS,
     Constants,
     NetworkState,
     PopulationConstants,
@@ -117,8 +118,7 @@ from .dynamics import (
     crossed,
     exponential_euler,
     heaviside,
-    reset,
-    update_membrane,
+    transition,
 )
 from .eager import NetworkOutput, run_network
 from .fused_kernels import (
@@ -133,6 +133,7 @@ from .fused_kernels import (
     Network,
     address,
     kernel_library,
+    make_struct,
     phase_recorder,
     population_struct,
     state_struct,
@@ -152,8 +153,8 @@ threads when one of them is slowed."""
 
 
 # --- torch-operation kernels (any device; the fallback) ---------------------------
-# The state update, threshold and reset are bridge.dynamics' own functions, so that
-# the torch path rounds exactly like the eager engine; only the adjoint is local.
+# Every step, forward and recomputed, is bridge.dynamics.transition (the eager engine's step order), so
+# that the torch path rounds exactly like the eager engine; only the adjoint is local.
 
 
 def _adjoint_coefficients(
@@ -259,7 +260,6 @@ class _Problem:
     library: KernelLibrary | None
     membrane_grad_scale: float = 1.0
     """Factor on the membrane adjoint at every step (:func:`run_network_fused`)."""
-    saved: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_chunks(self) -> int:
@@ -278,30 +278,34 @@ class _Problem:
         w_ii: torch.Tensor | None,
     ) -> Network:
         c, (batch, n_steps, n_input) = self.constants, self.x.shape
-        return Network(
-            batch,
-            n_steps,
-            w_in.shape[1],
-            w_ie.shape[0],
-            w_e_out.shape[1] - w_ie.shape[0],
-            self.chunk_steps,
-            torch.get_num_threads(),
-            self.library.control_word(),
-            c.dt,
-            c.decay_ampa,
-            c.decay_gaba,
-            c.decay_readout,
-            population_struct(c.e),
-            population_struct(c.i),
-            n_input,
-            address(self.x),
-            address(w_in),
-            address(w_ie),
-            address(w_e_out),
-            *_surrogate_fields(self.surrogate),
-            self.membrane_grad_scale,
-            address(w_ee),
-            address(w_ii),
+        kind, slope, unit_mv = _surrogate_fields(self.surrogate)
+        return make_struct(
+            Network,
+            batch=batch,
+            n_steps=n_steps,
+            n_e=w_in.shape[1],
+            n_i=w_ie.shape[0],
+            n_classes=w_e_out.shape[1] - w_ie.shape[0],
+            chunk=self.chunk_steps,
+            n_threads=torch.get_num_threads(),
+            mxcsr=self.library.control_word(),
+            dt=c.dt,
+            decay_ampa=c.decay_ampa,
+            decay_gaba=c.decay_gaba,
+            decay_readout=c.decay_readout,
+            e=population_struct(c.e),
+            i=population_struct(c.i),
+            n_input=n_input,
+            x=self.x,
+            w_in=w_in,
+            w_ie=w_ie,
+            w_e_out=w_e_out,
+            surrogate=kind,
+            surrogate_slope=slope,
+            surrogate_unit_mv=unit_mv,
+            membrane_grad_scale=self.membrane_grad_scale,
+            w_ee=w_ee,
+            w_ii=w_ii,
         )
 
 
@@ -327,40 +331,75 @@ def _initial_state(problem: _Problem) -> dict[str, torch.Tensor]:
 
 
 def _forward_kernels(
-    problem: _Problem, w_in, w_ie, w_e_out, w_ee, w_ii, u, score_sum, trace, raster_e, raster_i, checkpoints
+    problem: _Problem, w_in, w_ie, w_e_out, w_ee, w_ii, u, score_sum, trace, raster_e, raster_i, checkpoints, events
 ):
-    """The whole time loop in the CPU kernels; returns the final state, spike counts and population counts."""
+    """The whole time loop in the CPU kernels; returns the final state, spike counts, population counts and the
+    kernels' ``Network`` struct (the backward pass passes it back)."""
     state = _initial_state(problem)
     batch, n_steps, _ = problem.x.shape
     counts = {name: torch.zeros_like(state[f"v_{name}"]) for name in ("e", "i")}
     population = {name: u.new_empty(batch, n_steps) for name in ("e", "i")}
-    problem.saved["network"] = network = problem.network_struct(w_in, w_ie, w_e_out, w_ee, w_ii)
-    buffers = ForwardBuffers(
-        state_struct(state),
-        *(address(t) for t in (u, score_sum, raster_e, raster_i, counts["e"], counts["i"])),
-        address(population["e"]),
-        address(population["i"]),
-        state_struct(checkpoints),
-        address(trace),
+    network = problem.network_struct(w_in, w_ie, w_e_out, w_ee, w_ii)
+    buffers = make_struct(
+        ForwardBuffers,
+        state=state_struct(state),
+        u=u,
+        score_sum=score_sum,
+        raster_e=raster_e,
+        raster_i=raster_i,
+        counts_e=counts["e"],
+        counts_i=counts["i"],
+        population_e=population["e"],
+        population_i=population["i"],
+        checkpoints=state_struct(checkpoints),
+        readout_trace=trace,
     )
     recorder, started = phase_recorder(), time.perf_counter()
     problem.library.forward[u.dtype](ctypes.byref(network), ctypes.byref(buffers))
     if recorder is not None:
         recorder.add("forward", time.perf_counter() - started)
-    return state, counts["e"], counts["i"], population["e"], population["i"]
+    return state, counts["e"], counts["i"], population["e"], population["i"], network
+
+
+class _ForwardSynapses:
+    """The pathways of the torch forward pass (:data:`bridge.dynamics.PATHWAYS`) on bool spike masks.
+
+    E spikes feed ``ge_i`` and the readout: one gather of ``[w_ei, w_out]`` per step serves both.
+    """
+
+    def __init__(self, weights: dict[str, torch.Tensor | None], w_e_out: torch.Tensor, n_i: int, sparse: bool):
+        self.weights, self.w_e_out, self.n_i, self.sparse = weights, w_e_out, n_i, sparse
+        self.fired_e: torch.Tensor | None = None
+        self.from_e: torch.Tensor | None = None
+
+    def __call__(self, name: str, fired: torch.Tensor) -> torch.Tensor | None:
+        if name in ("w_ei", "w_out"):
+            if self.fired_e is not fired:  # a new step
+                self.fired_e, self.from_e = fired, _propagate(fired, self.w_e_out, self.sparse)
+            if self.from_e is None:
+                return None
+            return self.from_e[:, : self.n_i] if name == "w_ei" else self.from_e[:, self.n_i :]
+        weight = self.weights[name]
+        return None if weight is None else _propagate(fired, weight, self.sparse)
 
 
 def _forward_torch(
-    problem: _Problem, w_in, w_ie, w_e_out, w_ee, w_ii, u, score_sum, trace, raster_e, raster_i, checkpoints
+    problem: _Problem, w_in, w_ie, w_e_out, w_ee, w_ii, u, score_sum, trace, raster_e, raster_i, checkpoints, events
 ):
-    """The whole time loop in torch operations; returns what :func:`_forward_kernels` returns."""
-    x, constants, k_e, k_i = problem.x, problem.constants, problem.constants.e, problem.constants.i
-    dt, chunk, sparse = constants.dt, problem.chunk_steps, problem.sparse
+    """The whole time loop in torch operations (each step :func:`bridge.dynamics.transition`); returns what
+    :func:`_forward_kernels` returns."""
+    x, constants = problem.x, problem.constants
+    chunk, sparse = problem.chunk_steps, problem.sparse
     batch, n_steps, _ = x.shape
     n_i = w_ie.shape[0]
-    state = _initial_state(problem)
-    v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i = (state[name] for name in STATE_NAMES)
-    events: _InputEvents = problem.saved["input_events"]
+    start = _initial_state(problem)
+    state = NetworkState(**start, u=u.clone(), score_sum=score_sum.clone(), step=0)
+    synapses = _ForwardSynapses({"w_ee": w_ee, "w_ie": w_ie, "w_ii": w_ii}, w_e_out, n_i, sparse)
+
+    def threshold(population: str, v1: torch.Tensor, integrating: torch.Tensor, k: PopulationConstants):
+        fired = crossed(v1, integrating, k)
+        return fired, fired
+
     for index, first in enumerate(range(0, n_steps, chunk)):
         last = min(first + chunk, n_steps)
         if sparse:
@@ -369,45 +408,63 @@ def _forward_torch(
         else:
             drive = x[:, first:last].transpose(0, 1).to(w_in.dtype) @ w_in
         if checkpoints is not None:
-            for name, value in zip(STATE_NAMES, (v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i), strict=True):
-                checkpoints[name][index] = value
+            for name in STATE_NAMES:
+                checkpoints[name][index] = getattr(state, name)
         for t in range(first, last):
-            v1_e, integrating_e = update_membrane(v_e, ge_e, gi_e, ready_e, t, k_e, dt)
-            v1_i, integrating_i = update_membrane(v_i, ge_i, gi_i, ready_i, t, k_i, dt)
-            fired_e, fired_i = crossed(v1_e, integrating_e, k_e), crossed(v1_i, integrating_i, k_i)
-            ge_e = ge_e * constants.decay_ampa + drive[t - first]
-            gi_e = gi_e * constants.decay_gaba
-            ge_i = ge_i * constants.decay_ampa
-            gi_i = gi_i * constants.decay_gaba
-            # The recurrent blocks, where they exist: E -> E after the input (bridge.dynamics.advance).
-            from_ee = None if w_ee is None else _propagate(fired_e, w_ee, sparse)
-            if from_ee is not None:
-                ge_e = ge_e + from_ee
-            from_ii = None if w_ii is None else _propagate(fired_i, w_ii, sparse)
-            if from_ii is not None:
-                gi_i = gi_i + from_ii
-            u.mul_(constants.decay_readout)
-            from_i = _propagate(fired_i, w_ie, sparse)
-            if from_i is not None:
-                gi_e = gi_e + from_i
-            from_e = _propagate(fired_e, w_e_out, sparse)
-            if from_e is not None:
-                ge_i = ge_i + from_e[:, :n_i]
-                u.add_(from_e[:, n_i:])
-            v_e, ready_e = reset(v1_e, ready_e, fired_e, t, k_e)
-            v_i, ready_i = reset(v1_i, ready_i, fired_i, t, k_i)
-            score_sum.add_(u)
-            trace[:, t] = u
-            raster_e[t] = fired_e
-            raster_i[t] = fired_i
-    state = dict(zip(STATE_NAMES, (v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i), strict=True))
+            made = transition(state, constants, drive[t - first], threshold, synapses)
+            state = made.state
+            trace[:, t] = state.u
+            raster_e[t] = made.fired_e
+            raster_i[t] = made.fired_i
+    u.copy_(state.u)
+    score_sum.copy_(state.score_sum)
     dtype = u.dtype
     counts_e, counts_i = raster_e.sum(dim=0).to(dtype), raster_i.sum(dim=0).to(dtype)
     population_e, population_i = raster_e.sum(dim=2).t().to(dtype), raster_i.sum(dim=2).t().to(dtype)
-    return state, counts_e, counts_i, population_e.contiguous(), population_i.contiguous()
+    final = {name: getattr(state, name) for name in STATE_NAMES}
+    return final, counts_e, counts_i, population_e.contiguous(), population_i.contiguous(), None
 
 
-def _run_forward(problem: _Problem, w_in, w_ie, w_e_out, n_classes: int, w_ee=None, w_ii=None):
+class _Replay:
+    """Threshold and pathways of the recompute at step ``step``: the saved spikes, and the chunk's synaptic
+    increments (``(steps, batch, n_post)`` per weight name, from step ``first``) gathered beforehand."""
+
+    def __init__(self, rasters: dict[str, torch.Tensor], increments: dict[str, torch.Tensor], first: int):
+        self.rasters, self.increments, self.first = rasters, increments, first
+        self.step = first
+
+    def threshold(self, population: str, v1: torch.Tensor, integrating: torch.Tensor, k: PopulationConstants):
+        fired = self.rasters[population][self.step]
+        return fired, fired
+
+    def synapses(self, name: str, spikes: torch.Tensor) -> torch.Tensor | None:
+        increment = self.increments.get(name)
+        return None if increment is None else increment[self.step - self.first]
+
+
+class _ForwardRun(NamedTuple):
+    """What the forward time loop fills and returns (:func:`_run_forward`)."""
+
+    checkpoints: dict[str, torch.Tensor] | None
+    """The state at the start of every chunk, (n_chunks, batch, n) per :data:`STATE_NAMES`; None unless saved."""
+    raster_e: torch.Tensor
+    raster_i: torch.Tensor
+    u: torch.Tensor
+    score_sum: torch.Tensor
+    trace: torch.Tensor
+    state: dict[str, torch.Tensor]
+    """The final state, by :data:`STATE_NAMES`."""
+    counts_e: torch.Tensor
+    counts_i: torch.Tensor
+    population_e: torch.Tensor
+    population_i: torch.Tensor
+    network: Network | None
+    """The kernels' ``Network`` struct (None on torch operations)."""
+    events: _InputEvents | None
+    """The input raster's spikes by step (torch operations only; the kernels read the raster)."""
+
+
+def _run_forward(problem: _Problem, w_in, w_ie, w_e_out, n_classes: int, w_ee=None, w_ii=None) -> _ForwardRun:
     """The forward time loop (kernels or torch operations), with the buffers it fills.
 
     ``w_ee`` / ``w_ii``: the recurrent blocks (contiguous), None where the network has none.
@@ -415,8 +472,7 @@ def _run_forward(problem: _Problem, w_in, w_ie, w_e_out, n_classes: int, w_ee=No
     batch, n_steps, _ = problem.x.shape
     n_e, n_i = w_in.shape[1], w_ie.shape[0]
     dtype, device = w_e_out.dtype, w_e_out.device
-    if problem.library is None:  # the kernels read the raster directly
-        problem.saved["input_events"] = _InputEvents.from_raster(problem.x)
+    events = _InputEvents.from_raster(problem.x) if problem.library is None else None
     u = torch.zeros(batch, n_classes, dtype=dtype, device=device)
     score_sum = torch.zeros_like(u)
     trace = torch.empty(batch, n_steps, n_classes, dtype=dtype, device=device)
@@ -429,12 +485,94 @@ def _run_forward(problem: _Problem, w_in, w_ie, w_e_out, n_classes: int, w_ee=No
             for name, value in _initial_state(problem).items()
         }
     run = _forward_kernels if problem.library is not None else _forward_torch
-    outputs = run(problem, w_in, w_ie, w_e_out, w_ee, w_ii, u, score_sum, trace, raster_e, raster_i, checkpoints)
-    return (checkpoints, raster_e, raster_i, u, score_sum, trace, *outputs)
+    buffers = (u, score_sum, trace, raster_e, raster_i, checkpoints)
+    state, counts_e, counts_i, population_e, population_i, network = run(
+        problem, w_in, w_ie, w_e_out, w_ee, w_ii, *buffers, events
+    )
+    return _ForwardRun(
+        checkpoints,
+        raster_e,
+        raster_i,
+        u,
+        score_sum,
+        trace,
+        state,
+        counts_e,
+        counts_i,
+        population_e,
+        population_i,
+        network,
+        events,
+    )
+
+
+class _Outputs(NamedTuple):
+    """The autograd function's outputs, in the order it returns them; its backward receives their gradients
+    (None where none flowed) in the same order, and names them with this class too."""
+
+    scores: torch.Tensor | None
+    counts_e: torch.Tensor | None
+    counts_i: torch.Tensor | None
+    v_e: torch.Tensor | None
+    ge_e: torch.Tensor | None
+    gi_e: torch.Tensor | None
+    v_i: torch.Tensor | None
+    ge_i: torch.Tensor | None
+    gi_i: torch.Tensor | None
+    u: torch.Tensor | None
+    score_sum: torch.Tensor | None
+    ready_e: torch.Tensor | None
+    """Not differentiable, as ``ready_i`` and ``population_i``."""
+    ready_i: torch.Tensor | None
+    population_e: torch.Tensor | None
+    population_i: torch.Tensor | None
+    trace: torch.Tensor | None
+
+
+class _Saved(NamedTuple):
+    """The tensors the backward pass reads, in the order of ``ctx.save_for_backward`` (None: absent)."""
+
+    x: torch.Tensor
+    w_in: torch.Tensor
+    w_ie: torch.Tensor
+    w_out: torch.Tensor
+    w_ee: torch.Tensor | None
+    w_ii: torch.Tensor | None
+    w_e_out: torch.Tensor
+    """``[w_ei, w_out]``, the forward pass's concatenation (the adjoint's products use it too)."""
+    raster_e: torch.Tensor
+    raster_i: torch.Tensor
+    events_step: torch.Tensor | None
+    events_trial: torch.Tensor | None
+    events_neuron: torch.Tensor | None
+    checkpoint_v_e: torch.Tensor
+    checkpoint_ge_e: torch.Tensor
+    checkpoint_gi_e: torch.Tensor
+    checkpoint_ready_e: torch.Tensor
+    checkpoint_v_i: torch.Tensor
+    checkpoint_ge_i: torch.Tensor
+    checkpoint_gi_i: torch.Tensor
+    checkpoint_ready_i: torch.Tensor
+
+    @property
+    def checkpoints(self) -> dict[str, torch.Tensor]:
+        """The state at the start of every chunk, by :data:`STATE_NAMES`."""
+        return {name: getattr(self, f"checkpoint_{name}") for name in STATE_NAMES}
+
+    @property
+    def input_events(self) -> _InputEvents | None:
+        if self.events_step is None:
+            return None
+        return _InputEvents(self.events_step, self.events_trial, self.events_neuron)
 
 
 class _FusedNetwork(torch.autograd.Function):
-    """Forward: the time loop without autograd. Backward: the adjoint recursion (:class:`_Adjoint`)."""
+    """Forward: the time loop without autograd. Backward: the adjoint recursion (:class:`_Adjoint`).
+
+    Tensors reach the backward pass through ``ctx.save_for_backward`` (:class:`_Saved`), so autograd checks
+    that none was modified in place in between; ``ctx.problem`` carries the configuration (constants,
+    surrogate, chunking, library) and ``ctx.network`` the kernels' struct of pointers into saved tensors.
+    """
 
     @staticmethod
     def forward(ctx, problem: _Problem, w_in, w_ei, w_ie, w_out, w_ee, w_ii):  # type: ignore[override]
@@ -442,41 +580,54 @@ class _FusedNetwork(torch.autograd.Function):
         w_in, w_ie = w_in.contiguous(), w_ie.contiguous()
         w_ee, w_ii = (None if w is None else w.contiguous() for w in (w_ee, w_ii))  # None: no such block
         w_e_out = torch.cat([w_ei, w_out], dim=1)  # E spikes feed ge_i and the readout: one gather serves both
-        checkpoints, raster_e, raster_i, u, score_sum, trace, state, counts_e, counts_i, population_e, population_i = (
-            _run_forward(problem, w_in, w_ie, w_e_out, w_out.shape[1], w_ee, w_ii)
-        )
-        ready_e, ready_i = state["ready_e"], state["ready_i"]
+        run = _run_forward(problem, w_in, w_ie, w_e_out, w_out.shape[1], w_ee, w_ii)
+        state = run.state
         if problem.save:
-            problem.saved.update(raster_e=raster_e, raster_i=raster_i, checkpoints=checkpoints, w_e_out=w_e_out)
-            ctx.problem = problem
-            ctx.save_for_backward(w_in, w_ie, w_out, w_ee, w_ii)
+            events = run.events
+            ctx.save_for_backward(
+                *_Saved(
+                    problem.x,
+                    w_in,
+                    w_ie,
+                    w_out,
+                    w_ee,
+                    w_ii,
+                    w_e_out,
+                    run.raster_e,
+                    run.raster_i,
+                    *((None,) * 3 if events is None else (events.step, events.trial, events.neuron)),
+                    *(run.checkpoints[name] for name in STATE_NAMES),
+                )
+            )
+            ctx.problem, ctx.network = problem, run.network
         ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(ready_e, ready_i, population_i)
-        return (
-            score_sum / n_steps,
-            counts_e,
-            counts_i,
-            state["v_e"],
-            state["ge_e"],
-            state["gi_e"],
-            state["v_i"],
-            state["ge_i"],
-            state["gi_i"],
-            u,
-            score_sum,
-            ready_e,
-            ready_i,
-            population_e,
-            population_i,
-            trace,
+        ctx.mark_non_differentiable(state["ready_e"], state["ready_i"], run.population_i)
+        return tuple(
+            _Outputs(
+                scores=run.score_sum / n_steps,
+                counts_e=run.counts_e,
+                counts_i=run.counts_i,
+                v_e=state["v_e"],
+                ge_e=state["ge_e"],
+                gi_e=state["gi_e"],
+                v_i=state["v_i"],
+                ge_i=state["ge_i"],
+                gi_i=state["gi_i"],
+                u=run.u,
+                score_sum=run.score_sum,
+                ready_e=state["ready_e"],
+                ready_i=state["ready_i"],
+                population_e=run.population_e,
+                population_i=run.population_i,
+                trace=run.trace,
+            )
         )
 
     @staticmethod
     @once_differentiable  # first derivatives only: the adjoint itself is not differentiated
     def backward(ctx, *grads):  # type: ignore[override]
-        w_in, w_ie, w_out, w_ee, w_ii = ctx.saved_tensors
-        grads = (*grads[:11], grads[13], grads[15])
-        adjoint = _Adjoint(ctx.problem, w_in, w_ie, w_out, grads, ctx.needs_input_grad[1:7], w_ee=w_ee, w_ii=w_ii)
+        saved = _Saved(*ctx.saved_tensors)
+        adjoint = _Adjoint(ctx.problem, saved, ctx.network, _Outputs(*grads), ctx.needs_input_grad[1:7])
         with flushed_denormals():
             return (None, *adjoint.run())
 
@@ -491,15 +642,19 @@ class _Adjoint:
     gradients of step ``t`` use slot ``t - first + 1``.
     """
 
-    def __init__(self, problem: _Problem, w_in, w_ie, w_out, grads, needs, *, w_ee=None, w_ii=None) -> None:
-        g_scores, g_counts_e, g_counts_i, g_v_e, g_ge_e, g_gi_e, g_v_i, g_ge_i, g_gi_i, g_u, g_score_sum = grads[:11]
-        g_population_e, g_trace = grads[11:]
-        self.problem = problem
+    def __init__(self, problem: _Problem, saved: _Saved, network: Network | None, grads: _Outputs, needs) -> None:
+        g = grads
+        g_scores, g_counts_e, g_counts_i, g_score_sum = g.scores, g.counts_e, g.counts_i, g.score_sum
+        g_v_e, g_ge_e, g_gi_e, g_v_i, g_ge_i, g_gi_i, g_u = g.v_e, g.ge_e, g.gi_e, g.v_i, g.ge_i, g.gi_i, g.u
+        g_population_e, g_trace = g.population_e, g.trace
+        self.problem, self.saved, self.network = problem, saved, network
         self.need_in, self.need_ei, self.need_ie, self.need_out, self.need_ee, self.need_ii = needs
+        w_in, w_ie, w_out, w_ee, w_ii = saved.w_in, saved.w_ie, saved.w_out, saved.w_ee, saved.w_ii
         self.w_in, self.w_ie, self.w_out = w_in, w_ie, w_out
         self.w_ee, self.w_ii = w_ee, w_ii  # the recurrent blocks, None where the network has none
-        self.w_e_out = problem.saved["w_e_out"]
-        raster_e: torch.Tensor = problem.saved["raster_e"]
+        self.w_e_out = saved.w_e_out
+        self.input_events = saved.input_events
+        raster_e = saved.raster_e
         self.n_steps, self.batch, self.n_e = raster_e.shape
         self.n_i, self.n_classes = w_ie.shape[0], w_out.shape[1]
         self.dtype, self.device = w_out.dtype, w_out.device
@@ -582,7 +737,7 @@ class _Adjoint:
 
     def _chunks(self, chunk_adjoint) -> None:
         """The torch implementation: chunk by chunk, then the chunk's weight gradients."""
-        raster_e, raster_i = self.problem.saved["raster_e"], self.problem.saved["raster_i"]
+        raster_e, raster_i = self.saved.raster_e, self.saved.raster_i
         chunk = self.problem.chunk_steps
         for index, first, last in self._chunk_bounds():
             chunk_adjoint(index, first, last)
@@ -621,10 +776,10 @@ class _Adjoint:
         if self.grad_in is not None and self.want_ge_e:
             after = self.lge_e[1 : n + 1].reshape(n * batch, -1)
             if dense:
-                inputs = self.problem.x[:, first:last].transpose(0, 1).reshape(n * batch, -1)
+                inputs = self.saved.x[:, first:last].transpose(0, 1).reshape(n * batch, -1)
                 self.grad_in.addmm_(inputs.t().to(self.dtype), after)
                 return
-            rows, neuron = self.problem.saved["input_events"].chunk(first, last, batch)
+            rows, neuron = self.input_events.chunk(first, last, batch)
             if rows.numel():
                 self.grad_in.index_add_(0, neuron, after.index_select(0, rows))
 
@@ -667,7 +822,6 @@ class _Adjoint:
     def _prepare_kernels(self) -> None:
         problem, chunk, batch = self.problem, self.problem.chunk_steps, self.batch
         n_e, n_i = self.n_e, self.n_i
-        self.network = problem.saved["network"]
         # The chunk's adjoint coefficients; s = m sigma' only with a surrogate.
         surrogate = problem.surrogate is not None
         self.s_e = self._empty(chunk, batch, n_e) if surrogate else None
@@ -705,29 +859,31 @@ class _Adjoint:
         """
         recorder, started = phase_recorder(), time.perf_counter()
         self._prepare_kernels()
-        problem, library = self.problem, self.problem.library
+        library = self.problem.library
         network = ctypes.byref(self.network)
-        checkpoints, saved = problem.saved["checkpoints"], problem.saved
-        chunk_pointers = [
-            address(t)
-            for t in (self.s_e, self.cv_e, self.cge_e, self.cgi_e, self.s_i, self.cv_i, self.cge_i, self.cgi_i)
-        ]
+        checkpoints, saved = self.saved.checkpoints, self.saved
+        coefficients = ("s_e", "cv_e", "cge_e", "cgi_e", "s_i", "cv_i", "cge_i", "cgi_i")
+        chunk_coefficients = {name: getattr(self, name) for name in coefficients}
+        rasters = {"raster_e": saved.raster_e, "raster_i": saved.raster_i}
 
         def through_all_chunks(part: int) -> None:  # one block of trials
             trials = self.trial_blocks[part]
             accumulators = {name: parts[part] for name, parts in self.gradient_parts.items()}
-            extras = ChunkExtras(
-                *(address(t) for t in (self.g_counts_e, self.g_counts_i)),
-                *(address(accumulators.get(name)) for name in ("grad_in", "grad_ie", "grad_e_out")),
-                *(address(t) for t in self.packed),
-                address(self.g_population_e),
-                *(address(accumulators.get(name)) for name in ("grad_ee", "grad_ii")),
+            extras = make_struct(
+                ChunkExtras,
+                g_counts_e=self.g_counts_e,
+                g_counts_i=self.g_counts_i,
+                packed_e=self.packed[0],
+                packed_i=self.packed[1],
+                g_population_e=self.g_population_e,
+                **{name: accumulators.get(name) for name in GRADIENT_ACCUMULATORS},
             )
-            rasters = address(saved["raster_e"]), address(saved["raster_i"])
             recompute_s = adjoint_s = 0.0
             for index, first, last in self._chunk_bounds():
                 start = state_struct({name: value[index] for name, value in checkpoints.items()})
-                buffers = ChunkBuffers(first, last, start, *rasters, *chunk_pointers)
+                buffers = make_struct(
+                    ChunkBuffers, first=first, last=last, start=start, **rasters, **chunk_coefficients
+                )
                 entered = time.perf_counter()
                 library.recompute[self.dtype](network, ctypes.byref(buffers), *trials)
                 adjoint = self._adjoint_buffers(first)
@@ -756,18 +912,15 @@ class _Adjoint:
             recorder.add("backward", time.perf_counter() - started)
             recorder.add("batches", 1)
 
-    def _adjoint_buffers(self, first: int) -> AdjointBuffers:
-        return AdjointBuffers(
-            first,
-            *(address(t) for t in (self.s_e, self.cv_e, self.cge_e, self.cgi_e, self.s_i, self.cv_i, self.cge_i)),
-            address(self.problem.saved["raster_e"]),
-            address(self.problem.saved["raster_i"]),
-            *(address(t) for t in (self.ls_e, self.ls_i, self.lv_e, self.lv_i, self.lgi_e, self.lge_e)),
-            address(self.leo),
-            address(self.g_sum),
-            address(self.g_trace),
-            address(self.cgi_i),
-            address(self.lgi_i),
+    def _adjoint_buffers(self, first: int) -> ctypes.Structure:
+        names = ("s_e", "cv_e", "cge_e", "cgi_e", "s_i", "cv_i", "cge_i", "cgi_i", "ls_e", "ls_i", "lv_e", "lv_i")
+        names += ("lgi_e", "lge_e", "lgi_i", "leo", "g_sum", "g_trace")
+        return make_struct(
+            AdjointBuffers,
+            first=first,
+            raster_e=self.saved.raster_e,
+            raster_i=self.saved.raster_i,
+            **{name: getattr(self, name) for name in names},
         )
 
     # --- torch operations --------------------------------------------------------
@@ -782,7 +935,7 @@ class _Adjoint:
         s_i, cv_i, cge_i, cgi_i = _adjoint_coefficients(
             v_i, ge_i, gi_i, integrating_i, k_i, dt, derivative, True, self.want_gi_i
         )
-        fired_e, fired_i = problem.saved["raster_e"][first:last], problem.saved["raster_i"][first:last]
+        fired_e, fired_i = self.saved.raster_e[first:last], self.saved.raster_i[first:last]
         leo, lgi_e, lge_e, lgi_i = self.leo, self.lgi_e, self.lge_e, self.lgi_i
         for j in range(last - first - 1, -1, -1):
             lambda_s_e, lambda_s_i = self._spike_adjoints(j, first + j)
@@ -813,55 +966,46 @@ class _Adjoint:
     def _recompute_torch(self, index: int, first: int, last: int) -> tuple[torch.Tensor, ...]:
         """States at the start of every step of a chunk, from its checkpoint and the saved spikes.
 
-        Returns ``(v_e, ge_e, gi_e, integrating_e, v_i, ge_i, gi_i, integrating_i)``,
+        Each step is :func:`bridge.dynamics.transition` with the saved spikes as its threshold and the
+        chunk's synaptic input, gathered for all its steps at once, as its pathways (the readout is not
+        recomputed). Returns ``(v_e, ge_e, gi_e, integrating_e, v_i, ge_i, gi_i, integrating_i)``,
         each (steps, batch, neurons); bit-identical to the forward pass.
         """
-        problem, constants = self.problem, self.problem.constants
-        k_e, k_i, dt = constants.e, constants.i, constants.dt
+        problem, saved = self.problem, self.saved
         n, batch, n_e, n_i = last - first, self.batch, self.n_e, self.n_i
-        raster_e, raster_i = problem.saved["raster_e"], problem.saved["raster_i"]
-        v_e, ge_e, gi_e, ready_e, v_i, ge_i, gi_i, ready_i = (
-            problem.saved["checkpoints"][name][index].clone() for name in STATE_NAMES
-        )
+        rasters = {"e": saved.raster_e, "i": saved.raster_i}
+        weights = {"w_ee": self.w_ee, "w_ie": self.w_ie, "w_ei": self.w_e_out[:, :n_i], "w_ii": self.w_ii}
+        increments: dict[str, torch.Tensor] = {}  # per pathway: (steps, batch, n_post)
         if problem.sparse:
-            rows, neuron = problem.saved["input_events"].chunk(first, last, batch)
+            rows, neuron = self.input_events.chunk(first, last, batch)
             drive = _scatter_rows(rows, neuron, self.w_in, n * batch).view(n, batch, n_e)
-            rows, neuron = _raster_events(raster_i[first:last])
-            from_i = _scatter_rows(rows, neuron, self.w_ie, n * batch).view(n, batch, n_e)
-            rows, neuron = _raster_events(raster_e[first:last])
-            from_e = _scatter_rows(rows, neuron, self.w_e_out[:, :n_i], n * batch).view(n, batch, n_i)
-            if self.w_ee is not None:
-                from_ee = _scatter_rows(rows, neuron, self.w_ee, n * batch).view(n, batch, n_e)
-            if self.w_ii is not None:
-                rows, neuron = _raster_events(raster_i[first:last])
-                from_ii = _scatter_rows(rows, neuron, self.w_ii, n * batch).view(n, batch, n_i)
+            events = {name: _raster_events(raster[first:last]) for name, raster in rasters.items()}
+            for pathway in PATHWAYS:
+                weight = weights.get(pathway.weight)
+                if weight is not None:
+                    rows, neuron = events[pathway.pre]
+                    increments[pathway.weight] = _scatter_rows(rows, neuron, weight, n * batch).view(n, batch, -1)
         else:
-            drive = problem.x[:, first:last].transpose(0, 1).to(self.dtype) @ self.w_in
-            from_i = raster_i[first:last].to(self.dtype) @ self.w_ie
-            from_e = raster_e[first:last].to(self.dtype) @ self.w_e_out[:, :n_i]
-            if self.w_ee is not None:
-                from_ee = raster_e[first:last].to(self.dtype) @ self.w_ee
-            if self.w_ii is not None:
-                from_ii = raster_i[first:last].to(self.dtype) @ self.w_ii
+            drive = saved.x[:, first:last].transpose(0, 1).to(self.dtype) @ self.w_in
+            for pathway in PATHWAYS:
+                weight = weights.get(pathway.weight)
+                if weight is not None:
+                    increments[pathway.weight] = rasters[pathway.pre][first:last].to(self.dtype) @ weight
+        start = {name: value[index].clone() for name, value in saved.checkpoints.items()}
+        state = NetworkState(**start, u=None, score_sum=None, step=first)
         out = [self._empty(n, batch, n_e) for _ in range(3)]
         out.append(torch.empty(n, batch, n_e, dtype=torch.bool, device=self.device))
         out += [self._empty(n, batch, n_i) for _ in range(3)]
         out.append(torch.empty(n, batch, n_i, dtype=torch.bool, device=self.device))
+
+        replay = _Replay(rasters, increments, first)
         for j in range(n):
-            t = first + j
-            out[0][j], out[1][j], out[2][j], out[4][j], out[5][j], out[6][j] = v_e, ge_e, gi_e, v_i, ge_i, gi_i
-            v_e, out[3][j] = update_membrane(v_e, ge_e, gi_e, ready_e, t, k_e, dt)
-            v_i, out[7][j] = update_membrane(v_i, ge_i, gi_i, ready_i, t, k_i, dt)
-            ge_e = ge_e * constants.decay_ampa + drive[j]
-            if self.w_ee is not None:  # after the input, as in the forward pass
-                ge_e = ge_e + from_ee[j]
-            gi_e = gi_e * constants.decay_gaba + from_i[j]
-            ge_i = ge_i * constants.decay_ampa + from_e[j]
-            gi_i = gi_i * constants.decay_gaba
-            if self.w_ii is not None:
-                gi_i = gi_i + from_ii[j]
-            v_e, ready_e = reset(v_e, ready_e, raster_e[t], t, k_e)
-            v_i, ready_i = reset(v_i, ready_i, raster_i[t], t, k_i)
+            out[0][j], out[1][j], out[2][j] = state.v_e, state.ge_e, state.gi_e
+            out[4][j], out[5][j], out[6][j] = state.v_i, state.ge_i, state.gi_i
+            replay.step = first + j
+            made = transition(state, problem.constants, drive[j], replay.threshold, replay.synapses)
+            out[3][j], out[7][j] = made.integrating_e, made.integrating_i
+            state = made.state
         return tuple(out)
 
 

@@ -3,9 +3,13 @@
 :func:`kernel_library` compiles the C++ once per machine and source version
 (the cache key holds the source text, the compiler and its flags, the torch
 version and this CPU's model and feature flags), loads it with ctypes and
-checks every struct the two sides share against the layout the library
-exports (``biosim_struct_layout``): a mismatch is a ``RuntimeError`` naming the
-field, never silent memory corruption. When the kernels cannot be built, it
+checks every struct the two sides share against the fields the library
+exports (``biosim_struct_fields``): a mismatch is a ``RuntimeError`` naming the
+struct, never silent memory corruption. Each struct's fields are declared
+once, in its ``BIOSIM_FIELDS_`` list in the C++; the ctypes classes here are
+built from the same lines (:func:`structs_from_source`) and filled by field
+name (:func:`make_struct`); docs/engine.md says why ctypes rather than a
+``TORCH_LIBRARY`` extension. When the kernels cannot be built, it
 says why (no compiler, no MKL symbols in ``libtorch_cpu``, the compiler's
 first lines) in one warning, and :mod:`bridge.fast_engine` runs its torch
 implementation instead. The algorithm the kernels compute, and its adjoint,
@@ -18,6 +22,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +43,9 @@ from biosim.environment import switch
 from .dynamics import PopulationConstants
 
 __all__ = [
+    "STRUCTS",
+    "make_struct",
+    "structs_from_source",
     "PRODUCT_PATHS",
     "KERNEL_SURROGATES",
     "STATE_NAMES",
@@ -66,38 +74,57 @@ _COMPILER_FLAGS = (
 compiler evaluate both sides of a select, without which it leaves the surrogate loops unvectorised."""
 
 
-class Population(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_double)
-        for name in (
-            "e_exc_over_c",
-            "e_inh_over_c",
-            "leak_drive_over_c",
-            "minus_g_leak_over_c",
-            "one_over_c",
-            "v_threshold",
-            "v_reset",
-        )
-    ] + [("refractory_steps", ctypes.c_int64)]
+_C_TYPES: dict[str, Any] = {"int64_t": ctypes.c_int64, "double": ctypes.c_double}
+"""ctypes of the scalar field types the kernels' structs use; every pointer is a ``c_void_p``."""
+
+_FIELD_LIST = re.compile(r"#define BIOSIM_FIELDS_(\w+)\(F\)((?:[^\n]*\\\n)*[^\n]*)")
+_FIELD = re.compile(r"F\(\s*([^,()]+?)\s*,\s*(\w+)\s*\)")
 
 
-def _pointers(*names: str) -> list[tuple[str, Any]]:
-    return [(name, ctypes.c_void_p) for name in names]
+def structs_from_source(source: str) -> dict[str, type[ctypes.Structure]]:
+    """ctypes classes of the structs the kernels share, built from their field lists in the C++ source.
+
+    Each struct's fields are declared once, in its ``BIOSIM_FIELDS_<Struct>(F)`` list of ``F(type, name)``
+    entries (``csrc/fused_engine.cpp``), from which the C++ expands the struct itself and its exported
+    layout (``biosim_struct_fields``); a type is ``int64_t``, ``double``, a pointer or an earlier struct.
+    """
+    structs: dict[str, type[ctypes.Structure]] = {}
+    for name, body in _FIELD_LIST.findall(source):
+        body = re.sub(r"/\*.*?\*/", "", body.replace("\\\n", " "), flags=re.S)
+        fields = []
+        for c_type, member in _FIELD.findall(body):
+            if c_type.endswith("*"):
+                fields.append((member, ctypes.c_void_p))
+            elif c_type in _C_TYPES or c_type in structs:
+                fields.append((member, _C_TYPES.get(c_type) or structs[c_type]))
+            else:
+                raise RuntimeError(f"{_KERNEL_SOURCE_PATH.name}: {name}.{member} has type {c_type!r}: no ctypes for it")
+        structs[name] = type(name, (ctypes.Structure,), {"_fields_": fields})
+    return structs
 
 
-class Network(ctypes.Structure):
-    _fields_ = (
-        [
-            (name, ctypes.c_int64)
-            for name in ("batch", "n_steps", "n_e", "n_i", "n_classes", "chunk", "n_threads", "mxcsr")
-        ]
-        + [(name, ctypes.c_double) for name in ("dt", "decay_ampa", "decay_gaba", "decay_readout")]
-        + [("e", Population), ("i", Population), ("n_input", ctypes.c_int64)]
-        + _pointers("x", "w_in", "w_ie", "w_e_out")
-        + [("surrogate", ctypes.c_int64), ("surrogate_slope", ctypes.c_double), ("surrogate_unit_mv", ctypes.c_double)]
-        + [("membrane_grad_scale", ctypes.c_double)]
-        + _pointers("w_ee", "w_ii")
-    )
+STRUCTS = structs_from_source(_KERNEL_SOURCE_PATH.read_text())
+"""The ctypes copies of the kernels' structs, by their C++ names (built from the C++ field lists)."""
+Population, Network, State = STRUCTS["Population"], STRUCTS["Network"], STRUCTS["State"]
+ForwardBuffers, ChunkBuffers, ChunkExtras = STRUCTS["ForwardBuffers"], STRUCTS["ChunkBuffers"], STRUCTS["ChunkExtras"]
+AdjointBuffers = STRUCTS["AdjointBuffers"]
+
+
+@functools.cache
+def _field_names(struct: type[ctypes.Structure]) -> frozenset[str]:
+    return frozenset(name for name, _ in struct._fields_)
+
+
+def make_struct(struct: type[ctypes.Structure], **fields: Any) -> ctypes.Structure:
+    """``struct`` with every field given by name: a field missing or unknown is a ``TypeError`` naming it.
+
+    Tensors may be given for pointer fields (their ``data_ptr()``; None: a null pointer).
+    """
+    names = _field_names(struct)
+    if fields.keys() != names:
+        missing, unknown = [n for n, _ in struct._fields_ if n not in fields], [n for n in fields if n not in names]
+        raise TypeError(f"{struct.__name__}: missing fields {missing}, unknown fields {unknown}")
+    return struct(**{name: address(v) if isinstance(v, torch.Tensor) else v for name, v in fields.items()})
 
 
 GRADIENT_ACCUMULATORS = ("grad_in", "grad_ie", "grad_e_out", "grad_ee", "grad_ii")
@@ -108,94 +135,24 @@ KERNEL_SURROGATES = {"fast_sigmoid": 1, "sigmoid": 2, "atan": 3, "triangle": 4}
 implementation runs any other."""
 
 
-STATE_NAMES = ("v_e", "ge_e", "gi_e", "ready_e", "v_i", "ge_i", "gi_i", "ready_i")
-
-
-class State(ctypes.Structure):
-    _fields_ = _pointers(*STATE_NAMES)
-
-
-class ForwardBuffers(ctypes.Structure):
-    _fields_ = (
-        [("state", State)]
-        + _pointers("u", "score_sum", "raster_e", "raster_i", "counts_e", "counts_i", "population_e", "population_i")
-        + [("checkpoints", State)]
-        + _pointers("readout_trace")
-    )
-
-
-class ChunkBuffers(ctypes.Structure):
-    _fields_ = (
-        [("first", ctypes.c_int64), ("last", ctypes.c_int64), ("start", State)]
-        + _pointers("raster_e", "raster_i")
-        + _pointers("s_e", "cv_e", "cge_e", "cgi_e", "s_i", "cv_i", "cge_i", "cgi_i")
-    )
-
-
-class ChunkExtras(ctypes.Structure):
-    _fields_ = _pointers(
-        "g_counts_e",
-        "g_counts_i",
-        "grad_in",
-        "grad_ie",
-        "grad_e_out",
-        "packed_e",
-        "packed_i",
-        "g_population_e",
-        "grad_ee",
-        "grad_ii",
-    )
-
-
-class AdjointBuffers(ctypes.Structure):
-    _fields_ = [("first", ctypes.c_int64)] + _pointers(
-        "s_e",
-        "cv_e",
-        "cge_e",
-        "cgi_e",
-        "s_i",
-        "cv_i",
-        "cge_i",
-        "raster_e",
-        "raster_i",
-        "ls_e",
-        "ls_i",
-        "lv_e",
-        "lv_i",
-        "lgi_e",
-        "lge_e",
-        "leo",
-        "g_sum",
-        "g_trace",
-        "cgi_i",
-        "lgi_i",
-    )
-
-
-STRUCTS = {
-    "Population": Population,
-    "Network": Network,
-    "State": State,
-    "ForwardBuffers": ForwardBuffers,
-    "ChunkBuffers": ChunkBuffers,
-    "AdjointBuffers": AdjointBuffers,
-    "ChunkExtras": ChunkExtras,
-}
-"""The ctypes copies of the kernels' structs, by their C++ names."""
+STATE_NAMES = tuple(name for name, _ in State._fields_)
+"""The state's tensors, in the order of the kernels' ``State``: ``v_e, ge_e, gi_e, ready_e, v_i, ..., ready_i``."""
 
 
 def layout_mismatches(library: ctypes.CDLL, structs: dict[str, type] | None = None) -> list[str]:
-    """Structs whose size or field offsets differ between the C++ (``biosim_struct_layout``) and ctypes."""
-    layout = library.biosim_struct_layout
-    layout.argtypes, layout.restype = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64], ctypes.c_int64
-    buffer = (ctypes.c_int64 * 64)()
+    """Structs whose size, field names or offsets differ between the C++ (``biosim_struct_fields``) and ctypes."""
+    describe = library.biosim_struct_fields
+    describe.argtypes, describe.restype = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int64], ctypes.c_int64
     mismatches = []
     for name, struct in (structs or STRUCTS).items():
-        count = layout(name.encode(), buffer, len(buffer))
-        native = list(buffer[: min(count, len(buffer))])
-        ours = [ctypes.sizeof(struct)] + [getattr(struct, field).offset for field, _ in struct._fields_]
+        buffer = ctypes.create_string_buffer(max(1, describe(name.encode(), None, 0)))
+        describe(name.encode(), buffer, len(buffer))
+        native = buffer.value.decode()
+        ours = ";".join(
+            [str(ctypes.sizeof(struct))] + [f"{field} {getattr(struct, field).offset}" for field, _ in struct._fields_]
+        )
         if native != ours:
-            mismatches.append(f"{name}: size and offsets {native} in C++, {ours} in ctypes")
+            mismatches.append(f"{name}: size and offsets of its fields {native!r} in C++, {ours!r} in ctypes")
     return mismatches
 
 
@@ -203,10 +160,11 @@ def address(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
-def state_struct(tensors: dict[str, torch.Tensor] | None) -> State:
+def state_struct(tensors: dict[str, torch.Tensor] | None) -> ctypes.Structure:
+    """The kernels' ``State`` of the tensors by :data:`STATE_NAMES`; None: all null (not saved)."""
     if tensors is None:
         return State()
-    return State(*(address(tensors[name]) for name in STATE_NAMES))
+    return make_struct(State, **{name: tensors[name] for name in STATE_NAMES})
 
 
 @dataclass(frozen=True)
@@ -452,7 +410,7 @@ def kernel_library() -> KernelLibrary | None:
     mismatches = layout_mismatches(library)
     if mismatches:  # a struct changed on one side only: calling the kernels would corrupt memory
         raise RuntimeError(
-            f"{_KERNEL_SOURCE_PATH.name} and bridge/fast_engine.py disagree on struct layouts: " + "; ".join(mismatches)
+            f"{_KERNEL_SOURCE_PATH.name} and its ctypes classes disagree on struct layouts: " + "; ".join(mismatches)
         )
 
     def bind(name: str, *argtypes: Any) -> dict[torch.dtype, Any]:
@@ -499,14 +457,6 @@ def kernels_available() -> bool:
     return kernel_library() is not None
 
 
-def population_struct(k: PopulationConstants) -> Population:
-    return Population(
-        k.e_exc_over_c,
-        k.e_inh_over_c,
-        k.leak_drive_over_c,
-        k.minus_g_leak_over_c,
-        k.one_over_c,
-        k.v_threshold,
-        k.v_reset,
-        k.refractory_steps,
-    )
+def population_struct(k: PopulationConstants) -> ctypes.Structure:
+    """The kernels' ``Population`` of one population's constants (the fields share their names)."""
+    return make_struct(Population, **{name: getattr(k, name) for name in _field_names(Population)})

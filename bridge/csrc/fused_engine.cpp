@@ -8,8 +8,8 @@
 // mode ATen's vml.h uses for torch.exp. The backward pass only has to agree
 // within rounding; its products with the weights use explicit FMAs.
 //
-// One file (about 950 lines) on purpose: the forward, recompute and adjoint loops, the register-tiled
-// products and the struct layouts the Python loader checks are one translation unit, compiled and cached
+// One file (about 1050 lines) on purpose: the forward, recompute and adjoint loops, the register-tiled
+// products and the shared structs' field lists (which the Python loader reads) are one translation unit, compiled and cached
 // as one library (bridge/fused_kernels.py), and they share membrane_step, the one state update.
 #include <algorithm>
 #include <chrono>
@@ -72,76 +72,91 @@ constexpr int64_t kColumnMajor = 102, kNoTrans = 111, kTrans = 112, kPacked = 15
 inline void vector_exp(int64_t n, const float* in, float* out) { vmsExp(n, in, out, kVmlMode); }
 inline void vector_exp(int64_t n, const double* in, double* out) { vmdExp(n, in, out, kVmlMode); }
 
-struct Population {
-  double e_exc_over_c, e_inh_over_c, leak_drive_over_c, minus_g_leak_over_c, one_over_c, v_threshold, v_reset;
-  int64_t refractory_steps;
-};
+// The structs Python shares, each field declared once, here: BIOSIM_FIELDS_<Struct>(F) lists F(type, name)
+// in memory order. The C++ structs are expanded from these lists; bridge/fused_kernels.py reads the same
+// lines of this file into its ctypes classes (int64_t, double, a pointer, or a struct above), and
+// biosim_struct_fields exports each field's name and offset, which the loader compares with ctypes'. Inside
+// a list, comments are /* */ (a // comment would swallow the continuation line).
+#define BIOSIM_FIELDS_Population(F)                                                                       \
+  F(double, e_exc_over_c) F(double, e_inh_over_c) F(double, leak_drive_over_c) F(double, minus_g_leak_over_c) \
+  F(double, one_over_c) F(double, v_threshold) F(double, v_reset) F(int64_t, refractory_steps)
 
-struct Network {
-  int64_t batch, n_steps, n_e, n_i, n_classes, chunk, n_threads;
-  int64_t mxcsr;                 // floating-point control word of the caller (flush-to-zero), x86; -1: leave
-  double dt, decay_ampa, decay_gaba, decay_readout;
-  Population e, i;
-  int64_t n_input;
-  const uint8_t* x;              // (batch, n_steps, n_input) input raster (bool)
-  const void* w_in;              // (n_input, n_e)
-  const void* w_ie;              // (n_i, n_e)
-  const void* w_e_out;           // (n_e, n_i + n_classes): [w_ei, w_out]
-  int64_t surrogate;             // sigma' the kernels evaluate (Surrogate below); kNoSurrogate: none
-  double surrogate_slope, surrogate_unit_mv;
-  double membrane_grad_scale;    // factor on the membrane adjoint handed to the step before (1: exact)
-  const void* w_ee;              // (n_e, n_e) E -> E onto ge_e, or null: no such block
-  const void* w_ii;              // (n_i, n_i) I -> I onto gi_i, or null: no such block
-};
+#define BIOSIM_FIELDS_Network(F)                                                                          \
+  F(int64_t, batch) F(int64_t, n_steps) F(int64_t, n_e) F(int64_t, n_i) F(int64_t, n_classes)            \
+  F(int64_t, chunk) F(int64_t, n_threads)                                                                  \
+  F(int64_t, mxcsr)                 /* floating-point control word of the caller (flush-to-zero), x86; -1: leave */ \
+  F(double, dt) F(double, decay_ampa) F(double, decay_gaba) F(double, decay_readout)                     \
+  F(Population, e) F(Population, i)                                                                        \
+  F(int64_t, n_input)                                                                                      \
+  F(const uint8_t*, x)              /* (batch, n_steps, n_input) input raster (bool) */                  \
+  F(const void*, w_in)              /* (n_input, n_e) */                                                   \
+  F(const void*, w_ie)              /* (n_i, n_e) */                                                       \
+  F(const void*, w_e_out)           /* (n_e, n_i + n_classes): [w_ei, w_out] */                            \
+  F(int64_t, surrogate)             /* sigma' the kernels evaluate (Surrogate below); kNoSurrogate: none */ \
+  F(double, surrogate_slope) F(double, surrogate_unit_mv)                                                  \
+  F(double, membrane_grad_scale)    /* factor on the membrane adjoint handed to the step before (1: exact) */ \
+  F(const void*, w_ee)              /* (n_e, n_e) E -> E onto ge_e, or null: no such block */             \
+  F(const void*, w_ii)              /* (n_i, n_i) I -> I onto gi_i, or null: no such block */
 
-struct State {  // (batch, n) rows; ready = first step at which a neuron integrates again
-  void *v_e, *ge_e, *gi_e;
-  int32_t* ready_e;
-  void *v_i, *ge_i, *gi_i;
-  int32_t* ready_i;
-};
+// (batch, n) rows; ready = first step at which a neuron integrates again
+#define BIOSIM_FIELDS_State(F)                                                                            \
+  F(void*, v_e) F(void*, ge_e) F(void*, gi_e) F(int32_t*, ready_e)                                       \
+  F(void*, v_i) F(void*, ge_i) F(void*, gi_i) F(int32_t*, ready_i)
 
-struct ForwardBuffers {
-  State state;                       // in: initial state; out: final state
-  void *u, *score_sum;               // (batch, n_classes), in/out
-  uint8_t *raster_e, *raster_i;      // (n_steps, batch, n), out
-  void *counts_e, *counts_i;         // (batch, n): spikes per neuron, zero on entry
-  void *population_e, *population_i; // (batch, n_steps): spikes per step, out
-  State checkpoints;                 // (n_chunks, batch, n) each; null pointers: not saved
-  void* readout_trace;               // (batch, n_steps, n_classes): u after each step, out
-};
+#define BIOSIM_FIELDS_ForwardBuffers(F)                                                                   \
+  F(State, state)                   /* in: initial state; out: final state */                              \
+  F(void*, u) F(void*, score_sum)   /* (batch, n_classes), in/out */                                       \
+  F(uint8_t*, raster_e) F(uint8_t*, raster_i) /* (n_steps, batch, n), out */                               \
+  F(void*, counts_e) F(void*, counts_i) /* (batch, n): spikes per neuron, zero on entry */                 \
+  F(void*, population_e) F(void*, population_i) /* (batch, n_steps): spikes per step, out */               \
+  F(State, checkpoints)             /* (n_chunks, batch, n) each; null pointers: not saved */              \
+  F(void*, readout_trace)           /* (batch, n_steps, n_classes): u after each step, out */
 
-struct ChunkBuffers {
-  int64_t first, last;               // steps [first, last)
-  State start;                       // state at `first`, (batch, n) rows (read only)
-  const uint8_t *raster_e, *raster_i;
-  // outputs, (last - first, batch, n): m sigma'(v1 - v_threshold), dv/dv, dv/dge, dv/dgi
-  void *s_e, *cv_e, *cge_e, *cgi_e;  // s_e (no surrogate) and cge_e may be null
-  void *s_i, *cv_i, *cge_i;          // s_i likewise
-  void* cgi_i;                       // dv/dgi of I: only with an I -> I block (null otherwise)
-};
+#define BIOSIM_FIELDS_ChunkBuffers(F)                                                                     \
+  F(int64_t, first) F(int64_t, last) /* steps [first, last) */                                             \
+  F(State, start)                   /* state at `first`, (batch, n) rows (read only) */                    \
+  F(const uint8_t*, raster_e) F(const uint8_t*, raster_i)                                                  \
+  /* outputs, (last - first, batch, n): m sigma'(v1 - v_threshold), dv/dv, dv/dge, dv/dgi */               \
+  F(void*, s_e) F(void*, cv_e) F(void*, cge_e) F(void*, cgi_e) /* s_e (no surrogate) and cge_e may be null */ \
+  F(void*, s_i) F(void*, cv_i) F(void*, cge_i) /* s_i likewise */                                          \
+  F(void*, cgi_i)                   /* dv/dgi of I: only with an I -> I block (null otherwise) */
 
-struct AdjointBuffers {
-  int64_t first;                     // the chunk's first step
-  const void *s_e, *cv_e, *cge_e, *cgi_e, *s_i, *cv_i, *cge_i;  // (n, batch, n_pop); s_* null: no surrogate
-  const uint8_t *raster_e, *raster_i;
-  void *ls_e, *ls_i;                 // (batch, n) spike adjoints of the current step (scratch)
-  void *lv_e, *lv_i;                 // (batch, n) membrane adjoints, in/out
-  void *lgi_e, *lge_e;               // (2, batch, n_e): adjoint at time t in ring slot t % 2; lge_e may be null
-  void* leo;                         // (2, batch, n_i + n_classes): [l_ge_i, l_u], ring slots likewise
-  const void* g_sum;                 // (batch, n_classes): dL/dscore_sum
-  const void* g_trace;               // (batch, n_steps, n_classes): dL/du after each step, or null
-  const void* cgi_i;                 // (n, batch, n_i) dv/dgi of I, or null: no I -> I block
-  void* lgi_i;                       // (2, batch, n_i) l_gi_i ring slots, or null: no I -> I block
-};
+#define BIOSIM_FIELDS_AdjointBuffers(F)                                                                   \
+  F(int64_t, first)                 /* the chunk's first step */                                           \
+  /* (n, batch, n_pop); s_* null: no surrogate */                                                          \
+  F(const void*, s_e) F(const void*, cv_e) F(const void*, cge_e) F(const void*, cgi_e)                     \
+  F(const void*, s_i) F(const void*, cv_i) F(const void*, cge_i)                                           \
+  F(const uint8_t*, raster_e) F(const uint8_t*, raster_i)                                                  \
+  F(void*, ls_e) F(void*, ls_i)     /* (batch, n) spike adjoints of the current step (scratch) */          \
+  F(void*, lv_e) F(void*, lv_i)     /* (batch, n) membrane adjoints, in/out */                             \
+  F(void*, lgi_e) F(void*, lge_e)   /* (2, batch, n_e): adjoint at time t in ring slot t % 2; lge_e may be null */ \
+  F(void*, leo)                     /* (2, batch, n_i + n_classes): [l_ge_i, l_u], ring slots likewise */  \
+  F(const void*, g_sum)             /* (batch, n_classes): dL/dscore_sum */                                \
+  F(const void*, g_trace)           /* (batch, n_steps, n_classes): dL/du after each step, or null */     \
+  F(const void*, cgi_i)             /* (n, batch, n_i) dv/dgi of I, or null: no I -> I block */            \
+  F(void*, lgi_i)                   /* (2, batch, n_i) l_gi_i ring slots, or null: no I -> I block */
 
-struct ChunkExtras {
-  const void *g_counts_e, *g_counts_i;  // (batch, n): dL/dcount, or null
-  void *grad_in, *grad_ie, *grad_e_out; // the block's own weight-gradient accumulators, or null
-  const void *packed_e, *packed_i;      // float32: [w_ei, w_out] and w_ie packed for cblas_sgemm_compute, or null
-  const void* g_population_e;           // (batch, n_steps): dL/d(E spikes of the step), or null
-  void *grad_ee, *grad_ii;              // accumulators of the recurrent blocks' gradients, or null
-};
+#define BIOSIM_FIELDS_ChunkExtras(F)                                                                      \
+  F(const void*, g_counts_e) F(const void*, g_counts_i) /* (batch, n): dL/dcount, or null */               \
+  F(void*, grad_in) F(void*, grad_ie) F(void*, grad_e_out) /* the block's own weight-gradient accumulators, or null */ \
+  F(const void*, packed_e) F(const void*, packed_i) /* float32: [w_ei, w_out] and w_ie packed for cblas_sgemm_compute, or null */ \
+  F(const void*, g_population_e)    /* (batch, n_steps): dL/d(E spikes of the step), or null */           \
+  F(void*, grad_ee) F(void*, grad_ii) /* accumulators of the recurrent blocks' gradients, or null */
+
+#define BIOSIM_DECLARE_FIELD(type, name) type name;
+#define BIOSIM_STRUCT(S) \
+  struct S {             \
+    BIOSIM_FIELDS_##S(BIOSIM_DECLARE_FIELD) \
+  };
+BIOSIM_STRUCT(Population)
+BIOSIM_STRUCT(Network)
+BIOSIM_STRUCT(State)
+BIOSIM_STRUCT(ForwardBuffers)
+BIOSIM_STRUCT(ChunkBuffers)
+BIOSIM_STRUCT(AdjointBuffers)
+BIOSIM_STRUCT(ChunkExtras)
+#undef BIOSIM_STRUCT
+#undef BIOSIM_DECLARE_FIELD
 
 // For the guard's lifetime, this thread gets the caller's floating-point control word (flush-to-zero of
 // torch.set_flush_denormal) and MKL runs one-threaded in it. Neither setting reaches threads that torch did
@@ -1021,22 +1036,35 @@ double biosim_fma_peak(int64_t iterations, int64_t threads) {
   }
   return total;
 }
-// The layouts of the structs above, which bridge/fast_engine.py declares again with ctypes: the size and
-// then the offset of every field, in order. The loader compares them with its own and refuses a mismatch.
-int64_t biosim_struct_layout(const char* name, int64_t* out, int64_t capacity) {
-  std::vector<int64_t> layout;
+// The fields of one shared struct, expanded from its BIOSIM_FIELDS_ list: "size;name offset;name offset;..."
+// into out (NUL-terminated, at most capacity bytes); returns the length the whole text needs (0: an unknown
+// struct). The loader compares it with the ctypes classes it built from the same lists.
+int64_t biosim_struct_fields(const char* name, char* out, int64_t capacity) {
+  std::string text;
   const std::string wanted(name);
-#define BIOSIM_AT(S, f) static_cast<int64_t>(offsetof(S, f))
-  if (wanted == "Population") layout = {static_cast<int64_t>(sizeof(Population)), BIOSIM_AT(Population, e_exc_over_c), BIOSIM_AT(Population, e_inh_over_c), BIOSIM_AT(Population, leak_drive_over_c), BIOSIM_AT(Population, minus_g_leak_over_c), BIOSIM_AT(Population, one_over_c), BIOSIM_AT(Population, v_threshold), BIOSIM_AT(Population, v_reset), BIOSIM_AT(Population, refractory_steps)};
-  if (wanted == "Network") layout = {static_cast<int64_t>(sizeof(Network)), BIOSIM_AT(Network, batch), BIOSIM_AT(Network, n_steps), BIOSIM_AT(Network, n_e), BIOSIM_AT(Network, n_i), BIOSIM_AT(Network, n_classes), BIOSIM_AT(Network, chunk), BIOSIM_AT(Network, n_threads), BIOSIM_AT(Network, mxcsr), BIOSIM_AT(Network, dt), BIOSIM_AT(Network, decay_ampa), BIOSIM_AT(Network, decay_gaba), BIOSIM_AT(Network, decay_readout), BIOSIM_AT(Network, e), BIOSIM_AT(Network, i), BIOSIM_AT(Network, n_input), BIOSIM_AT(Network, x), BIOSIM_AT(Network, w_in), BIOSIM_AT(Network, w_ie), BIOSIM_AT(Network, w_e_out), BIOSIM_AT(Network, surrogate), BIOSIM_AT(Network, surrogate_slope), BIOSIM_AT(Network, surrogate_unit_mv), BIOSIM_AT(Network, membrane_grad_scale), BIOSIM_AT(Network, w_ee), BIOSIM_AT(Network, w_ii)};
-  if (wanted == "State") layout = {static_cast<int64_t>(sizeof(State)), BIOSIM_AT(State, v_e), BIOSIM_AT(State, ge_e), BIOSIM_AT(State, gi_e), BIOSIM_AT(State, ready_e), BIOSIM_AT(State, v_i), BIOSIM_AT(State, ge_i), BIOSIM_AT(State, gi_i), BIOSIM_AT(State, ready_i)};
-  if (wanted == "ForwardBuffers") layout = {static_cast<int64_t>(sizeof(ForwardBuffers)), BIOSIM_AT(ForwardBuffers, state), BIOSIM_AT(ForwardBuffers, u), BIOSIM_AT(ForwardBuffers, score_sum), BIOSIM_AT(ForwardBuffers, raster_e), BIOSIM_AT(ForwardBuffers, raster_i), BIOSIM_AT(ForwardBuffers, counts_e), BIOSIM_AT(ForwardBuffers, counts_i), BIOSIM_AT(ForwardBuffers, population_e), BIOSIM_AT(ForwardBuffers, population_i), BIOSIM_AT(ForwardBuffers, checkpoints), BIOSIM_AT(ForwardBuffers, readout_trace)};
-  if (wanted == "ChunkBuffers") layout = {static_cast<int64_t>(sizeof(ChunkBuffers)), BIOSIM_AT(ChunkBuffers, first), BIOSIM_AT(ChunkBuffers, last), BIOSIM_AT(ChunkBuffers, start), BIOSIM_AT(ChunkBuffers, raster_e), BIOSIM_AT(ChunkBuffers, raster_i), BIOSIM_AT(ChunkBuffers, s_e), BIOSIM_AT(ChunkBuffers, cv_e), BIOSIM_AT(ChunkBuffers, cge_e), BIOSIM_AT(ChunkBuffers, cgi_e), BIOSIM_AT(ChunkBuffers, s_i), BIOSIM_AT(ChunkBuffers, cv_i), BIOSIM_AT(ChunkBuffers, cge_i), BIOSIM_AT(ChunkBuffers, cgi_i)};
-  if (wanted == "AdjointBuffers") layout = {static_cast<int64_t>(sizeof(AdjointBuffers)), BIOSIM_AT(AdjointBuffers, first), BIOSIM_AT(AdjointBuffers, s_e), BIOSIM_AT(AdjointBuffers, cv_e), BIOSIM_AT(AdjointBuffers, cge_e), BIOSIM_AT(AdjointBuffers, cgi_e), BIOSIM_AT(AdjointBuffers, s_i), BIOSIM_AT(AdjointBuffers, cv_i), BIOSIM_AT(AdjointBuffers, cge_i), BIOSIM_AT(AdjointBuffers, raster_e), BIOSIM_AT(AdjointBuffers, raster_i), BIOSIM_AT(AdjointBuffers, ls_e), BIOSIM_AT(AdjointBuffers, ls_i), BIOSIM_AT(AdjointBuffers, lv_e), BIOSIM_AT(AdjointBuffers, lv_i), BIOSIM_AT(AdjointBuffers, lgi_e), BIOSIM_AT(AdjointBuffers, lge_e), BIOSIM_AT(AdjointBuffers, leo), BIOSIM_AT(AdjointBuffers, g_sum), BIOSIM_AT(AdjointBuffers, g_trace), BIOSIM_AT(AdjointBuffers, cgi_i), BIOSIM_AT(AdjointBuffers, lgi_i)};
-  if (wanted == "ChunkExtras") layout = {static_cast<int64_t>(sizeof(ChunkExtras)), BIOSIM_AT(ChunkExtras, g_counts_e), BIOSIM_AT(ChunkExtras, g_counts_i), BIOSIM_AT(ChunkExtras, grad_in), BIOSIM_AT(ChunkExtras, grad_ie), BIOSIM_AT(ChunkExtras, grad_e_out), BIOSIM_AT(ChunkExtras, packed_e), BIOSIM_AT(ChunkExtras, packed_i), BIOSIM_AT(ChunkExtras, g_population_e), BIOSIM_AT(ChunkExtras, grad_ee), BIOSIM_AT(ChunkExtras, grad_ii)};
-#undef BIOSIM_AT
-  for (size_t k = 0; k < layout.size() && static_cast<int64_t>(k) < capacity; ++k) out[k] = layout[k];
-  return static_cast<int64_t>(layout.size());  // 0: an unknown name
+#define BIOSIM_FIELD_TEXT(type, field) text += ";" #field " " + std::to_string(offsetof(Current, field));
+#define BIOSIM_DESCRIBE(S)                     \
+  if (wanted == #S) {                          \
+    using Current = S;                         \
+    text = std::to_string(sizeof(S));          \
+    BIOSIM_FIELDS_##S(BIOSIM_FIELD_TEXT)       \
+  }
+  BIOSIM_DESCRIBE(Population)
+  BIOSIM_DESCRIBE(Network)
+  BIOSIM_DESCRIBE(State)
+  BIOSIM_DESCRIBE(ForwardBuffers)
+  BIOSIM_DESCRIBE(ChunkBuffers)
+  BIOSIM_DESCRIBE(AdjointBuffers)
+  BIOSIM_DESCRIBE(ChunkExtras)
+#undef BIOSIM_DESCRIBE
+#undef BIOSIM_FIELD_TEXT
+  if (text.empty()) return 0;
+  if (capacity > 0) {
+    const size_t n = std::min(text.size(), static_cast<size_t>(capacity - 1));
+    std::memcpy(out, text.data(), n);
+    out[n] = '\0';
+  }
+  return static_cast<int64_t>(text.size()) + 1;
 }
 void biosim_packed_sizes(const Network* net, int64_t rows, int64_t* sizes) { packed_sizes(*net, rows, sizes); }
 void biosim_surrogate_f32(const Network* net, int64_t n, float* x, const uint8_t* integrating) {
