@@ -83,7 +83,7 @@ def test_every_variable_the_code_reads_is_in_the_table():
 
     root = Path(environment.__file__).resolve().parents[1]
     read = set()
-    for package in ("biosim", "bridge", "protocols"):
+    for package in ("biosim", "bridge", "protocols", "benchmarks"):
         for path in (root / package).rglob("*.py"):
             read |= set(re.findall(r"\b(BIOSIM_[A-Z0-9_]+)\b", path.read_text()))
     declared = {v.name for v in VARIABLES}
@@ -91,3 +91,12 @@ def test_every_variable_the_code_reads_is_in_the_table():
     assert read - internal <= declared, sorted(read - internal - declared)
     table = markdown_table()
     assert all(f"`{name}`" in table for name in declared)
+
+
+def test_the_readme_lists_every_variable():
+    """The README's table is :func:`markdown_table` as it is now."""
+    from pathlib import Path
+
+    readme = (Path(environment.__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- environment table: begin -->\n", 1)[1].split("\n<!-- environment table: end -->", 1)[0]
+    assert block == markdown_table()
