@@ -464,6 +464,18 @@ class _Trainer:
         return _finite_or_none({**record, "wall_time_s": wall, "elapsed_s": self.elapsed_s})
 
 
+def _sum_of_squares(tensor: torch.Tensor) -> float:
+    """The sum of squares in float64, in an order that does not depend on the number of threads.
+
+    torch's CPU reduction splits a large tensor between threads (W_in's gradient, 784 x 1024, sums
+    one ulp apart on 1 and 2 threads), so on the CPU the sum is numpy's single-threaded pairwise sum.
+    """
+    squares = tensor.detach().to(torch.float64).square()
+    if squares.device.type != "cpu":
+        return float(squares.sum())
+    return float(squares.numpy().sum())
+
+
 def _clip_gradients(parameters: dict[str, torch.Tensor], max_norm: float | None, mode: str) -> dict[str, float]:
     """Clip the gradients (``mode`` as in :attr:`TrainConfig.grad_clip_mode`); return each norm before clipping.
 
@@ -473,7 +485,7 @@ def _clip_gradients(parameters: dict[str, torch.Tensor], max_norm: float | None,
     float64: float32 gradients of surrogate BPTT can be finite while the sum
     of their squares overflows.
     """
-    norms = {name: math.sqrt(float(p.grad.to(torch.float64).square().sum())) for name, p in parameters.items()}
+    norms = {name: math.sqrt(_sum_of_squares(p.grad)) for name, p in parameters.items()}
     if max_norm is None:
         return norms
     if mode == "global":

@@ -333,3 +333,18 @@ def test_metrics_log_per_matrix_gradient_norms_and_adam_eps_fractions(reference_
     assert record["optimizer_steps"] == 2  # 16 digits, batches of 8
     with pytest.raises(ConfigError, match="grad_clip_mode"):
         TrainConfig(grad_clip_mode="sometimes")
+
+
+def test_gradient_norms_do_not_depend_on_the_number_of_threads():
+    """W_in's gradient is large enough for torch to split its sum between threads; the recorded norm is not."""
+    gradient = torch.randn(784, 1024, generator=torch.Generator().manual_seed(0)) * 1e-3
+    threads = torch.get_num_threads()
+    try:
+        sums = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            sums += [training._sum_of_squares(gradient), training._sum_of_squares(gradient.t())]
+    finally:
+        torch.set_num_threads(threads)
+    assert len(set(sums)) == 1, sums
+    assert sums[0] == pytest.approx(float((gradient.double() ** 2).sum()), rel=1e-12)
