@@ -38,7 +38,8 @@ from typing import Any
 from biosim.locks import directory_lock
 from biosim.records import check_writable_dir, library_versions, write_json
 
-from .definitions import Protocol, RunSpec
+from .protocol import Protocol, RunSpec
+from .provenance import run_provenance
 
 __all__ = ["run_protocol", "execute_run", "run_status", "FINISHED_STATUSES", "SchedulerError"]
 
@@ -287,7 +288,9 @@ def run_protocol(
         if not locked:
             stack.enter_context(directory_lock(out, what, purpose))
             pending, statuses = _pending(runs, out)  # as another process may have left them meanwhile
-        write_json(out / "protocol.json", {"protocol": protocol.to_dict(), "versions": library_versions()})
+        # What ran, how to run it again, with which code and libraries: the report page's header.
+        record = {"protocol": protocol.to_dict(), **run_provenance(protocol, out), "versions": library_versions()}
+        write_json(out / "protocol.json", record)
         bar = stack.enter_context(
             contextlib.closing(_progress_bar(len(pending) + len(statuses), len(statuses), progress))
         )
