@@ -86,7 +86,7 @@ def report_markdown(out_dir: Path) -> str:
         seeds = ", ".join(map(str, spec.get("seeds", [])))
         lines.append(
             f"- Tier {spec.get('tier')}, preset {spec.get('preset', 'project')}, seeds {seeds}; "
-            f"{len(spec.get('conditions', []))} conditions; Brian2 validation on "
+            f"conditions {', '.join(spec.get('conditions', []))}; Brian2 validation on "
             f"{spec.get('validation_backend', 'cpp_standalone')}"
         )
         extra = {k: v for k, v in (spec.get("overrides") or {}).items() if k not in ("dtype", "device")}
