@@ -16,7 +16,10 @@ checkpoint, so a run interrupted by a crash or a killed worker loses at most
 one epoch. A failure in one run is recorded in its ``status.json`` and never
 stops the others. Every file is written atomically. One process at a time
 runs a protocol in an output directory: :func:`run_protocol` holds its lock
-(:mod:`biosim.locks`), and a second one is refused at once.
+(:mod:`biosim.locks`), and a second one is refused at once. Its
+``protocol.json`` records the protocol, the command that runs it again, the
+code's commit and the date (:mod:`protocols.provenance`) and the library
+versions.
 """
 
 from __future__ import annotations
