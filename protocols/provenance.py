@@ -47,8 +47,10 @@ def code_version(root: Path = _CODE_ROOT) -> dict[str, Any]:
     return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
 
 
-def protocol_command(protocol: Protocol, out_dir: str | Path) -> str:
+def protocol_command(protocol: Protocol, out_dir: str | Path | None = None) -> str:
     """The ``biosim protocol run`` command, written out in full, that runs ``protocol`` into ``out_dir``.
+
+    Without ``out_dir`` the command has no ``--out``: it runs into the command's default directory.
 
     Overrides the command line cannot set (a smaller network, another engine, a
     validation backend: the tests' and the examples') stay in ``protocol.json``.
@@ -62,7 +64,8 @@ def protocol_command(protocol: Protocol, out_dir: str | Path) -> str:
     for key in ("dtype", "device"):
         if key in protocol.overrides:
             parts += [f"--{key}", str(protocol.overrides[key])]
-    parts += ["--out", str(out_dir)]
+    if out_dir is not None:
+        parts += ["--out", str(out_dir)]
     return shlex.join(parts)
 
 

@@ -69,15 +69,16 @@ def report_markdown(out_dir: Path) -> str:
     lines = [f"# {name}", ""]
     if record is not None:
         lines += [record.question, ""]
-    command = data.get("command")
+    command, note = data.get("command"), ""
     if command is None and spec:
-        # An older protocol.json: the command is rebuilt from the protocol it records.
-        command = protocol_command(Protocol.from_dict(spec), out_dir) + "  (rebuilt from protocol.json)"
+        # An older protocol.json: the command is rebuilt from the protocol it records, without the
+        # output directory it does not record (the command's default then).
+        command, note = protocol_command(Protocol.from_dict(spec)), " (rebuilt from protocol.json)"
     versions = data.get("versions") or {}
     libraries = ", ".join(f"{lib} {versions[lib]}" for lib in ("python", *_LIBRARIES) if lib in versions)
     drawn = code_version()
     lines += [
-        f"- Command: `{command}`" if command else "- Command: not recorded (no protocol.json)",
+        f"- Command: `{command}`{note}" if command else "- Command: not recorded (no protocol.json)",
         f"- Code: {_code_text(data.get('code'))}",
         f"- Date: {data.get('date', 'not recorded')}",
         f"- Libraries: {libraries or 'not recorded'}",

@@ -374,7 +374,8 @@ def test_report_page_from_a_protocol_json_with_and_without_provenance(tmp_path):
     assert "[comparison.pdf](figures/comparison.pdf)" in text and "Per-run verdicts:" in text
     # A protocol.json of older code has no provenance: the command is rebuilt, the commit is not guessed.
     old = report_markdown(_protocol_dir(tmp_path / "old", {"protocol": protocol.to_dict()}))
-    assert "--tier cpu --seeds 42 --preset reference --out" in old and "(rebuilt from protocol.json)" in old
+    rebuilt = "- Command: `biosim protocol run dale_pruning --tier cpu --seeds 42 --preset reference`"
+    assert f"{rebuilt} (rebuilt from protocol.json)" in old
     assert "- Code: not recorded\n" in old and "- Date: not recorded" in old
 
 
