@@ -83,6 +83,15 @@ def _preset_names() -> tuple[str, ...]:
     return tuple(PRESETS)
 
 
+def _protocol_names() -> list[str]:
+    """The protocols' names without importing them (each is the module of its catalog, protocols.registry)."""
+    import pkgutil
+
+    from protocols import catalog
+
+    return [m.name for m in pkgutil.iter_modules(catalog.__path__) if not m.name.startswith("_")]
+
+
 def _options(args: argparse.Namespace) -> dict:
     """The parsed options as plain data (for run records)."""
     return {key: value for key, value in vars(args).items() if not callable(value)}
@@ -388,10 +397,13 @@ def _add_validate(subparsers) -> None:
 
 
 def _protocol_run(args: argparse.Namespace) -> int:
-    from protocols.definitions import get_protocol
+    from protocols.protocol import get_protocol
     from protocols.report import write_report
     from protocols.runner import run_protocol, summarize_statuses
 
+    repeated = sorted({s for s in args.seeds or () if args.seeds.count(s) > 1})
+    if repeated:  # the same run twice, counted twice in every mean
+        raise ValueError(f"--seeds: {', '.join(map(str, repeated))} given more than once; give each seed once")
     formats = _check_formats(args.formats)  # before any run, not after all of them
     overrides = {"dtype": args.dtype} if args.dtype else {}
     if args.device:
@@ -417,7 +429,7 @@ def _protocol_run(args: argparse.Namespace) -> int:
     table, figures = write_report(out, formats=formats)
     counts = summarize_statuses(statuses)
     print(table.read_text())
-    print(f"runs: {counts}\ntable: {table} (and table.csv)\nfigures: {figures}")
+    print(f"runs: {counts}\ntable: {table} (and table.csv)\nfigures: {figures}\nreport: {out / 'report.md'}")
     return 0 if counts.get("failed", 0) == 0 else 1
 
 
@@ -426,21 +438,22 @@ def _protocol_report(args: argparse.Namespace) -> int:
 
     table, figures = write_report(Path(args.out), formats=_check_formats(args.formats))
     print(table.read_text())
-    print(f"table: {table}\nfigures: {figures}")
+    print(f"table: {table}\nfigures: {figures}\nreport: {Path(args.out) / 'report.md'}")
     return 0
 
 
 def _protocol_list(args: argparse.Namespace) -> int:
     from biosim.tiers import TIERS
-    from protocols.definitions import PROTOCOL_DEFAULTS, PROTOCOLS, estimated_minutes
+    from protocols.protocol import estimated_minutes
+    from protocols.registry import DEFINITIONS
 
     tiers = [t for t in TIERS if t != "smoke"]  # smoke is the tests' tier, with a scaled-down network
     lines = [
         "Estimated wall time with each protocol's default seeds on 2 CPU cores, two runs at a time "
         "(rough: per-trial costs measured on the project's machine; full needs the IDX files and a GPU):"
     ]
-    for name, conditions in PROTOCOLS.items():
-        defaults = PROTOCOL_DEFAULTS[name]
+    for name, record in DEFINITIONS.items():
+        conditions, defaults = record.conditions, record.defaults
         cost = ", ".join(f"{t} {_duration(estimated_minutes(name, t))}" for t in tiers)
         seeds = " ".join(map(str, defaults.seeds))
         lines.append(f"\n{name}: {len(conditions)} conditions x seeds {seeds}; default tier {defaults.tier}; {cost}")
@@ -461,15 +474,14 @@ def _add_protocol(subparsers) -> None:
     run = actions.add_parser("run", help="train, validate in Brian2, draw and tabulate every run")
     run.add_argument(
         "name",
-        help="protocol (biosim protocol list): dale_pruning, frozen_baseline, tau_gaba, basin_map, anti_pruning, "
-        "streaming, membrane_damping, reference_ladder",
+        help=f"protocol (biosim protocol list): {', '.join(_protocol_names())}",
     )
     run.add_argument(
         "--tier",
         help="smoke, cpu (a quick pipeline check), study, study256 (the study tier's Adam steps at batch 256), "
         "survey, medium, full (default: the protocol's, see biosim protocol list)",
     )
-    run.add_argument("--seeds", type=_seed, nargs="+", help="default: the protocol's (biosim protocol list)")
+    run.add_argument("--seeds", type=_seed, nargs="+", help="each once (default: the protocol's, biosim protocol list)")
     run.add_argument("--conditions", nargs="+", help="a subset of the protocol's conditions (default: all)")
     run.add_argument("--dtype", choices=("float32", "float64"), help="training dtype (default: float32)")
     run.add_argument("--device", choices=("cpu", "cuda"), help="training device (default: cpu)")
@@ -487,7 +499,7 @@ def _add_protocol(subparsers) -> None:
     run.add_argument("--formats", nargs="+", default=["png"], help="figure formats (png, pdf, svg)")
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(handler=_protocol_run)
-    report = actions.add_parser("report", help="redraw figures and table of an existing protocol directory")
+    report = actions.add_parser("report", help="redraw figures, table and report.md of an existing protocol directory")
     report.add_argument("out")
     report.add_argument("--formats", nargs="+", default=["png"])
     report.set_defaults(handler=_protocol_report)

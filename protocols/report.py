@@ -1,4 +1,4 @@
-"""Figures and table of a protocol directory (re-runnable at any time)."""
+"""Figures, table and report page of a protocol directory (re-runnable at any time)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .figures import draw_all
+from .report_page import write_report_page
 from .results import load_runs
 from .sweep_figures import draw_sweep_figures
 from .table import write_tables
@@ -14,10 +15,11 @@ __all__ = ["write_report"]
 
 
 def write_report(out_dir: Path, *, formats: tuple[str, ...] = ("png",)) -> tuple[Path, Path]:
-    """Draw every card into ``out_dir/figures`` and write ``table.md`` / ``table.csv``.
+    """Draw every card into ``out_dir/figures``, write ``table.md`` / ``table.csv`` and ``report.md``.
 
-    Sweeps (``basin_map``, ``tau_gaba``, ``anti_pruning``) also get their figures
-    across the grid (:func:`protocols.sweep_figures.draw_sweep_figures`).
+    A protocol whose record names figures of its own (the sweeps) also gets
+    those (:func:`protocols.sweep_figures.draw_sweep_figures`); ``report.md``
+    is the page of all of it (:mod:`protocols.report_page`).
 
     Returns the Markdown table's path and the figure directory.
     """
@@ -37,4 +39,5 @@ def write_report(out_dir: Path, *, formats: tuple[str, ...] = ("png",)) -> tuple
     draw_all(records, figure_dir, formats)
     draw_sweep_figures(records, figure_dir, formats, protocol_name=name, conditions=conditions, title=title)
     table, _ = write_tables(records, out_dir, title=title)
+    write_report_page(out_dir)
     return table, figure_dir

@@ -16,7 +16,10 @@ checkpoint, so a run interrupted by a crash or a killed worker loses at most
 one epoch. A failure in one run is recorded in its ``status.json`` and never
 stops the others. Every file is written atomically. One process at a time
 runs a protocol in an output directory: :func:`run_protocol` holds its lock
-(:mod:`biosim.locks`), and a second one is refused at once.
+(:mod:`biosim.locks`), and a second one is refused at once. Its
+``protocol.json`` records the protocol, the command that runs it again, the
+code's commit and the date (:mod:`protocols.provenance`) and the library
+versions.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from typing import Any
 from biosim.locks import directory_lock
 from biosim.records import check_writable_dir, library_versions, write_json
 
-from .definitions import Protocol, RunSpec
+from .protocol import Protocol, RunSpec
+from .provenance import run_provenance
 
 __all__ = ["run_protocol", "execute_run", "run_status", "FINISHED_STATUSES", "SchedulerError"]
 
@@ -287,7 +291,9 @@ def run_protocol(
         if not locked:
             stack.enter_context(directory_lock(out, what, purpose))
             pending, statuses = _pending(runs, out)  # as another process may have left them meanwhile
-        write_json(out / "protocol.json", {"protocol": protocol.to_dict(), "versions": library_versions()})
+        # What ran, how to run it again, with which code and libraries: the report page's header.
+        record = {"protocol": protocol.to_dict(), **run_provenance(protocol, out), "versions": library_versions()}
+        write_json(out / "protocol.json", record)
         bar = stack.enter_context(
             contextlib.closing(_progress_bar(len(pending) + len(statuses), len(statuses), progress))
         )

@@ -3,10 +3,14 @@
 import dataclasses
 import json
 import os
+import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from biosim.params import NetworkParams
+from protocols import registry
 from protocols.definitions import (
     CONDITIONS,
     PROTOCOL_DEFAULTS,
@@ -18,7 +22,9 @@ from protocols.definitions import (
     get_protocol,
     grid,
 )
+from protocols.provenance import code_version
 from protocols.report import write_report
+from protocols.report_page import report_markdown
 from protocols.runner import KILL_ONCE_ENV, run_protocol, run_status
 
 SMALL_NETWORK = (
@@ -77,6 +83,19 @@ def test_local_pool_runs_records_and_skips_finished(tmp_path):
     again = run_protocol(protocol, tmp_path, progress=False)
     assert [s["status"] for s in again] == ["completed"]
     assert (run_dir / "status.json").stat().st_mtime_ns == first_mtime, "a finished run was run again"
+    # protocol.json says how to run it again and with which code; report.md says all of it.
+    record = json.loads((tmp_path / "protocol.json").read_text())
+    assert record["protocol"]["name"] == "dale_pruning"  # the page name scripts/publish_results.py uses
+    assert record["command"].startswith("biosim protocol run dale_pruning --tier smoke --seeds 42 ")
+    assert set(record["code"]) == {"commit", "dirty"} and record["date"] and record["versions"]["torch"]
+    write_report(tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# dale_pruning\n") and registry.DEFINITIONS["dale_pruning"].question in report
+    assert f"`{record['command']}`" in report and record["date"] in report
+    assert (tmp_path / "table.md").read_text().strip() in report  # the table and every run's verdict
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert "figures/frozen_ping_diagnostic.png" in links
+    assert all(not Path(link).is_absolute() and (tmp_path / link).is_file() for link in links)
 
 
 def test_dask_local_cluster_survives_a_killed_worker(tmp_path, monkeypatch):
@@ -247,3 +266,123 @@ def test_protocol_run_help_names_every_protocol(capsys):
         main(["protocol", "run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(name in text for name in PROTOCOLS)
+
+
+# --- the registry -----------------------------------------------------------------------------------------
+
+# Pages the main job publishes (scripts/publish_results.py) rather than this repository's history.
+PUBLISHED_BY_THE_MAIN_JOB = {"dale_pruning", "reference_ladder"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_each_catalog_module_registers_its_protocol_once():
+    import pkgutil
+
+    from protocols import catalog
+
+    modules = [m.name for m in pkgutil.iter_modules(catalog.__path__) if not m.name.startswith("_")]
+    assert sorted(registry.DEFINITIONS) == sorted(modules)
+    assert list(registry.DEFINITIONS) == list(PROTOCOLS)  # the view reads the registry, in listing order
+    for name, record in registry.DEFINITIONS.items():
+        assert record.name == name and PROTOCOLS[name] is record.conditions
+        assert PROTOCOL_DEFAULTS[name] is record.defaults
+        assert all(registry.CONDITIONS[c.name] == c for c in record.conditions)
+        assert len(record.question) > 40 and "\n\n" not in record.question  # one paragraph
+
+
+def test_each_protocol_names_its_results_page():
+    for name, record in registry.DEFINITIONS.items():
+        page = record.results_page
+        assert page.parent == Path("docs/results") and page.suffix == ".md", name
+        assert (REPO / page).is_file() or page.stem in PUBLISHED_BY_THE_MAIN_JOB, f"{name}: {page} missing"
+
+
+def _catalog(root: Path, package: str, modules: dict[str, str]) -> str:
+    (root / package).mkdir()
+    (root / package / "__init__.py").write_text("")
+    head = "from protocols.conditions import loop\nfrom protocols.record import ProtocolDefaults, ProtocolDefinition\n"
+    for module, body in modules.items():
+        (root / package / f"{module}.py").write_text(head + body)
+    return package
+
+
+def _record(name: str, order: int, condition: str = "c") -> str:
+    return (
+        f"PROTOCOL = ProtocolDefinition(name={name!r}, question='q', order={order}, "
+        f"conditions=(loop({condition!r}, 'd', 'canonical', True),), defaults=ProtocolDefaults('cpu'))\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("modules", "error"),
+    [
+        ({"a": _record("a", 0), "b": _record("a", 1)}, "defines protocol 'a'; name the module after it"),
+        ({"a": _record("a", 0), "b": _record("b", 0, "d")}, "protocols share a order: \\[0\\]"),
+        ({"a": "X = 1\n"}, "defines PROTOCOL, a ProtocolDefinition"),
+        ({"a": _record("a", 0), "b": _record("b", 1).replace("True", "False")}, "two different conditions"),
+    ],
+)
+def test_discover_refuses_a_catalog_that_registers_twice_or_not_at_all(tmp_path, monkeypatch, modules, error):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    package = _catalog(tmp_path, f"catalog_{tmp_path.name}", modules)
+    with pytest.raises(ValueError, match=error):
+        registry.discover(package)
+
+
+def test_discover_finds_each_module_once_in_order(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    package = _catalog(tmp_path, "catalog_ok", {"zeta": _record("zeta", 0, "z"), "alpha": _record("alpha", 1)})
+    assert list(registry.discover(package)) == ["zeta", "alpha"]
+
+
+def test_duplicate_seeds_are_refused_before_any_work(tmp_path, capsys):
+    from protocols.cli import main
+
+    out = tmp_path / "out"
+    assert (
+        main(["protocol", "run", "dale_pruning", "--tier", "cpu", "--seeds", "42", "43", "42", "--out", str(out)]) == 2
+    )
+    assert "--seeds: 42 given more than once" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="seeds: 42 given more than once"):
+        get_protocol("dale_pruning", seeds=(42, 42))
+
+
+def _protocol_dir(tmp_path: Path, record: dict) -> Path:
+    (tmp_path / "figures").mkdir(parents=True)
+    for name in ("frozen_ping_diagnostic.png", "comparison.png", "comparison.pdf"):
+        (tmp_path / "figures" / name).write_bytes(b"png")
+    (tmp_path / "table.md").write_text("### dale_pruning\n\n| condition |\n|---|\n\nPer-run verdicts:\n- x\n")
+    (tmp_path / "protocol.json").write_text(json.dumps(record))
+    return tmp_path
+
+
+def test_report_page_from_a_protocol_json_with_and_without_provenance(tmp_path):
+    protocol = get_protocol("dale_pruning", tier="cpu", seeds=(42,), preset="reference")
+    record = {
+        "protocol": protocol.to_dict(),
+        "command": "biosim protocol run dale_pruning --tier cpu --seeds 42 --preset reference --out X",
+        "code": {"commit": "abc123", "dirty": False},
+        "date": "2026-01-02T03:04:05+00:00",
+        "versions": {"python": "3.11.7", "torch": "2.9.0"},
+    }
+    text = report_markdown(_protocol_dir(tmp_path / "new", record))
+    assert "- Command: `biosim protocol run dale_pruning --tier cpu --seeds 42 --preset reference --out X`" in text
+    assert "- Code: `abc123`\n" in text and "- Date: 2026-01-02T03:04:05+00:00" in text
+    assert "- Libraries: python 3.11.7, torch 2.9.0" in text and "preset reference, seeds 42" in text
+    assert text.index("figures/comparison.png") < text.index("figures/frozen_ping_diagnostic.png")
+    assert "[comparison.pdf](figures/comparison.pdf)" in text and "Per-run verdicts:" in text
+    # A protocol.json of older code has no provenance: the command is rebuilt, the commit is not guessed.
+    old = report_markdown(_protocol_dir(tmp_path / "old", {"protocol": protocol.to_dict()}))
+    rebuilt = "- Command: `biosim protocol run dale_pruning --tier cpu --seeds 42 --preset reference`"
+    assert f"{rebuilt} (rebuilt from protocol.json)" in old
+    assert "- Code: not recorded\n" in old and "- Date: not recorded" in old
+
+
+def test_code_version_without_git_is_null_not_an_error(tmp_path, monkeypatch):
+    assert code_version(tmp_path) == {"commit": None, "dirty": None}  # not a checkout
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git at all
+    assert code_version(REPO) == {"commit": None, "dirty": None}
+    monkeypatch.undo()
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode == 0:
+        assert len(code_version(REPO)["commit"]) == 40

@@ -11,8 +11,8 @@ import pytest
 
 from biosim.params import NetworkParams
 from biosim.records import write_json
-from protocols import definitions
-from protocols.definitions import Protocol, RunSpec
+from protocols import registry
+from protocols.protocol import Protocol, RunSpec
 from protocols.results import RunRecord, load_runs
 from protocols.sweep_figures import (
     draw_sweep_figures,
@@ -21,11 +21,10 @@ from protocols.sweep_figures import (
     ladder_trajectories_figure,
     reference_ladder_figure,
     rung_label,
-    sweep_kind,
 )
 
 SMALL_NETWORK = NetworkParams().replace(connectivity__n_e=64, connectivity__n_i=16).to_dict()
-CONDITIONS = tuple(c.name for c in definitions.PROTOCOLS["reference_ladder"])
+CONDITIONS = tuple(c.name for c in registry.DEFINITIONS["reference_ladder"].conditions)
 
 
 def _status(*, rate_i_hz: float, accuracy: float, pruned: float = 0.2, w_ei_nS: float = 1.0) -> dict[str, Any]:
@@ -117,7 +116,7 @@ def test_rows_follow_the_protocol_order(ladder):
     rows = ladder_rows(records[::-1], CONDITIONS)  # ... and the rows follow the protocol, not the records
     assert [row["condition"] for row in rows] == list(CONDITIONS)
     assert [row["reverse"] for row in rows] == [False] * 6 + [True] * 3
-    assert rows[2]["description"] == definitions.CONDITIONS["ladder_2_damping"].description
+    assert rows[2]["description"] == registry.CONDITIONS["ladder_2_damping"].description
     # Conditions of the records that the protocol does not list come last.
     spec = RunSpec("reference_ladder", "trainable_ping_init", 42, records[0].spec.config, "numpy")
     extra = RunRecord(Path("unused"), spec, records[0].status)
@@ -223,7 +222,7 @@ def test_markdown_has_one_line_per_rung(ladder):
 
 
 def test_draw_sweep_figures_writes_png_json_and_md(ladder):
-    assert sweep_kind(CONDITIONS, "reference_ladder") == "reference_ladder"
+    assert registry.DEFINITIONS["reference_ladder"].figures.endswith(":draw_reference_ladder")
     figures = ladder / "figures"
     paths = draw_sweep_figures(
         load_runs(ladder), figures, ("png",), protocol_name="reference_ladder", conditions=CONDITIONS

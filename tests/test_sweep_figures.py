@@ -14,20 +14,23 @@ import pytest
 from biosim.params import NetworkParams
 from biosim.records import write_json
 from bridge.train_config import TrainConfig
-from protocols import definitions
-from protocols.definitions import Protocol, RunSpec
+from protocols import registry
+from protocols.protocol import Protocol, RunSpec
 from protocols.report import write_report
 from protocols.results import RunRecord, load_runs
 from protocols.sweep_figures import (
     basin_grid,
+    draw_anti_pruning,
+    draw_basin_map,
+    draw_reference_ladder,
     draw_sweep_figures,
+    draw_tau_gaba,
     frozen_gamma_fit,
     frozen_gamma_points,
     penalty_lambda,
     short_verdict,
     smallest_keeping_lambda,
     smallest_keeping_lambdas,
-    sweep_kind,
 )
 
 SMALL_NETWORK = NetworkParams().replace(connectivity__n_e=64, connectivity__n_i=16).to_dict()
@@ -176,23 +179,22 @@ def test_basin_map_report_draws_heatmaps_arrows_and_cells(tmp_path):
     assert not (figures / "tau_gaba.png").exists() and not (figures / "anti_pruning.png").exists()
 
 
-def test_sweep_kind_from_name_or_settings():
-    basin = [c.name for c in definitions.PROTOCOLS["basin_map"]]
-    tau = [c.name for c in definitions.PROTOCOLS["tau_gaba"]]
-    dale = [c.name for c in definitions.PROTOCOLS["dale_pruning"]]
-    assert sweep_kind(basin, "basin_map") == "basin_map"
-    assert sweep_kind(dale, "dale_pruning") is None
-    assert sweep_kind(basin, None) == "basin_map"
-    assert sweep_kind(tau, None) == "tau_gaba"
-    assert sweep_kind(dale, None) is None  # init_w_ei and init_w_ie vary together: a diagonal, not a grid
+def test_the_protocol_record_names_its_sweep_figures():
+    figures = {name: record.figure_function() for name, record in registry.DEFINITIONS.items()}
+    assert figures["basin_map"] is draw_basin_map and figures["tau_gaba"] is draw_tau_gaba
+    assert figures["anti_pruning"] is draw_anti_pruning and figures["reference_ladder"] is draw_reference_ladder
+    assert figures["dale_pruning"] is None and figures["streaming"] is None
     assert draw_sweep_figures([], Path("unused"), protocol_name="dale_pruning") == []
+    # No guessing from the settings: an unnamed or unknown protocol gets no sweep figures.
+    assert draw_sweep_figures([], Path("unused"), protocol_name=None) == []
+    assert draw_sweep_figures([], Path("unused"), protocol_name="not_a_protocol") == []
 
 
 # --- tau_gaba --------------------------------------------------------------------------------------------
 
 
 def _tau_records(frequency_of_tau, trainable_frequency=45.0, seeds=(42,)) -> list[RunRecord]:
-    protocol = _protocol("tau_gaba", tuple(c.name for c in definitions.PROTOCOLS["tau_gaba"]), seeds=seeds)
+    protocol = _protocol("tau_gaba", tuple(c.name for c in registry.DEFINITIONS["tau_gaba"].conditions), seeds=seeds)
     runs = []
     for spec in protocol.runs():
         tau = spec.config.network_params().synapse.tau_gaba_ms
@@ -263,7 +265,7 @@ def anti_records(monkeypatch) -> list[RunRecord]:
     """Runs of a made-up anti_pruning protocol (its penalties may not be TrainConfig fields yet)."""
     runs = []
     for name, (settings, seeds) in ANTI.items():
-        monkeypatch.setitem(definitions.CONDITIONS, name, SimpleNamespace(name=name, settings=settings))
+        monkeypatch.setitem(registry.CONDITIONS, name, SimpleNamespace(name=name, settings=settings))
         for k, (rate, gamma, power, pruned) in enumerate(seeds):
             config = TrainConfig(tier="smoke", network=SMALL_NETWORK, train_w_ei=True, train_w_ie=True, seed=42 + k)
             spec = RunSpec("anti_pruning", name, 42 + k, config, "numpy")
@@ -288,7 +290,6 @@ def test_smallest_keeping_lambda(anti_records):
 
 
 def test_anti_pruning_figure_and_lambda_file(tmp_path, anti_records):
-    assert sweep_kind(ANTI, None) == "anti_pruning"
     paths = draw_sweep_figures(anti_records, tmp_path, protocol_name="anti_pruning")
     assert sorted(p.name for p in paths) == ["anti_pruning.png", "anti_pruning_lambda.json"]
     assert (tmp_path / "anti_pruning.png").stat().st_size > 10_000

@@ -34,16 +34,16 @@ verdicts are :func:`protocols.verdicts.run_verdict` and
   :func:`ladder_trajectories_figure` (``reference_ladder_trajectories.<format>``):
   accuracy, rates and W_EI pruned against Adam steps, one line per seed.
 
-:func:`draw_sweep_figures` picks the figures from the protocol's name, or,
-for an unnamed protocol, from which settings its conditions vary.
+:func:`draw_sweep_figures` draws the figures the protocol's record names
+(``figures`` of :class:`protocols.registry.ProtocolDefinition`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from .. import definitions
+from .. import registry
 from ..results import RunRecord
 from ..verdicts import DEFAULT_CRITERIA, VerdictCriteria
 from .anti_pruning import (
@@ -55,7 +55,7 @@ from .anti_pruning import (
     smallest_keeping_lambdas,
 )
 from .basin_map import BasinGrid, basin_arrows_figure, basin_cells, basin_grid, basin_map_figure, draw_basin_map
-from .common import QUANTITIES, VERDICT_COLORS, Quantity, _settings, setting_sweep_figure, short_verdict
+from .common import QUANTITIES, VERDICT_COLORS, Quantity, setting_sweep_figure, short_verdict
 from .reference_ladder import (
     draw_reference_ladder,
     ladder_rows,
@@ -90,49 +90,16 @@ __all__ = [
     "rung_label",
     "setting_sweep_figure",
     "short_verdict",
-    "sweep_kind",
     "draw_sweep_figures",
-    "SWEEP_FIGURES",
+    "draw_anti_pruning",
+    "draw_basin_map",
+    "draw_reference_ladder",
+    "draw_tau_gaba",
     "VERDICT_COLORS",
 ]
 
 
 # --- dispatch -----------------------------------------------------------------------------------------------
-
-
-SWEEP_FIGURES: dict[str, Callable[..., list[Path]]] = {
-    "basin_map": draw_basin_map,
-    "tau_gaba": draw_tau_gaba,
-    "anti_pruning": draw_anti_pruning,
-    "reference_ladder": draw_reference_ladder,
-}
-"""Protocol name -> what draws its sweep figures."""
-
-
-def sweep_kind(conditions: Iterable[str], protocol_name: str | None = None) -> str | None:
-    """Which sweep figures a protocol gets: a key of :data:`SWEEP_FIGURES`, or None.
-
-    A protocol named in :data:`SWEEP_FIGURES` gets its own; another known
-    protocol (``dale_pruning``) none. An unnamed or unknown protocol is
-    recognised from its conditions' settings: a penalty of
-    :data:`PENALTY_KEYS` -> ``anti_pruning``; several tau_GABA values ->
-    ``tau_gaba``; ``init_w_ei`` and ``init_w_ie`` varied independently (a
-    grid, not a diagonal) -> ``basin_map``.
-    """
-    if protocol_name in SWEEP_FIGURES:
-        return protocol_name
-    if protocol_name in definitions.PROTOCOLS:
-        return None
-    settings = [_settings(name) for name in conditions]
-    if any(key in s for s in settings for key in PENALTY_KEYS):
-        return "anti_pruning"
-    if len({s[TAU_GABA_KEY] for s in settings if TAU_GABA_KEY in s}) > 1:
-        return "tau_gaba"
-    pairs = {(str(s["init_w_ei"]), str(s["init_w_ie"])) for s in settings if "init_w_ei" in s and "init_w_ie" in s}
-    n_ei, n_ie = len({p[0] for p in pairs}), len({p[1] for p in pairs})
-    if n_ei > 1 and n_ie > 1 and len(pairs) > max(n_ei, n_ie):
-        return "basin_map"
-    return None
 
 
 def draw_sweep_figures(
@@ -145,7 +112,7 @@ def draw_sweep_figures(
     title: str | None = None,
     criteria: VerdictCriteria = DEFAULT_CRITERIA,
 ) -> list[Path]:
-    """The sweep figures of a protocol (nothing for a protocol that is not a sweep).
+    """The figures of a protocol across its conditions: those its record names (none for most protocols).
 
     Parameters
     ----------
@@ -154,14 +121,15 @@ def draw_sweep_figures(
     figure_dir : Path
         Where the figures (one per format) and their JSON summaries go.
     protocol_name, conditions : optional
-        From ``protocol.json``: the protocol's name and every one of its
-        conditions (cells of runs not started yet are drawn as missing).
+        From ``protocol.json``: the protocol's name (its record, :mod:`protocols.registry`,
+        names the function that draws its figures; an unknown or missing name gets none)
+        and every one of its conditions (cells of runs not started yet are drawn as missing).
     """
-    names = list(conditions or dict.fromkeys(r.condition for r in records))
-    kind = sweep_kind(names, protocol_name)
-    if kind is None:
+    record = registry.DEFINITIONS.get(protocol_name) if protocol_name else None
+    draw = record.figure_function() if record is not None else None
+    if draw is None:
         return []
-    figure_dir = Path(figure_dir)
-    return SWEEP_FIGURES[kind](
-        list(records), figure_dir, formats, conditions=names, title=title or protocol_name or kind, criteria=criteria
+    names = list(conditions or dict.fromkeys(r.condition for r in records))
+    return draw(
+        list(records), Path(figure_dir), formats, conditions=names, title=title or protocol_name, criteria=criteria
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import definitions
+from .. import registry
 from ..figures import _pyplot
 from ..results import RunRecord
 from ..table import _value
@@ -101,7 +101,7 @@ QUANTITIES = _quantities(DEFAULT_CRITERIA)
 
 
 def _settings(condition: str) -> Mapping[str, Any]:
-    found = definitions.CONDITIONS.get(condition)
+    found = registry.CONDITIONS.get(condition)
     return found.settings if found is not None else {}
 
 

@@ -1,7 +1,7 @@
 """``reference_ladder``: the end state on each rung from this project's recipe to the reference study's.
 
 The ladder (``ladder_0_project`` to ``ladder_5_batch``) switches one factor of
-:data:`protocols.definitions.REFERENCE_FACTORS` to the reference's value per
+:data:`protocols.catalog.reference_ladder.REFERENCE_FACTORS` to the reference's value per
 rung, at the same 120 Adam steps; each ``reverse_*`` condition is the
 reference recipe with one factor set back. A row per condition holds what the
 table reads (:func:`protocols.table._value`), the largest epoch-mean W_EI
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import definitions
+from .. import registry
 from ..figures import _pyplot
 from ..results import RunRecord
 from ..table import COLUMNS, _format
@@ -211,7 +211,7 @@ def ladder_rows(
         summary = _summarise(runs, {}, criteria)
         per_run = [_run_row(r, quantities, criteria) for r in runs]
         completed = [run for run in per_run if run["status"] == "completed"]
-        found = definitions.CONDITIONS.get(name)
+        found = registry.CONDITIONS.get(name)
         grad_norms = [run["max_grad_norm_w_ei"] for run in completed if run["max_grad_norm_w_ei"] is not None]
         closest, closest_hz = _closest(completed, criteria)
         rows.append(
