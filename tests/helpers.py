@@ -26,9 +26,11 @@ from protocols.definitions import Protocol
 
 # --- the small network ----------------------------------------------------------------------------
 
+SMALL_POPULATIONS: dict[str, int] = {"connectivity__n_e": 64, "connectivity__n_i": 16}
+"""64 E, 16 I: the populations of every small test network (tests that only tabulate keep the default trial)."""
+
 SMALL_NETWORK_FIELDS: dict[str, float] = {
-    "connectivity__n_e": 64,
-    "connectivity__n_i": 16,
+    **SMALL_POPULATIONS,
     "simulation__trial_ms": 20.0,
     "simulation__transient_ms": 5.0,
 }

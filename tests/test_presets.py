@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import small_network
 
 from biosim.params import NetworkParams
 from biosim.simulation import load_test_trials, summarize
@@ -159,9 +160,7 @@ def test_ladder_runs_end_to_end_and_is_drawn(tmp_path):
     from protocols.report import write_report
     from protocols.runner import run_protocol
 
-    small = NetworkParams().replace(
-        connectivity__n_e=64, connectivity__n_i=16, simulation__trial_ms=40.0, simulation__transient_ms=10.0
-    )
+    small = small_network(simulation__trial_ms=40.0, simulation__transient_ms=10.0)
     protocol = get_protocol(
         "reference_ladder",
         tier="smoke",

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import small_network
 
-from biosim.params import NetworkParams
 from protocols import registry
 from protocols.definitions import (
     CONDITIONS,
@@ -27,11 +27,7 @@ from protocols.report import write_report
 from protocols.report_page import report_markdown
 from protocols.runner import KILL_ONCE_ENV, run_protocol, run_status
 
-SMALL_NETWORK = (
-    NetworkParams()
-    .replace(connectivity__n_e=64, connectivity__n_i=16, simulation__trial_ms=40.0, simulation__transient_ms=10.0)
-    .to_dict()
-)
+SMALL_NETWORK = small_network(simulation__trial_ms=40.0, simulation__transient_ms=10.0).to_dict()
 
 
 def _tiny(conditions=("frozen_ping", "trainable_zero_init"), seeds=(42, 43)) -> Protocol:

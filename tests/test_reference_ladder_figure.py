@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import SMALL_POPULATIONS
 
 from biosim.params import NetworkParams
 from biosim.records import write_json
@@ -23,7 +24,7 @@ from protocols.sweep_figures import (
     rung_label,
 )
 
-SMALL_NETWORK = NetworkParams().replace(connectivity__n_e=64, connectivity__n_i=16).to_dict()
+SMALL_NETWORK = NetworkParams().replace(**SMALL_POPULATIONS).to_dict()
 CONDITIONS = tuple(c.name for c in registry.DEFINITIONS["reference_ladder"].conditions)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import SMALL_POPULATIONS
 
 from biosim.params import NetworkParams
 from biosim.records import write_json
@@ -33,7 +34,7 @@ from protocols.sweep_figures import (
     smallest_keeping_lambdas,
 )
 
-SMALL_NETWORK = NetworkParams().replace(connectivity__n_e=64, connectivity__n_i=16).to_dict()
+SMALL_NETWORK = NetworkParams().replace(**SMALL_POPULATIONS).to_dict()
 
 
 def _status(

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import SMALL_POPULATIONS
 
 from biosim.params import NetworkParams
 from biosim.records import write_json
@@ -31,7 +32,7 @@ from protocols.verdicts import (
     run_verdict,
 )
 
-SMALL_NETWORK = NetworkParams().replace(connectivity__n_e=64, connectivity__n_i=16)
+SMALL_NETWORK = NetworkParams().replace(**SMALL_POPULATIONS)
 
 
 def _status(
