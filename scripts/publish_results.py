@@ -28,8 +28,9 @@ _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
 
 
 def table_summary(table_md: str) -> str:
-    """The table and its legend: ``table.md`` up to the per-run verdicts."""
-    return table_md.split("\nPer-run verdicts:", 1)[0].strip()
+    """The heading and the table of ``table.md``, without the legend (the report, linked below it, has that)."""
+    heading, table = table_md.strip().split("\n\n")[:2]
+    return f"{heading}\n\n{table}"
 
 
 def replace_block(text: str, block: str) -> str:
