@@ -132,6 +132,12 @@ def test_weight_file_with_a_misshapen_or_inconsistent_block_names_it(tmp_path, s
     ):
         load_weights(write_raw(tmp_path / "bad.npz", arrays, metadata))
     metadata["matrices"]["w_ee"]["shape"] = [64, 16]  # the description agrees with the array, not the network
+    with pytest.raises(  # the .npy headers are checked against the network before anything is read
+        WeightFileError, match=r"stored/w_ee: expected shape \(64, 64\) \(pre, post\), found \(64, 16\)"
+    ):
+        load_weights(write_raw(tmp_path / "bad.npz", arrays, metadata))
+    arrays, metadata = read_raw(save_weights(tmp_path / "w.npz", stored_weights, PARAMS))
+    metadata["matrices"]["w_ee"]["shape"] = [64, 16]  # the array is right, its description is not
     with pytest.raises(WeightFileError, match=r"metadata.matrices.w_ee.shape: w_ee expected \[64, 64\]"):
         load_weights(write_raw(tmp_path / "bad.npz", arrays, metadata))
     # A block the file's network does not have, or one it lacks.
