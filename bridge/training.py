@@ -84,6 +84,7 @@ import torch
 import torch.nn.functional as functional
 from tqdm import tqdm
 
+from biosim.environment import check_environment
 from biosim.locks import directory_lock
 from biosim.records import check_writable_dir, library_versions, write_json
 from biosim.streams import StreamSet
@@ -568,6 +569,9 @@ def train(
         holds a run of a different config, or of other digits (the message
         names the recorded and the current data). Checked before ``run_dir``
         is created, so a failed config leaves no directory behind.
+    ValueError
+        An environment variable of :data:`biosim.environment.VARIABLES` has a value its check
+        refuses (the message names it); checked before any work.
     biosim.records.OutputLocationError
         ``run_dir`` cannot be created or written (checked before any work).
     biosim.locks.DirectoryLockedError
@@ -578,6 +582,7 @@ def train(
     """
     config = config.resolved()
     run_dir = Path(run_dir)
+    check_environment()  # as the command line does: a misspelt setting is refused before the run directory exists
     check_writable_dir(run_dir, "run directory")  # before any work; creates nothing
     check_training_memory(config)  # a size that cannot fit, named, instead of a bare MemoryError later
     with contextlib.ExitStack() as stack:

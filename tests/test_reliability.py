@@ -407,3 +407,15 @@ def test_the_table_gets_one_environment_line() -> None:
     other = {**same, "aten_cpu_capability": "AVX2", "kernel_product_path": "avx2"}
     assert describe_environment([same, other, None]).startswith("Environment: runs differ: ")
     assert "(1 runs without a record)" in describe_environment([same, other, None])
+
+
+def test_train_through_the_api_checks_the_environment_before_any_work(tmp_path, monkeypatch):
+    """train() refuses a misspelt setting as the command line does, before the run directory exists."""
+    from helpers import SMOKE
+
+    from bridge.training import train
+
+    monkeypatch.setenv("BIOSIM_KERNEL_ISA", "avx9000")
+    with pytest.raises(ValueError, match=r"BIOSIM_KERNEL_ISA='avx9000': expected one of native, avx2"):
+        train(SMOKE, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
