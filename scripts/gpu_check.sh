@@ -8,6 +8,9 @@
 # then write ONE JSON file with all figures (--out). Every step runs in its
 # own process under its own timeout, so a failure loses only that step.
 # Without a GPU it writes {"gpu": false, "reason": ...} and exits with 2.
+# Under the device tool, the JSON file goes to $OUT (the folder whose files come back), the step files
+# and logs too, and the merged file is rewritten after every step, so a call stopped at its time limit
+# still returns what it measured; builds and spike files stay in the work folder.
 #
 #   bash scripts/gpu_check.sh [--out FILE] [--budget-s S] [--steps LIST] [--no-install]
 #                             [--wheelhouse DIR] [--python PY] [--epochs N] [--n-trials N] [--bench-brian2]
@@ -17,7 +20,14 @@
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-out="$root/results/gpu_check/gpu_check.json"
+# HOME may be unset on a bare machine (and set -u would stop at its first use): the user's home, or /tmp.
+HOME="${HOME:-$(getent passwd "$(id -u)" 2>/dev/null | cut -d: -f6)}"
+export HOME="${HOME:-/tmp}"
+if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
+    out="$OUT/gpu_check.json"
+else
+    out="$root/results/gpu_check/gpu_check.json"
+fi
 budget=480
 install=1
 wheelhouse="${BIOSIM_GPU_WHEELHOUSE:-$root/.whl}"
@@ -30,7 +40,7 @@ bench_brian2=0
 steps="train,bench,cpp,cuda,compare"
 download=""
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; }  # the header
 die_usage() { echo "gpu_check: $1 (see --help)" >&2; exit 3; }
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || die_usage "$1 needs a value"; }
 while [ $# -gt 0 ]; do
@@ -117,11 +127,11 @@ if [ -n "$reason" ]; then
     exit 2
 fi
 
-work="$(dirname "$out")/gpu_check_work"
-parts="$work/parts"
-rm -rf "$work"
-mkdir -p "$parts" || { echo "gpu_check: cannot create $work" >&2; exit 3; }
-install_log="$work/install.log"
+work="${BIOSIM_GPU_WORK:-$root/results/gpu_check/gpu_check_work}"  # builds and spikes: large, kept here
+parts="$(dirname "$out")/gpu_check_parts"  # small step files and logs, next to the merged file
+rm -rf "$work" "$parts"
+mkdir -p "$work" "$parts" || { echo "gpu_check: cannot create $work and $parts" >&2; exit 3; }
+install_log="$parts/install.log"
 : > "$install_log"
 say() { echo "[gpu_check $(printf '%4d' "$SECONDS") s] $*" >&2; }
 say "GPU: $(grep '^GPU ' <<<"$listing" | head -n 1)"
@@ -164,7 +174,7 @@ if [ "$mode" != "venv $venv" ]; then
     site="${BIOSIM_GPU_SITE:-${XDG_CACHE_HOME:-$HOME/.cache}/biosim/gpu-site/py$version}"
     [ "$install" = 1 ] && mkdir -p "$site"
 fi
-export PYTHONPATH="$root${site:+:$site}"
+export PYTHONPATH="$root${site:+:$site}${PYTHONPATH:+:$PYTHONPATH}"  # a caller's own folders stay on the path
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 say "Python $version: $python ($mode)${site:+; extra packages in $site}"
 
@@ -258,6 +268,24 @@ timeout 180 "$python" -m benchmarks.gpu_check env --out "$parts/env.json" >>"$in
     || say "the environment report failed (see $install_log)"
 torch_sees_gpu="$(timeout 120 "$python" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null)"
 
+# Brian2 and brian2cuda build with make and a C++ compiler, and brian2cuda with nvcc: say early what is missing.
+tools=""
+for tool in make g++ nvcc; do
+    where="$(command -v "$tool" 2>/dev/null)" || { where=""; say "preflight: $tool not found on PATH"; }
+    tools+="${tools:+, }$(json_string "$tool"): $(json_string "$where")"
+done
+
+merge_report() {  # merge_report STATE: the one JSON file from the step files so far (STATE: partial or complete)
+    local meta="{\"script\": \"scripts/gpu_check.sh\", \"state\": \"$1\", \"git_commit\": $(json_string "$commit"),"
+    meta+=" \"started\": $(json_string "$started"), \"finished\": $(json_string "$(now)"), \"wall_s\": $SECONDS,"
+    meta+=" \"measure_s\": $((SECONDS - measure_start)), \"budget_s\": $budget, \"tools\": {$tools},"
+    meta+=" \"nvidia_smi\": $(json_string "$(timeout 60 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1)"),"
+    meta+=" \"host\": $(json_string "$(uname -n)"), \"work_dir\": $(json_string "$work")}"
+    local merger="$python"
+    "$merger" -c 'import json' 2>/dev/null || merger=python3
+    "$merger" -m benchmarks.gpu_check merge --parts "$parts" --out "$out" --meta "$meta"
+}
+
 # --- the measurements -----------------------------------------------------------------------------
 # Each step has a share of the budget; what a step leaves unused goes to the next, and no step eats into
 # the shares of the steps after it. The shares: (a) 100 s, (b) 110 s, (c) cpp 70 s, cuda 150 s, compare 50 s.
@@ -270,7 +298,7 @@ allotted=0
 write_step() {  # write_step NAME STATUS RC TIMEOUT SECONDS WHY [EXTRA_JSON_FIELDS]
     printf '{"status": %s, "exit_status": %s, "timeout_s": %s, "seconds": %s, "why": %s, "log": %s%s}\n' \
         "$(json_string "$2")" "${3:-null}" "${4:-null}" "${5:-null}" "$(json_string "$6")" \
-        "$(json_string "$work/$1.log")" "${7:-}" > "$parts/$1.step.json"
+        "$(json_string "$parts/$1.log")" "${7:-}" > "$parts/$1.step.json"
 }
 
 run_step() {  # run_step KEY NAME EXTRA_JSON -- COMMAND...
@@ -287,13 +315,14 @@ run_step() {  # run_step KEY NAME EXTRA_JSON -- COMMAND...
     fi
     say "$name: up to $limit s: $*"
     local begin=$SECONDS rc
-    timeout --kill-after=15 "$limit" "$@" >"$work/$name.log" 2>&1
+    timeout --kill-after=15 "$limit" "$@" >"$parts/$name.log" 2>&1
     rc=$?
     local status=ok why=""
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then status=timeout; why="stopped after $limit s"
     elif [ "$rc" != 0 ]; then status=failed; why="exit status $rc (log_tail)"; fi
     write_step "$name" "$status" "$rc" "$limit" "$((SECONDS - begin))" "$why" "$extra"
     say "$name: $status in $((SECONDS - begin)) s"
+    merge_report partial >/dev/null 2>&1 || true  # what is measured so far comes back even if the call is stopped
 }
 
 no_torch_gpu() {
@@ -339,13 +368,7 @@ else
 fi
 
 # --- the one JSON file -------------------------------------------------------------------------------
-meta="{\"script\": \"scripts/gpu_check.sh\", \"git_commit\": $(json_string "$commit"), \"started\": $(json_string "$started"),"
-meta+=" \"finished\": $(json_string "$(now)"), \"wall_s\": $SECONDS, \"measure_s\": $((SECONDS - measure_start)),"
-meta+=" \"budget_s\": $budget, \"nvidia_smi\": $(json_string "$(timeout 60 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1)"),"
-meta+=" \"host\": $(json_string "$(uname -n)"), \"work_dir\": $(json_string "$work")}"
-merger="$python"
-"$merger" -c 'import json' 2>/dev/null || merger=python3
-if ! "$merger" -m benchmarks.gpu_check merge --parts "$parts" --out "$out" --meta "$meta"; then
+if ! merge_report complete; then
     echo "gpu_check: merging the step files failed; they are in $parts" >&2
     exit 1
 fi

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,37 @@ def test_merge_joins_the_steps_into_one_report_with_the_targets(tmp_path: Path) 
     assert summary["cuda_standalone_spikes_identical_to_mirror_float64"] is True
     assert summary["bench_speedup"] == 30.0
     assert summary["steps_not_ok"] == ["train_epoch"]
+
+
+def test_under_the_device_tool_the_report_goes_to_out_even_without_home(tmp_path: Path) -> None:
+    """With $OUT set and $HOME unset (a bare device machine), the merged report, step files and logs land in $OUT.
+
+    A stand-in ``nvidia-smi`` lists a GPU; this machine's torch sees none, so the one step asked for is
+    skipped at once: what is tested is where things go, not the measurements.
+    """
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text('#!/bin/sh\n[ "$1" = -L ] && echo "GPU 0: stand-in" || echo "stand-in, 0, 1 MiB"\n')
+    (fake / "nvidia-smi").chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir()
+    environment = {k: v for k, v in os.environ.items() if k != "HOME"}
+    environment.update(
+        PATH=f"{fake}{os.pathsep}{os.environ['PATH']}",
+        OUT=str(out),
+        BIOSIM_GPU_WORK=str(tmp_path / "work"),
+    )
+    result = subprocess.run(
+        ["bash", str(SCRIPT), "--no-install", "--python", sys.executable, "--steps", "train", "--budget-s", "60"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr  # the skipped steps are not ok
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["gpu"] is True and report["state"] == "complete"
+    assert set(report["tools"]) == {"make", "g++", "nvcc"}
+    parts = out / "gpu_check_parts"
+    assert (parts / "train_epoch.step.json").is_file() and (parts / "install.log").is_file()
