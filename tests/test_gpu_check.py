@@ -134,7 +134,8 @@ def test_under_the_device_tool_the_report_goes_to_out_even_without_home(tmp_path
     """
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "nvidia-smi").write_text('#!/bin/sh\n[ "$1" = -L ] && echo "GPU 0: stand-in" || echo "stand-in, 0, 1 MiB"\n')
+    stand_in = '#!/bin/sh\n[ "$1" = -L ] && echo "GPU 0: stand-in" || echo "stand-in, 0, 1 MiB"\n'
+    (fake / "nvidia-smi").write_text(stand_in)
     (fake / "nvidia-smi").chmod(0o755)
     out = tmp_path / "out"
     out.mkdir()
