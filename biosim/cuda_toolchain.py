@@ -63,6 +63,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from biosim.environment import switch
+
 __all__ = [
     "DEFAULT_COMPUTE_CAPABILITY",
     "CudaToolchain",
@@ -262,6 +264,20 @@ def _is_std_flag(flag: str) -> bool:
     return flag.startswith(("-std=", "--std"))
 
 
+FAST_MATH = "-use_fast_math"
+"""brian2cuda's default nvcc flag that the exact mode (``BIOSIM_CUDA_EXACT``) takes out."""
+
+EXACT_NVCC_FLAGS = ("--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false")
+"""nvcc flags of the exact mode: no contraction into FMAs, IEEE division and square root, no flush to zero."""
+
+
+def _registered_nvcc_flags() -> list[str]:
+    """brian2cuda's own default nvcc flags (as registered, whatever the preferences hold now)."""
+    from brian2 import prefs
+
+    return list(prefs.pref_register["devices.cuda_standalone.cuda_backend"][0]["extra_compile_args_nvcc"].default)
+
+
 def _with(flags: list[str], extra: str, drop: Callable[[str], bool] = lambda f: False) -> list[str]:
     """``flags`` without the ones ``drop`` matches, with ``extra`` once at the end (idempotent)."""
     return [f for f in flags if f != extra and not drop(f)] + [extra]
@@ -309,6 +325,14 @@ def configure_cuda_standalone(*, compute_capability: float | None = None, compil
 
     backend = prefs.devices.cuda_standalone.cuda_backend
     backend.extra_compile_args_nvcc = _with(list(backend.extra_compile_args_nvcc), "-std=c++17", _is_std_flag)
+    nvcc_flags = [f for f in backend.extra_compile_args_nvcc if f not in (*EXACT_NVCC_FLAGS, FAST_MATH)]
+    if switch("BIOSIM_CUDA_EXACT"):
+        # brian2cuda compiles with -use_fast_math, which also lets nvcc contract a * b + c into one FMA:
+        # other roundings than the CPU's. The exact mode asks for IEEE division, square root and no FMAs.
+        nvcc_flags += list(EXACT_NVCC_FLAGS)
+    elif FAST_MATH in backend.extra_compile_args_nvcc or FAST_MATH in _registered_nvcc_flags():
+        nvcc_flags.insert(0, FAST_MATH)  # brian2cuda's default again, where the exact mode took it out
+    backend.extra_compile_args_nvcc = nvcc_flags
     backend.cuda_path = str(toolchain.cuda_path)
     backend.cuda_runtime_version = toolchain.cuda_version
     backend.detect_gpus = toolchain.detect_gpus

@@ -97,6 +97,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BIOSIM_BRIAN2_PCH", "on", "a precompiled header for cpp_standalone builds", _switch_error),
     Variable("BIOSIM_BRIAN2_VECTOR_EXP", "on", "glibc's vector exp in cpp_standalone state updates", _switch_error),
     Variable("BIOSIM_BRIAN2_SETUP_O1", "on", "cpp_standalone's set-up files at -O1 (faster builds)", _switch_error),
+    Variable(
+        "BIOSIM_CUDA_EXACT",
+        "off",
+        "on: cuda_standalone compiled without -use_fast_math, with --fmad=false and IEEE division and square root",
+        _switch_error,
+    ),
     Variable("BIOSIM_VENV", ".venv", "where scripts/ensure_venv.sh creates the environment"),
     Variable("BIOSIM_FAULT_KILL_WORKER_ONCE", "unset", "the runner's own tests only: kill the first worker once"),
     Variable(

@@ -91,3 +91,27 @@ def test_compile_check_reports_child_failure(tmp_path: Path) -> None:
         ct.compile_check(tmp_path, build_network=_broken_network)
     with pytest.raises(ValueError, match="module-level"):
         ct.compile_check(tmp_path, build_network=lambda: None)
+
+
+def test_the_exact_mode_compiles_without_fast_math_or_fmas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BIOSIM_CUDA_EXACT=on swaps brian2cuda's -use_fast_math for IEEE flags; off puts it back (idempotent)."""
+    _toolchain_or_skip()
+    from brian2 import prefs
+
+    name = "devices.cuda_standalone.cuda_backend.extra_compile_args_nvcc"
+    prefs._backup()
+    try:
+        ct.configure_cuda_standalone(compute_capability=8.0, compile_only=True)
+        assert ct.FAST_MATH in prefs[name]  # brian2cuda's default
+        monkeypatch.setenv("BIOSIM_CUDA_EXACT", "on")
+        for _ in range(2):
+            ct.configure_cuda_standalone(compute_capability=8.0, compile_only=True)
+            flags = prefs[name]
+            assert ct.FAST_MATH not in flags
+            assert all(flags.count(flag) == 1 for flag in ct.EXACT_NVCC_FLAGS), flags
+        monkeypatch.setenv("BIOSIM_CUDA_EXACT", "off")
+        ct.configure_cuda_standalone(compute_capability=8.0, compile_only=True)
+        assert ct.FAST_MATH in prefs[name] and not set(ct.EXACT_NVCC_FLAGS) & set(prefs[name])
+        assert prefs[name].count("-std=c++17") == 1
+    finally:
+        prefs._restore()
