@@ -271,6 +271,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     from bridge.crosscheck import compare_spikes
     from bridge.simulate import run_mirror
+    from bridge.spike_identity import identity_report
 
     params, weights, trials = _trials_and_weights(args.n_trials)
     mirror = run_mirror(params, weights, trials, dtype=torch.float64, device="cpu")
@@ -291,6 +292,13 @@ def _compare(args: argparse.Namespace) -> int:
             "identical": all(c.missing == 0 and c.extra == 0 for c in comparisons),
             "identity_fraction": identical / total if total else 1.0,
             "spikes": {c.population: {**asdict(c), "identical_fraction": c.identical_fraction} for c in comparisons},
+            "trials": identity_report(
+                {p: getattr(mirror, f"spikes_{p}") for p in ("e", "i")},
+                spikes,
+                params=params,
+                weights=weights,
+                trials=trials,
+            ),
         }
     _write(args.out, report)
     return 0
@@ -360,6 +368,9 @@ def summarize(steps: dict[str, Any]) -> dict[str, Any]:
     for backend, comparison in (compare.get("backends") or {}).items():
         summary[f"{backend}_spikes_identical_to_mirror_float64"] = comparison.get("identical")
         summary[f"{backend}_spike_identity_fraction"] = comparison.get("identity_fraction")
+        trials = comparison.get("trials") or {}
+        summary[f"{backend}_identity_verdict"] = trials.get("verdict")
+        summary[f"{backend}_identical_trials"] = trials.get("identical_trials")
     for key in ("speedup", "fused_sample_steps_per_s", "memory_ratio", "grad_max_rel_diff"):
         if key in bench:
             summary[f"bench_{key}"] = bench[key]

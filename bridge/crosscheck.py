@@ -23,6 +23,7 @@ from biosim.simulation import load_test_trials
 from biosim.weights import NetworkWeights, init_weights
 
 from .simulate import run_mirror
+from .spike_identity import identity_report
 
 __all__ = ["SpikeComparison", "compare_spikes", "trace_agreement", "crosscheck"]
 
@@ -118,7 +119,9 @@ def crosscheck(
     """Run test digits in Brian2 (``backend``) and in the float64 mirror and compare.
 
     Returns a JSON-ready report: per population identical / missing / extra
-    spikes and the first divergence, the max relative membrane difference
+    spikes and the first divergence, per trial the verdict of
+    :func:`bridge.spike_identity.identity_report` (trials that agree, first
+    divergences and their causes), the max relative membrane difference
     before it, and both simulators' timings.
     """
     params = params or NetworkParams()
@@ -145,6 +148,13 @@ def crosscheck(
             cmp.population: {**asdict(cmp), "identical_fraction": cmp.identical_fraction} for cmp in comparisons
         },
         "identical": all(cmp.missing == 0 and cmp.extra == 0 for cmp in comparisons),
+        "trials": identity_report(
+            {"e": brian.spikes_e, "i": brian.spikes_i},
+            {"e": mirror.spikes_e, "i": mirror.spikes_i},
+            params=params,
+            weights=weights,
+            trials=trials,
+        ),
         "max_relative_v_difference": trace_agreement(brian, mirror),
         "max_score_difference": float(np.max(np.abs(brian.scores - mirror.scores))),
         "timings_s": {"brian2": brian.timings_s, "mirror": mirror.timings_s},

@@ -75,9 +75,9 @@ def run_mirror(
         ``"fused"``, or ``"eager"`` when ``record_v`` is given (only the
         step loop exposes the membrane potentials).
     record_v : dict, optional
-        ``{"e": indices, "i": indices}``: record the membrane potential after
-        the state update and before the reset, as Brian2's
-        ``StateMonitor(when="after_groups")`` does. Needs ``engine="eager"``.
+        ``{"e": indices, "i": indices}``: record the membrane potential at
+        the end of each step (after the reset), as the Brian2 network's
+        ``StateMonitor(when="end")`` does. Needs ``engine="eager"``.
     record_readout : bool
         Also return the readout potentials after each step as
         ``traces["readout"]`` (n_trials, n_steps, n_classes), as
