@@ -67,7 +67,10 @@ def _connect_copies(b2, pre, post, matrix: np.ndarray, unit, model: str, on_pre:
     values = np.asarray(matrix, dtype=float)
     table = b2.TimedArray(values * unit if unit is not None else values, dt=_ROW_DT_S * b2.second)
     namespace = {"w_table": table, "n_pre": n_pre, "n_post": n_post, "row_dt": _ROW_DT_S * b2.second}
-    synapses = b2.Synapses(pre, post, model=model, on_pre=on_pre, method=eq.METHOD, namespace=namespace, name=name)
+    # A scalar (shared) zero delay instead of one per synapse: 8 bytes less per synapse, the same delivery.
+    synapses = b2.Synapses(
+        pre, post, model=model, on_pre=on_pre, delay=0 * b2.ms, method=eq.METHOD, namespace=namespace, name=name
+    )
     zero = "0 * siemens" if unit is not None else "0"
     # For each presynaptic neuron (in index order), its copy's targets in ascending order: the order of
     # the sequential layout's np.nonzero edges, block by block.
