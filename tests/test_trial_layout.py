@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,45 @@ def test_the_cli_refuses_a_bad_trial_layout_naming_the_flag(command, capsys):
     assert "--trial-layout" in err and "'diagonal'" in err and "sequential" in err and "copies" in err
     code, err = run_cli([*command, "--max-copies", "0"], capsys)
     assert code == 2 and "--max-copies" in err
+
+
+def _copies_network():
+    """The small network as 3 copies, on the active device (cuda_standalone in compile_check's child)."""
+    from biosim.copies import build_copies_network
+
+    return build_copies_network(PARAMS, init_weights(PARAMS, seed=5).effective(), _trials(PARAMS, 3)).network
+
+
+@pytest.mark.cuda_compile
+def test_the_copies_layout_compiles_for_cuda_standalone(tmp_path):
+    """brian2cuda generates and nvcc compiles the copies (generator connect, weight tables); no GPU needed."""
+    from biosim import cuda_toolchain as ct
+
+    try:
+        ct.find_toolchain(compile_only=True)
+    except ct.CudaToolchainError as error:
+        if "nvcc not found" in str(error):
+            pytest.skip(f"no CUDA toolkit: {error}")
+        raise
+    result = ct.compile_check(tmp_path / "cuda_project", compute_capability=9.0, build_network=_copies_network)
+    assert Path(result["binary"]).is_file()
+
+
+@pytest.mark.numpy_backend
+def test_validate_with_the_copies_layout_in_chunks(tmp_path, capsys):
+    """The CLI path end to end: a trained run validated with its 8 test digits as copies, 3 per Brian2 run."""
+    import json
+
+    from bridge.train_config import TrainConfig
+    from bridge.training import train
+
+    network = small_network(simulation__trial_ms=40.0, simulation__transient_ms=10.0)
+    config = TrainConfig(tier="smoke", n_train=8, n_test=8, epochs=1, batch_size=8, network=network.to_dict())
+    train(config, tmp_path / "run", progress=False)
+    from protocols.cli import main
+
+    argv = ["validate", str(tmp_path / "run"), "--backend", "numpy", "--trial-layout", "copies", "--max-copies", "3"]
+    code = main([*argv, "--json", "--quiet"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["verdict"] == "pass"
+    assert report["spike_identity_float64"]["fraction"] == 1.0
