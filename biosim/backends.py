@@ -10,8 +10,9 @@ backend               what runs
 ====================  ==================================================
 
 The backend is chosen in one place, :func:`run_trials`; every backend runs
-the same network (:func:`biosim.network.build_network`) and returns the same
-:class:`~biosim.results.SimulationResult`.
+the same network (:func:`biosim.network.build_network`, or with
+``layout="copies"`` the trials as copies of it, :mod:`biosim.copies`) and
+returns the same :class:`~biosim.results.SimulationResult`.
 """
 
 from __future__ import annotations
