@@ -10,8 +10,9 @@ backend               what runs
 ====================  ==================================================
 
 The backend is chosen in one place, :func:`run_trials`; every backend runs
-the same network (:func:`biosim.network.build_network`) and returns the same
-:class:`~biosim.results.SimulationResult`.
+the same network (:func:`biosim.network.build_network`, or with
+``layout="copies"`` the trials as copies of it, :mod:`biosim.copies`) and
+returns the same :class:`~biosim.results.SimulationResult`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .copies import build_copies_network, check_layout, collect_copies
 from .inputs import TrialSet
 from .network import build_network
 from .params import NetworkParams
@@ -117,6 +119,8 @@ def run_trials(
     record_readout: bool = False,
     progress: bool = True,
     processes: int | str | None = None,
+    layout: str = "sequential",
+    max_copies: int | None = None,
 ) -> SimulationResult:
     """Simulate all ``trials`` in Brian2 on ``backend``.
 
@@ -148,6 +152,14 @@ def run_trials(
         per 50 trials; ``"auto"``: the CPUs this process may use. Default:
         ``$BIOSIM_BRIAN2_PROCESSES``, else 1
         (:func:`biosim.standalone_build.split_parts`).
+    layout : str
+        ``"sequential"``: the trials back to back in one network;
+        ``"copies"``: the trials at once, as copies of the network
+        (:mod:`biosim.copies`; the same spikes bit for bit).
+    max_copies : int, optional
+        ``"copies"`` layout: at most this many copies per Brian2 run (bounds
+        memory); the trials run in consecutive chunks, each a run of its own in
+        the same project directory. Default: all trials in one run.
 
     Returns
     -------
@@ -168,8 +180,16 @@ def run_trials(
         Bad weights, before anything is built.
     """
     check_backend(backend)
+    check_layout(layout)
     weights.check_shapes(params)
     weights.check_dale()
+    if layout == "copies":
+        return _run_copies(
+            params, weights, trials, backend=backend, build_dir=build_dir, record_v=record_v,
+            record_readout=record_readout, progress=progress, processes=processes, max_copies=max_copies,
+        )  # fmt: skip
+    if max_copies is not None:
+        raise ValueError(f"max_copies={max_copies} applies to layout 'copies' only, not {layout!r}")
     parts = split_parts(backend, build_dir, trials.n_trials, processes)
     if parts > 1:
         from .split_run import run_split
@@ -191,6 +211,49 @@ def run_trials(
         )  # fmt: skip
 
 
+def _run_copies(
+    params: NetworkParams,
+    weights: NetworkWeights,
+    trials: TrialSet,
+    *,
+    backend: str,
+    build_dir: str | Path | None,
+    record_v: dict[str, np.ndarray] | None,
+    record_readout: bool,
+    progress: bool,
+    processes: int | str | None,
+    max_copies: int | None,
+) -> SimulationResult:
+    """The ``copies`` layout: chunks of at most ``max_copies`` trials, each one run of as many copies."""
+    from .split_run import join_parts
+
+    if processes not in (None, 1):
+        raise ValueError(f"processes={processes!r}: the 'copies' layout runs in one process; leave processes unset")
+    if max_copies is not None and (isinstance(max_copies, bool) or not isinstance(max_copies, int) or max_copies < 1):
+        raise ValueError(f"max_copies must be a positive integer, got {max_copies!r}")
+    size = trials.n_trials if max_copies is None else max_copies
+    chunks = [np.arange(start, min(start + size, trials.n_trials)) for start in range(0, trials.n_trials, size)]
+    pieces = []
+    timings: dict[str, float] = {}
+    with _project_directory(backend, build_dir) as (build_path, reused):
+        for number, chunk in enumerate(chunks):
+            result = _simulate(
+                backend, build_path, reused or number > 0, params, weights, trials.subset(chunk),
+                record_v=record_v, record_readout=record_readout, progress=progress, layout="copies",
+            )  # fmt: skip
+            for key, value in result.timings_s.items():
+                timings[key] = timings.get(key, 0.0) + value
+            pieces.append((chunk, result))
+    if len(pieces) == 1:
+        joined = pieces[0][1]
+    else:
+        joined = join_parts(params, pieces, trials.n_trials)
+        joined.meta = dict(pieces[0][1].meta)
+    joined.timings_s = timings
+    joined.meta["trial_layout"] = {"layout": "copies", "copies_per_run": [len(chunk) for chunk in chunks]}
+    return joined
+
+
 def _simulate(
     backend: str,
     build_path: Path,
@@ -204,6 +267,7 @@ def _simulate(
     progress: bool,
     before_compile: Callable[[Path], None] | None = None,
     after_build: Callable[[], None] | None = None,
+    layout: str = "sequential",
 ) -> SimulationResult:
     """One Brian2 run of ``trials`` in ``build_path``.
 
@@ -216,7 +280,8 @@ def _simulate(
     build_info: dict[str, object] = {}
     with _device(backend, build_path):
         t0 = time.perf_counter()
-        built = build_network(params, weights, trials, record_v=record_v, record_readout=record_readout)
+        build = build_copies_network if layout == "copies" else build_network
+        built = build(params, weights, trials, record_v=record_v, record_readout=record_readout)
         if backend in STANDALONE_BACKENDS:
             # No Brian2 report here: with one, the standalone binary reads a CPU-time clock before
             # every object on every step (Brian2 2.8), which doubled a 400-trial run (12 s -> 26 s).
@@ -256,7 +321,8 @@ def _simulate(
             timings["simulate"] = time.perf_counter() - t1
             if progress:
                 print(file=sys.stderr)
-        result = _collect(params, trials, built.monitors, backend)
+        collect = collect_copies if layout == "copies" else _collect
+        result = collect(params, trials, built.monitors, backend)
     result.timings_s = timings
     if build_info:
         result.meta["build"] = build_info

@@ -24,10 +24,10 @@ from .inputs import TrialSet
 from .params import NetworkParams, to_brian2_namespace
 from .weights import NetworkWeights
 
-__all__ = ["BrianNetwork", "build_network"]
+__all__ = ["BrianNetwork", "build_network", "reset_at_trial_start"]
 
 
-def _reset_at_trial_start(group, code: str) -> None:
+def reset_at_trial_start(group, code: str) -> None:
     """Run ``code`` on the first step of every trial, before the step's state update.
 
     In the ``start`` slot: the event is detected (order 0), monitors read the
@@ -115,7 +115,7 @@ def build_network(
             namespace={**namespace, "steps_per_trial": sim.n_steps},
             name=f"neurons_{name}",
         )
-        _reset_at_trial_start(group, eq.NEURON_TRIAL_RESET)
+        reset_at_trial_start(group, eq.NEURON_TRIAL_RESET)
         populations[name] = group
     neurons_e, neurons_i = populations["e"], populations["i"]
 
@@ -128,7 +128,7 @@ def build_network(
         name="readout",
     )
     readout.run_regularly(eq.READOUT_ACCUMULATE, when="after_synapses", name="readout_accumulate")
-    _reset_at_trial_start(readout, eq.READOUT_TRIAL_RESET)
+    reset_at_trial_start(readout, eq.READOUT_TRIAL_RESET)
 
     steps = trials.input_trial.astype(np.int64) * sim.n_steps + trials.input_step
     source = b2.SpikeGeneratorGroup(c.n_input, trials.input_neuron, steps * sim.dt_ms * b2.ms, name="input")

@@ -75,15 +75,20 @@ def simulate_test_digits(
     idx_directory: str | Path | None = None,
     build_dir: str | Path | None = None,
     progress: bool = True,
+    layout: str = "sequential",
+    max_copies: int | None = None,
 ) -> tuple[SimulationResult, SimulationSummary, TrialSet]:
     """Run ``n_trials`` test digits on ``backend`` with (by default) untrained canonical weights.
 
     Input spikes and initial states come from ``seed``; so do the weights
-    when none are given.
+    when none are given. ``layout`` and ``max_copies``: see :func:`biosim.backends.run_trials`.
     """
     check_backend(backend)
     params = params or NetworkParams()
     weights = weights if weights is not None else init_weights(params, seed=seed).effective()
     trials = load_test_trials(params, n_trials, seed=seed, tier=tier, idx_directory=idx_directory)
-    result = run_trials(params, weights, trials, backend=backend, build_dir=build_dir, progress=progress)
+    result = run_trials(
+        params, weights, trials, backend=backend, build_dir=build_dir, progress=progress,
+        layout=layout, max_copies=max_copies,
+    )  # fmt: skip
     return result, summarize(result, params, trials.labels), trials

@@ -48,7 +48,7 @@ from .results import SimulationResult, SpikeTrains
 from .standalone_build import project_directory
 from .weights import NetworkWeights
 
-__all__ = ["padded_parts", "run_split"]
+__all__ = ["join_parts", "padded_parts", "run_split"]
 
 _BACKEND = "cpp_standalone"
 _PREF_PREFIXES = ("codegen.", "core.", "devices.cpp_standalone.")
@@ -85,7 +85,9 @@ def padded_parts(trials: TrialSet, parts: int) -> list[tuple[np.ndarray, TrialSe
     return [(c, _with_padding_trial(s, target - len(s.input_trial))) for c, s in zip(chunks, subsets, strict=True)]
 
 
-def _join(params: NetworkParams, pieces: list[tuple[np.ndarray, SimulationResult]], n_trials: int) -> SimulationResult:
+def join_parts(
+    params: NetworkParams, pieces: list[tuple[np.ndarray, SimulationResult]], n_trials: int
+) -> SimulationResult:
     """The parts' results as one, in trial order, without the repeated and padding trials."""
     c, n_steps = params.connectivity, params.simulation.n_steps
     trains = {}
@@ -242,7 +244,7 @@ def run_split(
                     child.kill()
                     child.wait()
             raise
-    result = _join(params, [(p, r) for (p, _), r in zip(pieces, results, strict=True)], trials.n_trials)
+    result = join_parts(params, [(p, r) for (p, _), r in zip(pieces, results, strict=True)], trials.n_trials)
     timings = {
         key: first.timings_s[key] for key in ("build", "build_codegen", "build_compile") if key in first.timings_s
     }

@@ -115,6 +115,8 @@ def crosscheck(
     n_recorded: int = 16,
     build_dir: str | Path | None = None,
     progress: bool = True,
+    layout: str = "sequential",
+    max_copies: int | None = None,
 ) -> dict:
     """Run test digits in Brian2 (``backend``) and in the float64 mirror and compare.
 
@@ -133,8 +135,9 @@ def crosscheck(
         "i": np.linspace(0, c.n_i - 1, n_recorded).astype(int),
     }
     brian = run_trials(
-        params, weights, trials, backend=backend, build_dir=build_dir, record_v=record, progress=progress
-    )
+        params, weights, trials, backend=backend, build_dir=build_dir, record_v=record, progress=progress,
+        layout=layout, max_copies=max_copies,
+    )  # fmt: skip
     mirror = run_mirror(params, weights, trials, dtype=torch.float64, record_v=record)
     comparisons = [
         compare_spikes(brian.spikes_e, mirror.spikes_e, "e"),

@@ -40,6 +40,7 @@ import torch
 
 from biosim.analysis import gamma_peak, population_spectrum
 from biosim.backends import check_backend, run_trials
+from biosim.copies import check_layout
 from biosim.data import DataError
 from biosim.locks import directory_lock
 from biosim.records import check_writable_dir, write_json
@@ -103,6 +104,8 @@ def validate(
     build_dir: str | Path | None = None,
     criteria: Criteria = Criteria(),
     progress: bool = True,
+    layout: str = "sequential",
+    max_copies: int | None = None,
 ) -> dict[str, Any]:
     """Run the trained network of ``run_dir`` in Brian2 and in the mirror and compare.
 
@@ -110,7 +113,8 @@ def validate(
     with per-simulator accuracy, E and I rates and gamma peak, the agreement
     checks, the verdict and the digits' record (``data``). The test digits
     must be those the run recorded (checked by digest); the run directory's
-    lock (:mod:`biosim.locks`) is held throughout.
+    lock (:mod:`biosim.locks`) is held throughout. ``layout`` and ``max_copies``: how
+    the Brian2 run lays out the trials (:func:`biosim.backends.run_trials`).
 
     Raises
     ------
@@ -132,15 +136,24 @@ def validate(
     """
     run_dir = Path(run_dir)
     check_backend(backend)  # an unknown backend, or cuda_standalone without a GPU, before any work
+    check_layout(layout)
+    layout_options = {"layout": layout, "max_copies": max_copies}
     if not run_dir.is_dir():
-        return _validate(run_dir, backend, build_dir, criteria, progress)  # says what is missing
+        return _validate(run_dir, backend, build_dir, criteria, progress, **layout_options)  # says what is missing
     # The report and views go into the run: not while another process trains or validates it.
     with directory_lock(run_dir, "run directory", f"validation on {backend}"):
-        return _validate(run_dir, backend, build_dir, criteria, progress)
+        return _validate(run_dir, backend, build_dir, criteria, progress, **layout_options)
 
 
 def _validate(
-    run_dir: Path, backend: str, build_dir: str | Path | None, criteria: Criteria, progress: bool
+    run_dir: Path,
+    backend: str,
+    build_dir: str | Path | None,
+    criteria: Criteria,
+    progress: bool,
+    *,
+    layout: str,
+    max_copies: int | None,
 ) -> dict[str, Any]:
     """:func:`validate` once the run directory is locked."""
     config_path, weights_path = run_dir / "config.json", run_dir / "weights.npz"
@@ -185,6 +198,8 @@ def _validate(
         build_dir=build_dir,
         progress=progress,
         record_readout=readout,
+        layout=layout,
+        max_copies=max_copies,
     )
     mirrors: dict[str, SimulationResult] = {
         "float64": run_mirror(params, loaded.stored, trials, dtype=torch.float64, record_readout=readout)

@@ -120,6 +120,8 @@ def _simulate(args: argparse.Namespace) -> int:
         idx_directory=args.idx_dir,
         build_dir=args.build_dir or (out / "build" / args.backend),
         progress=not args.quiet,
+        layout=args.trial_layout,
+        max_copies=args.max_copies,
     )
     sim = params.simulation
     frequencies, power = population_spectrum(result.spikes_e, sim.dt_ms, sim.transient_ms)
@@ -156,6 +158,25 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_trial_layout(p: argparse.ArgumentParser) -> None:
+    """``--trial-layout`` and ``--max-copies``: how the Brian2 run lays out its trials (biosim.copies)."""
+    from biosim.copies import LAYOUTS
+
+    p.add_argument(
+        "--trial-layout",
+        default="sequential",
+        choices=LAYOUTS,
+        help="Brian2 trials back to back in one network (sequential, default) or at once as copies of the "
+        "network (copies; the same spikes)",
+    )
+    p.add_argument(
+        "--max-copies",
+        type=_positive_int,
+        default=None,
+        help="with --trial-layout copies: at most this many copies per Brian2 run (default: all trials in one)",
+    )
+
+
 def _add_simulate(subparsers) -> None:
     p = subparsers.add_parser("simulate", help="run test digits through the untrained network in Brian2")
     p.add_argument(
@@ -173,6 +194,7 @@ def _add_simulate(subparsers) -> None:
     p.add_argument("--idx-dir", default=None, help="directory with the MNIST IDX files (default: embedded digits)")
     p.add_argument("--out", default="results/simulate", help="output directory (default: %(default)s)")
     p.add_argument("--build-dir", default=None, help="standalone project directory (default: OUT/build/BACKEND)")
+    _add_trial_layout(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=_simulate)
@@ -194,6 +216,8 @@ def _crosscheck(args: argparse.Namespace) -> int:
             seed=args.seed,
             build_dir=Path(args.out) / "build" / backend,
             progress=not args.quiet,
+            layout=args.trial_layout,
+            max_copies=args.max_copies,
         )
         reports.append(report)
         if not args.json:
@@ -221,6 +245,7 @@ def _add_crosscheck(subparsers) -> None:
     p.add_argument("--n-trials", type=_positive_int, default=20)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default="results/crosscheck")
+    _add_trial_layout(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_crosscheck)
@@ -382,7 +407,13 @@ def _add_train(subparsers) -> None:
 def _validate(args: argparse.Namespace) -> int:
     from bridge.validation import format_report, validate
 
-    report = validate(args.run_dir, backend=args.backend, progress=not args.quiet)
+    report = validate(
+        args.run_dir,
+        backend=args.backend,
+        progress=not args.quiet,
+        layout=args.trial_layout,
+        max_copies=args.max_copies,
+    )
     print(json.dumps(report, default=str) if args.json else format_report(report))
     return 0 if report["verdict"] == "pass" else 1
 
@@ -391,6 +422,7 @@ def _add_validate(subparsers) -> None:
     p = subparsers.add_parser("validate", help="run a trained network in Brian2 and in the mirror and compare")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--backend", default="cpp_standalone", choices=BACKENDS)
+    _add_trial_layout(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_validate)
