@@ -10,24 +10,21 @@ not bake the step's index into the graph as a Python number: :func:`transition_s
 0-d int32 tensor in the state (``"step"``), which :func:`bridge.dynamics.transition` accepts in place of an
 int (the same comparisons and additions, so the same results).
 
-The entry point for the fused engine's torch forward pass and recompute is :func:`enabled` (the environment
-variable ``BIOSIM_CUDA_GRAPHS=1`` on a CUDA device; off by default until measured on a GPU). Without a GPU
+The entry point for the fused engine's torch forward pass and recompute is :func:`enabled`, with the caller's
+flag (off by default until measured on a GPU; on a device other than CUDA a request is refused). Without a GPU
 only :func:`run_chunk` and :func:`transition_step` are tested (tests/test_cuda_graphs.py); the capture's
 test is skipped.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
 
 from .dynamics import Constants, NetworkState, PopulationConstants, transition
 
-__all__ = ["ENVIRONMENT_VARIABLE", "enabled", "StepFunction", "run_chunk", "transition_step", "CapturedChunk"]
-
-ENVIRONMENT_VARIABLE = "BIOSIM_CUDA_GRAPHS"
+__all__ = ["enabled", "StepFunction", "run_chunk", "transition_step", "CapturedChunk"]
 
 State = dict[str, torch.Tensor]
 StepFunction = Callable[[State, torch.Tensor], tuple[State, State]]
@@ -36,12 +33,12 @@ StepFunction = Callable[[State, torch.Tensor], tuple[State, State]]
 _STATE_FIELDS = ("v_e", "ge_e", "gi_e", "ready_e", "v_i", "ge_i", "gi_i", "ready_i", "u", "score_sum")
 
 
-def enabled(device: torch.device | str) -> bool:
-    """Whether a chunk loop on ``device`` replays captured graphs: ``BIOSIM_CUDA_GRAPHS=1`` and a CUDA device."""
-    value = os.environ.get(ENVIRONMENT_VARIABLE, "0")
-    if value not in ("0", "1"):
-        raise ValueError(f"{ENVIRONMENT_VARIABLE} must be 0 or 1, got {value!r}")
-    return value == "1" and torch.device(device).type == "cuda"
+def enabled(device: torch.device | str, requested: bool) -> bool:
+    """Whether a chunk loop on ``device`` replays captured graphs: only where ``requested`` (off by default in
+    every caller until measured on a GPU), and only on CUDA; requested elsewhere it is refused."""
+    if requested and torch.device(device).type != "cuda":
+        raise ValueError(f"cuda_graphs: captured chunks need a CUDA device, not {torch.device(device)}")
+    return bool(requested)
 
 
 def run_chunk(step: StepFunction, state: State, drives: torch.Tensor) -> tuple[State, State]:

@@ -71,14 +71,11 @@ def test_the_captured_step_function_equals_the_eager_step():
     assert int(final["step"]) == STEPS
 
 
-def test_enabled_reads_the_environment(monkeypatch):
-    monkeypatch.delenv(cuda_graphs.ENVIRONMENT_VARIABLE, raising=False)
-    assert not cuda_graphs.enabled("cuda")  # off by default
-    monkeypatch.setenv(cuda_graphs.ENVIRONMENT_VARIABLE, "1")
-    assert cuda_graphs.enabled("cuda:0") and not cuda_graphs.enabled("cpu")
-    monkeypatch.setenv(cuda_graphs.ENVIRONMENT_VARIABLE, "yes")
-    with pytest.raises(ValueError, match="BIOSIM_CUDA_GRAPHS"):
-        cuda_graphs.enabled("cuda")
+def test_capture_is_asked_for_and_only_on_cuda():
+    assert not cuda_graphs.enabled("cpu", False) and not cuda_graphs.enabled("cuda", False)
+    assert cuda_graphs.enabled("cuda:0", True)
+    with pytest.raises(ValueError, match="CUDA device"):
+        cuda_graphs.enabled("cpu", True)
 
 
 def test_capture_needs_cuda_tensors():
