@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 
+from . import triton_step
 from .dynamics import Constants, NetworkState, PopulationConstants, transition
 
 __all__ = ["enabled", "StepFunction", "run_chunk", "transition_step", "CapturedChunk"]
@@ -50,10 +51,14 @@ def run_chunk(step: StepFunction, state: State, drives: torch.Tensor) -> tuple[S
     return state, {name: torch.stack([record[name] for record in records]) for name in records[0]}
 
 
-def transition_step(constants: Constants, weights: dict[str, torch.Tensor | None]) -> StepFunction:
+def transition_step(
+    constants: Constants, weights: dict[str, torch.Tensor | None], *, triton: bool = False
+) -> StepFunction:
     """:func:`bridge.dynamics.transition` as a :data:`StepFunction`: the fused engine's bool threshold, dense
     products (``weights`` by the names of :data:`bridge.dynamics.PATHWAYS`, None: no such block), and the
-    step's index as the 0-d tensor ``state["step"]``. Records ``fired_e``, ``fired_i`` and ``u``."""
+    step's index as the 0-d tensor ``state["step"]``. Records ``fired_e``, ``fired_i`` and ``u``. With
+    ``triton``, the step is :func:`bridge.triton_step.fused_transition` (its kernels read the index from the
+    tensor too)."""
 
     def threshold(population: str, v1: torch.Tensor, integrating: torch.Tensor, k: PopulationConstants):
         fired = ((v1 - k.v_threshold) > 0) & integrating  # dynamics.crossed
@@ -65,7 +70,10 @@ def transition_step(constants: Constants, weights: dict[str, torch.Tensor | None
 
     def step(state: State, drive: torch.Tensor) -> tuple[State, State]:
         current = NetworkState(**{name: state[name] for name in _STATE_FIELDS}, step=state["step"])
-        made = transition(current, constants, drive, threshold, synapses)
+        if triton:
+            made = triton_step.fused_transition(current, constants, drive, weights)
+        else:
+            made = transition(current, constants, drive, threshold, synapses)
         following = {name: getattr(made.state, name) for name in _STATE_FIELDS}
         following["step"] = made.state.step
         return following, {"fired_e": made.fired_e, "fired_i": made.fired_i, "u": made.state.u}

@@ -52,8 +52,8 @@ if AVAILABLE:
     def _population_kernel(
         v_ptr, ge_ptr, gi_ptr, ready_ptr, drive_ptr, k_ptr,  # inputs (drive only with HAS_DRIVE)
         v_out, ge_out, gi_out, ready_out, fired_out, integrating_out,  # outputs
-        n, step, ready_after_spike, v_threshold_index,
-        HAS_DRIVE: tl.constexpr, LIBDEVICE_EXP: tl.constexpr, BLOCK: tl.constexpr,
+        n, step, step_ptr, refractory_steps, v_threshold_index,
+        HAS_DRIVE: tl.constexpr, STEP_IN_MEMORY: tl.constexpr, LIBDEVICE_EXP: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offsets < n
@@ -61,6 +61,8 @@ if AVAILABLE:
         ge = tl.load(ge_ptr + offsets, mask=mask)
         gi = tl.load(gi_ptr + offsets, mask=mask)
         ready = tl.load(ready_ptr + offsets, mask=mask)
+        if STEP_IN_MEMORY:  # a 0-d tensor: a captured CUDA graph reads the step's index at each replay
+            step = tl.load(step_ptr)
         e_exc_over_c = tl.load(k_ptr + 0)
         e_inh_over_c = tl.load(k_ptr + 1)
         leak_drive_over_c = tl.load(k_ptr + 2)
@@ -89,7 +91,7 @@ if AVAILABLE:
         # 2. threshold; 4. reset
         fired = ((v1 - v_threshold) > 0) & integrating
         tl.store(v_out + offsets, tl.where(fired, v_reset, v1), mask=mask)
-        tl.store(ready_out + offsets, tl.where(fired, ready_after_spike, ready), mask=mask)
+        tl.store(ready_out + offsets, tl.where(fired, step + refractory_steps, ready), mask=mask)
         tl.store(ge_out + offsets, ge1, mask=mask)
         tl.store(gi_out + offsets, gi1, mask=mask)
         tl.store(fired_out + offsets, fired.to(tl.int8), mask=mask)
@@ -121,7 +123,7 @@ def population_step(
     ge: torch.Tensor,
     gi: torch.Tensor,
     ready: torch.Tensor,
-    step: int,
+    step: int | torch.Tensor,
     k: PopulationConstants,
     constants: Constants,
     drive: torch.Tensor | None = None,
@@ -131,7 +133,8 @@ def population_step(
     ``v``, ``ge``, ``gi`` (float) and ``ready`` (int32) share one shape, any leading dimensions. ``ge`` and
     ``gi`` come back decayed (plus ``drive`` on ``ge``, the input of the E population) and without this
     step's synaptic increments, which the caller adds from the spikes ``fired`` (bool), as
-    :func:`bridge.dynamics.transition` does between its threshold and its reset.
+    :func:`bridge.dynamics.transition` does between its threshold and its reset. ``step``: an int, or a 0-d
+    int32 tensor on the states' device (read by the kernel, so that a captured graph can replay it).
     """
     _require()
     tensors = [t.contiguous() for t in (v, ge, gi, ready)]
@@ -142,11 +145,12 @@ def population_step(
     k_tensor = _coefficients(k, constants, v)
     n = v.numel()
     grid = (triton.cdiv(n, BLOCK),)
+    in_memory = isinstance(step, torch.Tensor)
     _population_kernel[grid](
         *tensors, drive if drive is not None else tensors[1], k_tensor,
         *outs, fired, integrating,
-        n, step, step + k.refractory_steps, 8,
-        HAS_DRIVE=drive is not None, LIBDEVICE_EXP=not _INTERPRETED, BLOCK=BLOCK,
+        n, 0 if in_memory else step, step if in_memory else tensors[3], k.refractory_steps, 8,
+        HAS_DRIVE=drive is not None, STEP_IN_MEMORY=in_memory, LIBDEVICE_EXP=not _INTERPRETED, BLOCK=BLOCK,
     )  # fmt: skip
     return (*outs, fired.view(torch.bool), integrating.view(torch.bool))
 

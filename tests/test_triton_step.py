@@ -21,7 +21,7 @@ pytest.importorskip("triton")
 
 from helpers import small_network  # noqa: E402
 
-from bridge import triton_step  # noqa: E402
+from bridge import cuda_graphs, triton_step  # noqa: E402
 from bridge.dynamics import (  # noqa: E402
     NetworkState,
     crossed,
@@ -97,8 +97,9 @@ def test_neurons_exactly_at_threshold_do_not_fire(dtype):
     assert torch.equal(actual[0], expected[0])
 
 
+@pytest.mark.parametrize("step_in_memory", [False, True])  # a 0-d tensor: the index a captured graph reads
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fused_transition_equals_dynamics_transition(dtype):
+def test_fused_transition_equals_dynamics_transition(dtype, step_in_memory):
     generator = torch.Generator().manual_seed(11)
     batch, n_e, n_i, n_classes, step = 6, 64, 16, 10, 12
     v_e, ge_e, gi_e, ready_e = _random_population((batch, n_e), dtype, step, generator)
@@ -123,6 +124,8 @@ def test_fused_transition_equals_dynamics_transition(dtype):
         return None if weight is None else fired.to(dtype) @ weight
 
     expected = transition(state, CONSTANTS, drive, threshold, synapses)
+    if step_in_memory:
+        state = state._replace(step=torch.tensor(step, dtype=torch.int32))
     actual = triton_step.fused_transition(state, CONSTANTS, drive, weights)
     assert expected.fired_e.any() and expected.fired_i.any()
     for name in ("fired_e", "fired_i", "integrating_e", "integrating_i"):
@@ -131,7 +134,34 @@ def test_fused_transition_equals_dynamics_transition(dtype):
         assert torch.equal(getattr(actual.state, name), getattr(expected.state, name)), name
     for name in ("v_e", "v_i"):
         torch.testing.assert_close(getattr(actual.state, name), getattr(expected.state, name), rtol=RTOL[dtype], atol=0)
-    assert actual.state.step == step + 1
+    assert int(actual.state.step) == step + 1
+
+
+def test_a_chunk_of_triton_steps_equals_a_chunk_of_torch_steps():
+    """The step function a CUDA graph would capture (bridge/cuda_graphs.py), on the Triton kernels."""
+    generator = torch.Generator().manual_seed(8)
+    batch, n_e, n_i, n_classes, steps = 4, 64, 16, 10, 15
+    dtype = torch.float64
+    v_e, ge_e, gi_e, _ = _random_population((batch, n_e), dtype, 0, generator)
+    v_i, ge_i, gi_i, _ = _random_population((batch, n_i), dtype, 0, generator)
+    zeros = torch.zeros(batch, n_classes, dtype=dtype)
+    state = {"v_e": v_e, "ge_e": ge_e, "gi_e": gi_e, "v_i": v_i, "ge_i": ge_i, "gi_i": gi_i, "u": zeros}
+    state |= {"score_sum": zeros, "step": torch.tensor(0, dtype=torch.int32)}
+    state |= {f"ready_{p}": torch.zeros_like(state[f"v_{p}"], dtype=torch.int32) for p in "ei"}
+    weights = {"w_ee": None, "w_ii": None, "w_out": torch.randn(n_e, n_classes, dtype=dtype, generator=generator)}
+    weights["w_ie"] = 0.05 * torch.rand(n_i, n_e, dtype=dtype, generator=generator)
+    weights["w_ei"] = 0.05 * torch.rand(n_e, n_i, dtype=dtype, generator=generator)
+    drives = 0.03 * torch.rand(steps, batch, n_e, dtype=dtype, generator=generator)
+    torch_final, torch_records = cuda_graphs.run_chunk(cuda_graphs.transition_step(CONSTANTS, weights), state, drives)
+    fused = cuda_graphs.transition_step(CONSTANTS, weights, triton=True)
+    triton_final, triton_records = cuda_graphs.run_chunk(fused, state, drives)
+    assert torch_records["fired_e"].any() and torch_records["fired_i"].any()
+    for name in ("fired_e", "fired_i"):
+        assert torch.equal(triton_records[name], torch_records[name]), name
+    for name in ("ready_e", "ready_i", "step"):
+        assert torch.equal(triton_final[name], torch_final[name]), name
+    for name in ("v_e", "ge_e", "gi_e", "v_i", "ge_i", "gi_i", "u", "score_sum"):  # exp's last bit, carried on
+        torch.testing.assert_close(triton_final[name], torch_final[name], rtol=1e-13, atol=1e-15)
 
 
 def test_launches_per_step_counts_the_kernels():
