@@ -51,7 +51,7 @@ if AVAILABLE:
     @triton.jit
     def _population_kernel(
         v_ptr, ge_ptr, gi_ptr, ready_ptr, drive_ptr, k_ptr,  # inputs (drive only with HAS_DRIVE)
-        v_out, ge_out, gi_out, ready_out, fired_out, integrating_out,  # outputs
+        v_out, ge_out, gi_out, ready_out, fired_out, integrating_out, spikes_out,  # outputs
         n, step, step_ptr, refractory_steps, v_threshold_index,
         HAS_DRIVE: tl.constexpr, STEP_IN_MEMORY: tl.constexpr, LIBDEVICE_EXP: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
@@ -96,6 +96,7 @@ if AVAILABLE:
         tl.store(gi_out + offsets, gi1, mask=mask)
         tl.store(fired_out + offsets, fired.to(tl.int8), mask=mask)
         tl.store(integrating_out + offsets, integrating.to(tl.int8), mask=mask)
+        tl.store(spikes_out + offsets, fired.to(v.dtype), mask=mask)  # 0/1 for the products: no cast kernel
 
     @triton.jit
     def _readout_kernel(u_ptr, increment_ptr, score_ptr, decay_ptr, u_out, score_out, n, BLOCK: tl.constexpr):
@@ -128,11 +129,12 @@ def population_step(
     constants: Constants,
     drive: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """One population's step in one kernel: ``(v, ge, gi, ready, fired, integrating)`` after the step.
+    """One population's step in one kernel: ``(v, ge, gi, ready, fired, integrating, spikes)`` after the step.
 
     ``v``, ``ge``, ``gi`` (float) and ``ready`` (int32) share one shape, any leading dimensions. ``ge`` and
     ``gi`` come back decayed (plus ``drive`` on ``ge``, the input of the E population) and without this
-    step's synaptic increments, which the caller adds from the spikes ``fired`` (bool), as
+    step's synaptic increments, which the caller adds from the spikes (``fired`` as bool, ``spikes`` as 0/1 in
+    ``v``'s dtype for the products), as
     :func:`bridge.dynamics.transition` does between its threshold and its reset. ``step``: an int, or a 0-d
     int32 tensor on the states' device (read by the kernel, so that a captured graph can replay it).
     """
@@ -142,17 +144,18 @@ def population_step(
         drive = drive.contiguous()
     outs = [torch.empty_like(t) for t in tensors]
     fired, integrating = (torch.empty(v.shape, dtype=torch.int8, device=v.device) for _ in range(2))
+    spikes = torch.empty_like(tensors[0])
     k_tensor = _coefficients(k, constants, v)
     n = v.numel()
     grid = (triton.cdiv(n, BLOCK),)
     in_memory = isinstance(step, torch.Tensor)
     _population_kernel[grid](
         *tensors, drive if drive is not None else tensors[1], k_tensor,
-        *outs, fired, integrating,
+        *outs, fired, integrating, spikes,
         n, 0 if in_memory else step, step if in_memory else tensors[3], k.refractory_steps, 8,
         HAS_DRIVE=drive is not None, STEP_IN_MEMORY=in_memory, LIBDEVICE_EXP=not _INTERPRETED, BLOCK=BLOCK,
     )  # fmt: skip
-    return (*outs, fired.view(torch.bool), integrating.view(torch.bool))
+    return (*outs, fired.view(torch.bool), integrating.view(torch.bool), spikes)
 
 
 def readout_step(
@@ -179,13 +182,13 @@ def fused_transition(
     :class:`~bridge.dynamics.Transition`, with the bool masks as spikes.
     """
     t = state.step
-    v_e, ge_e, gi_e, ready_e, fired_e, integrating_e = population_step(
+    v_e, ge_e, gi_e, ready_e, fired_e, integrating_e, spikes_e = population_step(
         state.v_e, state.ge_e, state.gi_e, state.ready_e, t, constants.e, constants, input_drive
     )
-    v_i, ge_i, gi_i, ready_i, fired_i, integrating_i = population_step(
+    v_i, ge_i, gi_i, ready_i, fired_i, integrating_i, spikes_i = population_step(
         state.v_i, state.ge_i, state.gi_i, state.ready_i, t, constants.i, constants
     )
-    spikes = {"e": fired_e.to(v_e.dtype), "i": fired_i.to(v_i.dtype)}
+    spikes = {"e": spikes_e, "i": spikes_i}
 
     def product(name: str, pre: str) -> torch.Tensor | None:
         weight = weights.get(name)
@@ -208,15 +211,9 @@ def fused_transition(
 def launches_per_step(blocks: tuple[str, ...] = ()) -> dict[str, int]:
     """Kernels one :func:`fused_transition` step launches, counted from its code (not timed).
 
-    Two population kernels and one readout kernel; per pathway one product and one addition (four
-    pathways, plus the recurrent ``blocks`` present, ``"w_ee"`` / ``"w_ii"``); the spike masks'
-    casts to the weights' dtype (two). The readout's addition is inside its kernel.
+    Two population kernels (which also write the 0/1 spikes the products take) and one readout kernel;
+    per pathway one product and, but for the readout's (inside its kernel), one addition: four pathways,
+    plus the recurrent ``blocks`` present (``"w_ee"`` / ``"w_ii"``).
     """
     pathways = 4 + len(blocks)
-    return {
-        "triton": 3,
-        "matmul": pathways,
-        "add": pathways - 1,
-        "cast": 2,
-        "total": 3 + pathways + pathways - 1 + 2,
-    }
+    return {"triton": 3, "matmul": pathways, "add": pathways - 1, "total": 3 + pathways + pathways - 1}
