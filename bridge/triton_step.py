@@ -22,7 +22,9 @@ imports; without it nothing here can run, and the tests skip.
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any
 
 import torch
 
@@ -38,7 +40,6 @@ except ImportError:  # pragma: no cover - depends on the environment
 __all__ = ["AVAILABLE", "BLOCK", "population_step", "readout_step", "fused_transition", "launches_per_step"]
 
 AVAILABLE = triton is not None
-_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 BLOCK = 1024
 """Elements per Triton program."""
 
@@ -46,9 +47,8 @@ BLOCK = 1024
 _K_FIELDS = ("e_exc_over_c", "e_inh_over_c", "leak_drive_over_c", "minus_g_leak_over_c", "one_over_c")
 
 
-if AVAILABLE:
+if AVAILABLE:  # jitted on first use (_kernels), when TRITON_INTERPRET is as the process has set it
 
-    @triton.jit
     def _population_kernel(
         v_ptr, ge_ptr, gi_ptr, ready_ptr, drive_ptr, k_ptr,  # inputs (drive only with HAS_DRIVE)
         v_out, ge_out, gi_out, ready_out, fired_out, integrating_out, spikes_out,  # outputs
@@ -98,7 +98,6 @@ if AVAILABLE:
         tl.store(integrating_out + offsets, integrating.to(tl.int8), mask=mask)
         tl.store(spikes_out + offsets, fired.to(v.dtype), mask=mask)  # 0/1 for the products: no cast kernel
 
-    @triton.jit
     def _readout_kernel(u_ptr, increment_ptr, score_ptr, decay_ptr, u_out, score_out, n, BLOCK: tl.constexpr):
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offsets < n
@@ -108,9 +107,14 @@ if AVAILABLE:
         tl.store(score_out + offsets, tl.load(score_ptr + offsets, mask=mask) + u, mask=mask)
 
 
-def _require() -> None:
+@functools.cache
+def _kernels() -> tuple[Any, Any, bool]:
+    """``(population kernel, readout kernel, interpreted)``, jitted once, in the interpreter where
+    ``TRITON_INTERPRET=1`` at the first call (Triton reads it when it jits)."""
     if not AVAILABLE:
         raise RuntimeError("bridge.triton_step needs the optional package triton (pip install triton)")
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    return triton.jit(_population_kernel), triton.jit(_readout_kernel), interpreted
 
 
 def _coefficients(k: PopulationConstants, constants: Constants, like: torch.Tensor) -> torch.Tensor:
@@ -138,7 +142,7 @@ def population_step(
     :func:`bridge.dynamics.transition` does between its threshold and its reset. ``step``: an int, or a 0-d
     int32 tensor on the states' device (read by the kernel, so that a captured graph can replay it).
     """
-    _require()
+    population_kernel, _, interpreted = _kernels()
     tensors = [t.contiguous() for t in (v, ge, gi, ready)]
     if drive is not None:
         drive = drive.contiguous()
@@ -149,11 +153,11 @@ def population_step(
     n = v.numel()
     grid = (triton.cdiv(n, BLOCK),)
     in_memory = isinstance(step, torch.Tensor)
-    _population_kernel[grid](
+    population_kernel[grid](
         *tensors, drive if drive is not None else tensors[1], k_tensor,
         *outs, fired, integrating, spikes,
         n, 0 if in_memory else step, step if in_memory else tensors[3], k.refractory_steps, 8,
-        HAS_DRIVE=drive is not None, STEP_IN_MEMORY=in_memory, LIBDEVICE_EXP=not _INTERPRETED, BLOCK=BLOCK,
+        HAS_DRIVE=drive is not None, STEP_IN_MEMORY=in_memory, LIBDEVICE_EXP=not interpreted, BLOCK=BLOCK,
     )  # fmt: skip
     return (*outs, fired.view(torch.bool), integrating.view(torch.bool), spikes)
 
@@ -162,13 +166,13 @@ def readout_step(
     u: torch.Tensor, increment: torch.Tensor | None, score_sum: torch.Tensor, decay: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The readout's step in one kernel: ``u' = u decay + increment``, ``score_sum' = score_sum + u'``."""
-    _require()
+    readout_kernel = _kernels()[1]
     u, score_sum = u.contiguous(), score_sum.contiguous()
     increment = torch.zeros_like(u) if increment is None else increment.contiguous()
     u_out, score_out = torch.empty_like(u), torch.empty_like(score_sum)
     n = u.numel()
     decay_tensor = torch.tensor([decay], dtype=u.dtype, device=u.device)
-    _readout_kernel[(triton.cdiv(n, BLOCK),)](u, increment, score_sum, decay_tensor, u_out, score_out, n, BLOCK=BLOCK)
+    readout_kernel[(triton.cdiv(n, BLOCK),)](u, increment, score_sum, decay_tensor, u_out, score_out, n, BLOCK=BLOCK)
     return u_out, score_out
 
 
