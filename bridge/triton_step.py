@@ -117,10 +117,20 @@ def _kernels() -> tuple[Any, Any, bool]:
     return triton.jit(_population_kernel), triton.jit(_readout_kernel), interpreted
 
 
-def _coefficients(k: PopulationConstants, constants: Constants, like: torch.Tensor) -> torch.Tensor:
+@functools.cache
+def _coefficients(
+    k: PopulationConstants, constants: Constants, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """The constants a population kernel loads, made once per population, dtype and device: a copy from the
+    host at every step would be a transfer per step, and cannot be captured in a CUDA graph."""
     values = [getattr(k, name) for name in _K_FIELDS]
     values += [constants.dt, constants.decay_ampa, constants.decay_gaba, k.v_threshold, k.v_reset]
-    return torch.tensor(values, dtype=like.dtype, device=like.device)
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+@functools.cache
+def _decay(decay: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor([decay], dtype=dtype, device=device)
 
 
 def population_step(
@@ -149,7 +159,7 @@ def population_step(
     outs = [torch.empty_like(t) for t in tensors]
     fired, integrating = (torch.empty(v.shape, dtype=torch.int8, device=v.device) for _ in range(2))
     spikes = torch.empty_like(tensors[0])
-    k_tensor = _coefficients(k, constants, v)
+    k_tensor = _coefficients(k, constants, v.dtype, v.device)
     n = v.numel()
     grid = (triton.cdiv(n, BLOCK),)
     in_memory = isinstance(step, torch.Tensor)
@@ -171,7 +181,7 @@ def readout_step(
     increment = torch.zeros_like(u) if increment is None else increment.contiguous()
     u_out, score_out = torch.empty_like(u), torch.empty_like(score_sum)
     n = u.numel()
-    decay_tensor = torch.tensor([decay], dtype=u.dtype, device=u.device)
+    decay_tensor = _decay(decay, u.dtype, u.device)
     readout_kernel[(triton.cdiv(n, BLOCK),)](u, increment, score_sum, decay_tensor, u_out, score_out, n, BLOCK=BLOCK)
     return u_out, score_out
 
