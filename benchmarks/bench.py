@@ -122,7 +122,8 @@ def run_benchmark(
     dict
         ``speedup`` (fused / eager sample-steps per second, each engine's fastest repetition),
         ``memory_ratio`` (fused / eager peak memory), ``grad_max_rel_diff``,
-        ``brian2_trials_per_s`` (simulation only; the build is ``brian2_build_s``), the raw
+        ``operations_per_step`` (``before``: the torch path's, counted; ``after``: the fused path's, counted
+        from its code), ``brian2_trials_per_s`` (simulation only; the build is ``brian2_build_s``), the raw
         numbers behind each (``seconds_per_batch[engine][threads]`` lists every repetition),
         ``brian2_trials_mismatching_fused_float64`` (trials whose Brian2 spike counts differ
         from the fused engine's float64 forward pass, which equals the mirror's), machine
