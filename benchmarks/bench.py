@@ -17,7 +17,10 @@
 (c) the largest relative gradient difference between the two in float64 on a
     shorter trial (``grad_check_steps``) at full network size
     (:mod:`benchmarks.gradients`);
-(d) Brian2's evaluation of ``n_brian2_trials`` test trials on
+(d) the torch operations (kernel launches on CUDA) per time step of the fused engine's torch path, forward
+    and backward, counted on the CPU, and of the fused Triton path, counted from its code
+    (:mod:`benchmarks.operations`);
+(e) Brian2's evaluation of ``n_brian2_trials`` test trials on
     ``cpp_standalone`` (one build; build and simulation times separately),
     and on a GPU machine also ``cuda_standalone`` (:mod:`benchmarks.brian2_eval`).
 
@@ -48,6 +51,7 @@ from .brian2_eval import agreement_record, brian2_trials, fused_evaluation, run_
 from .environment import load_average, machine_report
 from .gradients import gradient_check
 from .memory import compare_memory
+from .operations import operations_record
 from .problem import problem_params
 from .throughput import measure_batch_sweep, measure_phases, measure_throughput, roofline
 
@@ -118,7 +122,8 @@ def run_benchmark(
     dict
         ``speedup`` (fused / eager sample-steps per second, each engine's fastest repetition),
         ``memory_ratio`` (fused / eager peak memory), ``grad_max_rel_diff``,
-        ``brian2_trials_per_s`` (simulation only; the build is ``brian2_build_s``), the raw
+        ``operations_per_step`` (``before``: the torch path's, counted; ``after``: the fused path's, counted
+        from its code), ``brian2_trials_per_s`` (simulation only; the build is ``brian2_build_s``), the raw
         numbers behind each (``seconds_per_batch[engine][threads]`` lists every repetition),
         ``brian2_trials_mismatching_fused_float64`` (trials whose Brian2 spike counts differ
         from the fused engine's float64 forward pass, which equals the mirror's), machine
@@ -193,7 +198,19 @@ def run_benchmark(
     result.update(gradient_check(grad_check_steps, grad_check_batch, device, seed).record())
     say(f"  max relative difference {result['grad_max_rel_diff']:.2e}")
 
-    # (d) Brian2
+    # (d) operations per step
+    say("operations per step of the torch path (counted on the CPU) and of the fused path (from its code)")
+    # The count does not depend on the populations' sizes (tests/test_operations.py): counted on small ones.
+    small = problem_params(n_steps).replace(connectivity__n_e=64, connectivity__n_i=16)
+    result.update(operations_record(small))
+    counts = result["operations_per_step"]
+    before, after = counts["before"], counts["after"]
+    say(
+        f"  forward {before['forward']:.1f} -> {after['forward']:.0f}, backward {before['backward']:.1f} -> "
+        f"{after['backward']:.1f}"
+    )
+
+    # (e) Brian2
     if include_brian2:
         brian2 = _brian2_figures(
             n_steps, n_brian2_trials, seed, device, brian2_openmp_threads, brian2_parts, progress, say

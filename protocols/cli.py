@@ -611,6 +611,13 @@ def _bench_summary(r: dict[str, Any]) -> str:
         f"grad_max_rel_diff  {r['grad_max_rel_diff']:.1e}  (float64, batch {s['grad_check_batch']}, "
         f"{s['grad_check_steps']} steps)"
     )
+    if "operations_per_step" in r:
+        before, after = r["operations_per_step"]["before"], r["operations_per_step"]["after"]
+        lines.append(
+            f"operations per step: forward {before['forward']:.1f}, backward {before['backward']:.1f} (torch path, "
+            f"counted)\n                   after: forward {after['forward']:.0f}, backward {after['backward']:.1f}, "
+            f"forward captured {after['forward_captured']:.2f} (fused path, counted from its code, not timed)"
+        )
     if "brian2_trials_per_s" in r:
         agree = "yes" if r["brian2_spike_counts_match_fused_float64"] else "NO"
         lines.append(

@@ -51,6 +51,9 @@ def test_no_batch_sweep_skips_the_sweep(capsys):
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert "fused_sample_steps_per_s_by_batch" not in result and result["speedup"] > 0
+    counts = result["operations_per_step"]
+    assert counts["after"]["forward"] < counts["before"]["forward"]
+    assert "operations per step: forward" in _bench_summary(result)
 
 
 def test_a_brian2_failure_keeps_the_other_figures(monkeypatch):
