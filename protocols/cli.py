@@ -246,6 +246,7 @@ _TRAIN_FLAGS = {
     "init_w_ei": "--init-w-ei",
     "init_w_ie": "--init-w-ie",
     "idx_directory": "--idx-dir",
+    "record_every": "--record-every",
 }
 """TrainConfig field -> the ``biosim train`` flag that sets it (named in config errors)."""
 
@@ -272,6 +273,7 @@ def _train(args: argparse.Namespace) -> int:
             "w_out_unit",
             "stream_digits",
             "stream_settle_ms",
+            "record_every",
         )
         if getattr(args, key) is not None
     }
@@ -313,6 +315,12 @@ def _with_flags(message: str) -> str:
         message = message.replace(f"TrainConfig.{field}:", f"{flag} (TrainConfig.{field}):")
         message = message.replace(f"TrainConfig.{field} ", f"{flag} (TrainConfig.{field}) ")
     return message
+
+
+_RECORD_EVERY_HELP = (
+    "keep trajectory records in RUN_DIR/trajectory: the loop matrices every K Adam steps, loss, rates and "
+    "gradient norms every step (docs/learning_dynamics.md; default: none)"
+)
 
 
 def _add_train(subparsers) -> None:
@@ -374,6 +382,7 @@ def _add_train(subparsers) -> None:
         help="start of each digit left out of its readout window, ms (default 0; needs --stream-digits > 1)",
     )
     p.add_argument("--idx-dir", default=None, help="directory with the MNIST IDX files (default: embedded digits)")
+    p.add_argument("--record-every", type=_positive_int, help=_RECORD_EVERY_HELP)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_train)
@@ -406,6 +415,8 @@ def _protocol_run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds: {', '.join(map(str, repeated))} given more than once; give each seed once")
     formats = _check_formats(args.formats)  # before any run, not after all of them
     overrides = {"dtype": args.dtype} if args.dtype else {}
+    if args.record_every:
+        overrides["record_every"] = args.record_every
     if args.device:
         if args.device == "cuda":
             import torch
@@ -485,6 +496,7 @@ def _add_protocol(subparsers) -> None:
     run.add_argument("--conditions", nargs="+", help="a subset of the protocol's conditions (default: all)")
     run.add_argument("--dtype", choices=("float32", "float64"), help="training dtype (default: float32)")
     run.add_argument("--device", choices=("cpu", "cuda"), help="training device (default: cpu)")
+    run.add_argument("--record-every", type=_positive_int, help=_RECORD_EVERY_HELP)
     run.add_argument(
         "--preset",
         default="project",
