@@ -405,6 +405,37 @@ def _add_validate(subparsers) -> None:
     p.set_defaults(handler=_validate)
 
 
+def _dynamics(args: argparse.Namespace) -> int:
+    from bridge.learning_dynamics import write_dynamics_summary
+
+    if args.window < 0:
+        raise ValueError(f"--window: must be >= 0 steps, got {args.window}")
+    path = write_dynamics_summary(
+        args.run_dir, args.out, representations=not args.no_representations, window=args.window
+    )
+    print(path.read_text() if args.json else f"learning-dynamics summary: {path}")
+    return 0
+
+
+def _add_dynamics(subparsers) -> None:
+    p = subparsers.add_parser(
+        "dynamics",
+        help="learning-dynamics metrics of a run trained with --record-every, as JSON (docs/learning_dynamics.md)",
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, help="where to write the summary (default: RUN_DIR/dynamics.json)")
+    p.add_argument(
+        "--no-representations",
+        action="store_true",
+        help="skip the representation change (it runs the mirror on the test digits twice)",
+    )
+    p.add_argument(
+        "--window", type=int, default=5, help="steps before a change point where a gradient jump counts (default 5)"
+    )
+    p.add_argument("--json", action="store_true", help="print the summary on stdout")
+    p.set_defaults(handler=_dynamics)
+
+
 def _protocol_run(args: argparse.Namespace) -> int:
     from protocols.protocol import get_protocol
     from protocols.report import write_report
@@ -636,7 +667,15 @@ def _add_bench(subparsers) -> None:
     p.set_defaults(handler=_bench)
 
 
-COMMANDS: list[Callable] = [_add_simulate, _add_crosscheck, _add_train, _add_validate, _add_protocol, _add_bench]
+COMMANDS: list[Callable] = [
+    _add_simulate,
+    _add_crosscheck,
+    _add_train,
+    _add_validate,
+    _add_dynamics,
+    _add_protocol,
+    _add_bench,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import SMOKE
+from helpers import SMOKE, run_cli
 
+from bridge.learning_dynamics import e_representations
 from bridge.model import MATRICES
 from bridge.train_config import ConfigError, TrainConfig, build_model
 from bridge.training import BatchContext, train
@@ -109,3 +110,36 @@ def test_record_every_flags_reach_the_config():
     assert parser.parse_args(["train", "run", "--record-every", "5"]).record_every == 5
     assert parser.parse_args(["protocol", "run", "dale_pruning", "--record-every", "7"]).record_every == 7
     assert parser.parse_args(["train", "run"]).record_every is None
+
+
+def test_dynamics_command_writes_every_metric(recorded_run, tmp_path, capsys):
+    out = tmp_path / "dynamics.json"
+    code, err = run_cli(["dynamics", recorded_run.run_dir, "--out", out], capsys)
+    assert code == 0, err
+    summary = json.loads(out.read_text())
+    assert summary["record_steps"] == [0, 1, 2, 3, 4]
+    racing = summary["racing_w_ei"]
+    assert len(racing["norms"]) == 5 and len(racing["norms"][0]) == 16 and len(racing["unlocking_steps"]) == 16
+    assert -1 <= racing["lottery"] <= 1 and 0 < racing["top_share"]["final"] <= 1
+    assert set(summary["rank"]) == {"w_ei", "w_ie"}
+    assert all(0 < r <= 16 for r in summary["rank"]["w_ei"]["effective_rank"])
+    assert summary["rank"]["w_ei"]["relative_change"] > 0
+    transitions = summary["transitions"]
+    assert transitions["window_steps"] == 5 and set(transitions) == {"window_steps", "loss", "rate_i_hz"}
+    assert sum(transitions["loss"]["plateau_lengths"]) == 4
+    representation = summary["representation"]
+    assert representation["n_trials"] == 8 and 0 < representation["linear_cka"] <= 1 + 1e-12
+    code, err = run_cli(["dynamics", tmp_path / "none"], capsys)
+    assert code == 2 and "--record-every" in err
+
+
+def test_e_representations_are_the_trials_e_rates(recorded_run):
+    from bridge.feeding import test_trial_set
+
+    config = recorded_run.config
+    trials = test_trial_set(config)
+    rates = e_representations(recorded_run.model, trials, batch_size=3)  # batches of 3, 3, 2 trials
+    assert rates.shape == (8, 64)
+    whole = e_representations(recorded_run.model, trials, batch_size=8)
+    np.testing.assert_array_equal(rates, whole)
+    assert rates.mean() > 0
