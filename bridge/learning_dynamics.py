@@ -121,6 +121,7 @@ def dynamics_summary(run_dir: str | Path, *, representations: bool = True, windo
         "rank": {
             name: {
                 "effective_rank": [ld.effective_rank(m) for m in series],
+                "effective_rank_centred": [ld.effective_rank(m, centred=True) for m in series],
                 "effective_rank_of_change": ld.effective_rank(series[-1].astype(np.float64) - series[0]),
                 "relative_change": ld.relative_change(series[0], series[-1]),
             }

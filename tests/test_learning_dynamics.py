@@ -90,6 +90,11 @@ def test_effective_rank_of_matrices_of_known_rank(rank):
     unequal = u @ np.diag(np.arange(1.0, rank + 1)) @ v.T
     assert 1.0 <= ld.effective_rank(unequal) <= rank
     assert ld.effective_rank(np.zeros((4, 5))) == 0.0
+    # A constant offset adds the all-ones direction; centring removes it.
+    shifted = u @ v.T + 10.0
+    assert ld.effective_rank(shifted) < 1.5
+    assert ld.effective_rank(np.full((4, 5), 3.0)) == pytest.approx(1.0)
+    assert ld.effective_rank(np.full((4, 5), 3.0), centred=True) == 0.0
 
 
 def test_relative_change():

@@ -124,6 +124,7 @@ def test_dynamics_command_writes_every_metric(recorded_run, tmp_path, capsys):
     assert set(summary["rank"]) == {"w_ei", "w_ie"}
     assert all(0 < r <= 16 for r in summary["rank"]["w_ei"]["effective_rank"])
     assert summary["rank"]["w_ei"]["relative_change"] > 0
+    assert len(summary["rank"]["w_ie"]["effective_rank_centred"]) == 5
     transitions = summary["transitions"]
     assert transitions["window_steps"] == 5 and set(transitions) == {"window_steps", "loss", "rate_i_hz"}
     assert sum(transitions["loss"]["plateau_lengths"]) == 4

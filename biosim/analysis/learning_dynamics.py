@@ -176,14 +176,20 @@ def racing_summary(matrices: np.ndarray, steps: Sequence[int], *, top_fraction: 
 # --- rank and laziness --------------------------------------------------------------------------------------
 
 
-def effective_rank(matrix: np.ndarray) -> float:
+def effective_rank(matrix: np.ndarray, *, centred: bool = False) -> float:
     """Participation ratio of the squared singular values: ``(sum s^2)^2 / sum s^4``; 0 for a zero matrix.
 
     A matrix of rank r with r equal singular values gives r; unequal ones give
     less (the spread of variance over directions, as the participation ratio
-    of a covariance spectrum).
+    of a covariance spectrum). A non-negative conductance matrix is dominated
+    by its mean (the all-ones direction: the canonical W_EI gives about 1.02);
+    ``centred=True`` subtracts the mean entry first, leaving the structure
+    beyond it.
     """
-    s2 = np.square(np.linalg.svd(np.asarray(matrix, dtype=np.float64), compute_uv=False))
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if centred:
+        matrix = matrix - matrix.mean()
+    s2 = np.square(np.linalg.svd(matrix, compute_uv=False))
     total = (s2 * s2).sum()
     return float(s2.sum() ** 2 / total) if total > 0 else 0.0
 
