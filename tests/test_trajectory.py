@@ -88,6 +88,23 @@ def test_a_resumed_run_has_the_records_of_an_uninterrupted_one(tmp_path, recorde
     assert step_lines(tmp_path) == step_lines(recorded_run.run_dir)
 
 
+def test_a_rollback_drops_the_records_of_the_abandoned_steps(tmp_path):
+    poisoned = []
+
+    def poison_once(context: BatchContext) -> None:
+        if (context.epoch, context.step) == (2, 1) and not poisoned:
+            poisoned.append(True)
+            context.loss = context.loss * float("nan")
+
+    result = train(RECORDED, tmp_path, progress=False, hook=poison_once)
+    assert result.retries == 1
+    lines = step_lines(tmp_path)
+    assert [line["step"] for line in lines] == [1, 2, 3, 4]  # step 3 of the abandoned epoch is gone, redone once
+    trajectory = load_trajectory(tmp_path)
+    assert trajectory.steps.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(trajectory.matrices["w_ei"][-1], record_arrays(result.model)["w_ei"])
+
+
 def test_records_every_k_steps_and_the_last(tmp_path):
     train(dataclasses.replace(SMOKE, record_every=3, epochs=1), tmp_path, progress=False)
     assert load_trajectory(tmp_path).steps.tolist() == [0, 2]  # step 0, then the last (2 < 3)
@@ -105,11 +122,14 @@ def test_record_every_is_checked_and_missing_records_are_named(tmp_path):
 
 def test_record_every_flags_reach_the_config():
     from protocols.cli import build_parser
+    from protocols.protocol import get_protocol
 
     parser = build_parser()
     assert parser.parse_args(["train", "run", "--record-every", "5"]).record_every == 5
     assert parser.parse_args(["protocol", "run", "dale_pruning", "--record-every", "7"]).record_every == 7
     assert parser.parse_args(["train", "run"]).record_every is None
+    protocol = get_protocol("dale_pruning", tier="smoke", record_every=7)
+    assert {spec.config.record_every for spec in protocol.runs()} == {7}
 
 
 def test_dynamics_command_writes_every_metric(recorded_run, tmp_path, capsys):
