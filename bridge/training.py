@@ -52,6 +52,11 @@ digits are refused (:func:`bridge.run_records.check_same_data`). One process
 at a time trains in a run directory: ``train`` holds its lock
 (:mod:`biosim.locks`), and a second one is refused at once.
 
+Trajectory records (``record_every > 0``, :mod:`bridge.trajectory`): the
+effective loop matrices every ``record_every`` Adam steps and loss, rates and
+gradient norms at every step, in ``trajectory/``; a resume or a rollback
+keeps them consistent with the checkpoint, and they change no number of the run.
+
 Non-finite values (retry policy): at every batch the loss, the network state
 at the end of the batch (membrane potentials, conductances, readout), the
 gradients, their global norm and the parameters after the optimizer step are
