@@ -11,7 +11,8 @@ keeps, in ``RUN_DIR/trajectory/``:
   W_in column. Effective = what the dynamics see (Dale clamp at 0, W_in
   masked); float32 halves the size, and the metrics need no more.
 - ``steps.jsonl``, one line per Adam step ``s`` (1, 2, ...): ``step``,
-  ``epoch``, ``loss`` (the batch's training loss), ``rate_e_hz`` and
+  ``epoch``, ``loss`` (the batch's training loss as minimised, active
+  regularisers included), ``rate_e_hz`` and
   ``rate_i_hz`` (the training batch's population rates over the whole trial,
   transient included: they come free with the forward pass), ``grad_norm``
   (global, before clipping) and ``grad_norm_{matrix}`` per trainable matrix.
