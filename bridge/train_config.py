@@ -131,6 +131,11 @@ class TrainConfig:
         Rollbacks allowed per run after a non-finite value.
     retry_lr_factor : float
         Learning-rate multiplier applied at each retry, in (0, 1].
+    record_every : int
+        Trajectory records (:mod:`bridge.trajectory`): the effective loop
+        matrices every this many Adam steps (and at step 0 and the last), and
+        loss, rates and gradient norms at every step, in ``RUN_DIR/trajectory``;
+        0 = none. Reads the weights only: the trained weights are the same either way.
     idx_directory : str, optional
         Folder with the MNIST IDX files (needed by the ``full`` tier). Made
         absolute (against the working directory) when the config is built.
@@ -172,6 +177,7 @@ class TrainConfig:
     network: dict[str, Any] = field(default_factory=dict)
     max_retries: int = 3
     retry_lr_factor: float = 0.5
+    record_every: int = 0
     idx_directory: str | None = None
 
     def __post_init__(self) -> None:
@@ -244,6 +250,8 @@ class TrainConfig:
             fail("max_retries", "must be a non-negative int")
         if not (is_number(self.retry_lr_factor) and 0 < self.retry_lr_factor <= 1):
             fail("retry_lr_factor", "must lie in (0, 1]")
+        if not (is_int(self.record_every) and self.record_every >= 0):
+            fail("record_every", "must be a non-negative int (Adam steps between trajectory records; 0 = none)")
         if self.idx_directory is not None:
             if not isinstance(self.idx_directory, str):
                 fail("idx_directory", "must be a path string or None")

@@ -52,6 +52,11 @@ digits are refused (:func:`bridge.run_records.check_same_data`). One process
 at a time trains in a run directory: ``train`` holds its lock
 (:mod:`biosim.locks`), and a second one is refused at once.
 
+Trajectory records (``record_every > 0``, :mod:`bridge.trajectory`): the
+effective loop matrices every ``record_every`` Adam steps and loss, rates and
+gradient norms at every step, in ``trajectory/``; a resume or a rollback
+keeps them consistent with the checkpoint, and they change no number of the run.
+
 Non-finite values (retry policy): at every batch the loss, the network state
 at the end of the batch (membrane potentials, conductances, readout), the
 gradients, their global norm and the parameters after the optimizer step are
@@ -115,6 +120,7 @@ from .run_records import (
 )
 from .torch_settings import flushed_denormals
 from .train_config import ConfigError, TrainConfig, build_model
+from .trajectory import TRAJECTORY_DIR, TrajectoryRecorder
 
 __all__ = ["BatchContext", "BatchHook", "train"]
 
@@ -151,6 +157,8 @@ class _StepRecord:
     """Per matrix, the fraction of Adam steps set by eps (:func:`_eps_dominated_fractions`)."""
     penalties: dict[str, float] = field(default_factory=dict)
     """Value of each active regulariser (before its lambda)."""
+    rates_hz: tuple[float, float] = (math.nan, math.nan)
+    """The batch's E and I population rates over the whole trial (only when trajectories are recorded)."""
 
 
 class _NonFinite(Exception):
@@ -205,6 +213,12 @@ class _Trainer:
         self.metrics: list[dict[str, Any]] = []
         self.spectrum: dict[str, list[float]] = {}
         self.elapsed_s = 0.0
+        self.trajectory = None
+        if config.record_every > 0:
+            steps_per_epoch = math.ceil(config.n_train / config.batch_size)
+            self.trajectory = TrajectoryRecorder(
+                run_dir / TRAJECTORY_DIR, config.record_every, config.epochs * steps_per_epoch
+            )
 
     # --- files ---
     @property
@@ -246,6 +260,19 @@ class _Trainer:
         self.elapsed_s = checkpoint["elapsed_s"]
         self._set_lr(self.lr)
 
+    def _steps_done(self) -> int:
+        """Adam steps of the last checkpoint (0 at epoch 0)."""
+        return int(self.metrics[-1].get("optimizer_steps") or 0) if self.metrics else 0
+
+    def _trajectory_from_checkpoint(self) -> None:
+        """Trajectory records up to the checkpoint's step, and the step-0 record (see :mod:`bridge.trajectory`)."""
+        if self.trajectory is None:
+            return
+        done = self._steps_done()
+        self.trajectory.truncate(done)
+        if done == 0:
+            self.trajectory.record_weights(0, self.model)
+
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -279,6 +306,7 @@ class _Trainer:
             )
             self.metrics = [self._epoch_zero()]
             self._save_checkpoint()
+        self._trajectory_from_checkpoint()
         # Checkpoint first, metrics file second: after a crash in between, this rewrite repairs it.
         _write_json_lines(self.run_dir / "metrics.jsonl", self.metrics)
 
@@ -289,6 +317,7 @@ class _Trainer:
                 self._log_event("nonfinite", **problem.record)
                 if self.retries >= config.max_retries:
                     self._restore(_load_run_checkpoint(self.checkpoint_path))
+                    self._trajectory_from_checkpoint()
                     self._log_event("diverged", **problem.record, retries=self.retries)
                     return self._finish("diverged", problem.record)
                 retries = self.retries + 1
@@ -298,6 +327,7 @@ class _Trainer:
                 self._set_lr(self.lr)
                 # Persist the spent retry at once, so a crash now cannot grant it again.
                 self._save_checkpoint()
+                self._trajectory_from_checkpoint()
                 self._log_event("rollback", to_epoch=self.epoch, retries=self.retries, lr=self.lr)
                 continue
             self.epoch += 1
@@ -387,7 +417,14 @@ class _Trainer:
             grad_norms=norms,
             eps_dominated=_eps_dominated_fractions(self.optimizer, trainable, self.model.input_mask),
             penalties=penalties,
+            rates_hz=self._batch_rates(output) if self.trajectory is not None else (math.nan, math.nan),
         )
+
+    def _batch_rates(self, output: NetworkOutput) -> tuple[float, float]:
+        """E and I population rates (Hz) of a training batch over its whole trial (streams: the whole stream)."""
+        seconds = self.params.simulation.trial_ms * self.config.stream_digits / 1000.0
+        counts = (output.spike_counts_e, output.spike_counts_i)
+        return tuple(float(c.detach().to(torch.float64).mean()) / seconds for c in counts)
 
     def _regularised(self, loss: torch.Tensor, output: NetworkOutput) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss with the active regularisers (:mod:`bridge.regularisers`) added; their values."""
@@ -435,7 +472,10 @@ class _Trainer:
         description = f"epoch {epoch}/{config.epochs}"
         with tqdm(batches, desc=description, disable=not self.progress, file=sys.stderr) as bar:
             for step, indices in enumerate(bar):
-                record = self._train_batch(epoch, step, (epoch - 1) * len(batches) + step, indices)
+                global_step = (epoch - 1) * len(batches) + step
+                record = self._train_batch(epoch, step, global_step, indices)
+                if self.trajectory is not None:
+                    self.trajectory.after_step(global_step + 1, self.model, _step_scalars(epoch, record))
                 total_loss += record.loss * len(indices)
                 correct += record.correct
                 steps.append(record)
@@ -463,6 +503,18 @@ class _Trainer:
         wall = time.perf_counter() - start
         self.elapsed_s += wall
         return _finite_or_none({**record, "wall_time_s": wall, "elapsed_s": self.elapsed_s})
+
+
+def _step_scalars(epoch: int, record: _StepRecord) -> dict[str, Any]:
+    """One step's line of the trajectory's ``steps.jsonl`` (:mod:`bridge.trajectory`)."""
+    return {
+        "epoch": epoch,
+        "loss": record.loss,
+        "rate_e_hz": record.rates_hz[0],
+        "rate_i_hz": record.rates_hz[1],
+        "grad_norm": math.sqrt(sum(n * n for n in record.grad_norms.values())),
+        **{f"grad_norm_{name}": norm for name, norm in record.grad_norms.items()},
+    }
 
 
 def _sum_of_squares(tensor: torch.Tensor) -> float:

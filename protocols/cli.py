@@ -271,6 +271,7 @@ _TRAIN_FLAGS = {
     "init_w_ei": "--init-w-ei",
     "init_w_ie": "--init-w-ie",
     "idx_directory": "--idx-dir",
+    "record_every": "--record-every",
 }
 """TrainConfig field -> the ``biosim train`` flag that sets it (named in config errors)."""
 
@@ -297,6 +298,7 @@ def _train(args: argparse.Namespace) -> int:
             "w_out_unit",
             "stream_digits",
             "stream_settle_ms",
+            "record_every",
         )
         if getattr(args, key) is not None
     }
@@ -338,6 +340,12 @@ def _with_flags(message: str) -> str:
         message = message.replace(f"TrainConfig.{field}:", f"{flag} (TrainConfig.{field}):")
         message = message.replace(f"TrainConfig.{field} ", f"{flag} (TrainConfig.{field}) ")
     return message
+
+
+_RECORD_EVERY_HELP = (
+    "keep trajectory records in RUN_DIR/trajectory: the loop matrices every K Adam steps, loss, rates and "
+    "gradient norms every step (docs/learning_dynamics.md; default: none)"
+)
 
 
 def _add_train(subparsers) -> None:
@@ -399,6 +407,7 @@ def _add_train(subparsers) -> None:
         help="start of each digit left out of its readout window, ms (default 0; needs --stream-digits > 1)",
     )
     p.add_argument("--idx-dir", default=None, help="directory with the MNIST IDX files (default: embedded digits)")
+    p.add_argument("--record-every", type=_positive_int, help=_RECORD_EVERY_HELP)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_train)
@@ -428,6 +437,37 @@ def _add_validate(subparsers) -> None:
     p.set_defaults(handler=_validate)
 
 
+def _dynamics(args: argparse.Namespace) -> int:
+    from bridge.learning_dynamics import write_dynamics_summary
+
+    if args.window < 0:
+        raise ValueError(f"--window: must be >= 0 steps, got {args.window}")
+    path = write_dynamics_summary(
+        args.run_dir, args.out, representations=not args.no_representations, window=args.window
+    )
+    print(path.read_text() if args.json else f"learning-dynamics summary: {path}")
+    return 0
+
+
+def _add_dynamics(subparsers) -> None:
+    p = subparsers.add_parser(
+        "dynamics",
+        help="learning-dynamics metrics of a run trained with --record-every, as JSON (docs/learning_dynamics.md)",
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, help="where to write the summary (default: RUN_DIR/dynamics.json)")
+    p.add_argument(
+        "--no-representations",
+        action="store_true",
+        help="skip the representation change (it runs the mirror on the test digits twice)",
+    )
+    p.add_argument(
+        "--window", type=int, default=5, help="steps before a change point where a gradient jump counts (default 5)"
+    )
+    p.add_argument("--json", action="store_true", help="print the summary on stdout")
+    p.set_defaults(handler=_dynamics)
+
+
 def _protocol_run(args: argparse.Namespace) -> int:
     from protocols.protocol import get_protocol
     from protocols.report import write_report
@@ -438,6 +478,8 @@ def _protocol_run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds: {', '.join(map(str, repeated))} given more than once; give each seed once")
     formats = _check_formats(args.formats)  # before any run, not after all of them
     overrides = {"dtype": args.dtype} if args.dtype else {}
+    if args.record_every:
+        overrides["record_every"] = args.record_every
     if args.device:
         if args.device == "cuda":
             import torch
@@ -517,6 +559,7 @@ def _add_protocol(subparsers) -> None:
     run.add_argument("--conditions", nargs="+", help="a subset of the protocol's conditions (default: all)")
     run.add_argument("--dtype", choices=("float32", "float64"), help="training dtype (default: float32)")
     run.add_argument("--device", choices=("cpu", "cuda"), help="training device (default: cpu)")
+    run.add_argument("--record-every", type=_positive_int, help=_RECORD_EVERY_HELP)
     run.add_argument(
         "--preset",
         default="project",
@@ -663,7 +706,15 @@ def _add_bench(subparsers) -> None:
     p.set_defaults(handler=_bench)
 
 
-COMMANDS: list[Callable] = [_add_simulate, _add_crosscheck, _add_train, _add_validate, _add_protocol, _add_bench]
+COMMANDS: list[Callable] = [
+    _add_simulate,
+    _add_crosscheck,
+    _add_train,
+    _add_validate,
+    _add_dynamics,
+    _add_protocol,
+    _add_bench,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
