@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import SMOKE
+from helpers import FROZEN_PING_PROTOCOL, SMOKE, run_cli
 
 from biosim.weight_files import load_weights
 from bridge.batched_engine import run_networks, run_output, stack_weights
@@ -19,6 +19,7 @@ from bridge.run_records import load_model
 from bridge.train_config import ConfigError, build_model
 from bridge.training import BatchContext, train
 from bridge.validation import validate
+from protocols.runner import run_protocol
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -151,3 +152,34 @@ def test_runs_of_other_shapes_are_grouped_apart_and_refused_together(tmp_path):
     with pytest.raises(ConfigError, match="TrainConfig.batch_size"):
         train_batched([(CONFIGS[0], tmp_path / "a"), (other, tmp_path / "b")])
     assert not (tmp_path / "a").exists()
+
+
+def test_protocol_with_batch_runs_trains_validates_and_skips_finished(tmp_path):
+    protocol = dataclasses.replace(FROZEN_PING_PROTOCOL, conditions=("frozen_ping", "trainable_small_init"))
+    statuses = run_protocol(protocol, tmp_path, progress=False, batch_runs=True)
+    assert [s["status"] for s in statuses] == ["completed", "completed"]
+    assert all(s["validation"]["verdict"] == "pass" for s in statuses), statuses
+    mtimes = [(tmp_path / s["run_id"] / "status.json").stat().st_mtime_ns for s in statuses]
+    again = run_protocol(protocol, tmp_path, progress=False, batch_runs=True)
+    assert [(tmp_path / s["run_id"] / "status.json").stat().st_mtime_ns for s in again] == mtimes
+    with pytest.raises(ValueError, match="processes: batched runs"):
+        run_protocol(protocol, tmp_path / "other", processes=2, progress=False, batch_runs=True)
+
+
+def test_cli_batch_runs_flag_reaches_the_runner(monkeypatch, capsys, tmp_path):
+    import protocols.report
+    import protocols.runner
+
+    seen = {}
+
+    def fake_run(protocol, out, **options):
+        seen.update(options)
+        return []
+
+    monkeypatch.setattr(protocols.runner, "run_protocol", fake_run)
+    table = tmp_path / "table.md"
+    table.write_text("")
+    monkeypatch.setattr(protocols.report, "write_report", lambda out, formats: (table, tmp_path))
+    for flags, expected in (([], None), (["--batch-runs"], True), (["--no-batch-runs"], False)):
+        code, _ = run_cli(["protocol", "run", "dale_pruning", "--tier", "smoke", "--out", tmp_path, *flags], capsys)
+        assert code == 0 and seen["batch_runs"] is expected, flags
