@@ -176,28 +176,60 @@ def _write_status(run_dir: Path, status: dict[str, Any], started: float) -> dict
 
 def _run_batched(specs: list[RunSpec], out: Path, progress: bool, on_done: Callable[[dict], None]) -> None:
     """Train the runs of each network shape together (:func:`bridge.batched_training.train_batched`), in this
-    process, then validate and record each run as :func:`execute_run` does."""
-    from bridge.batched_training import group_runs, train_batched
+    process, as many at a time as :func:`bridge.memory.runs_that_fit` estimates; then validate and record each
+    run as :func:`execute_run` does."""
+    from bridge.batched_training import group_runs
 
     for group in group_runs([spec.config for spec in specs]):
         members = [specs[k] for k in group]
-        started = time.time()
-        records = [_start_run(spec, out) for spec in members]
-        try:
-            results = train_batched(
-                [(spec.config, run_dir) for spec, (run_dir, _) in zip(members, records, strict=True)], progress=progress
-            )
-        except Exception as error:  # the group failed as a whole: every member is recorded failed
-            for run_dir, status in records:
-                _record_failure(status, error)
-                on_done(_write_status(run_dir, status, started))
-            continue
-        for spec, (run_dir, status), result in zip(members, records, results, strict=True):
-            try:
-                _record_trained(spec, out, result, status)
-            except Exception as error:
-                _record_failure(status, error)
+        at_once = _runs_at_once(members)
+        for start in range(0, len(members), at_once):
+            _train_together(members[start : start + at_once], out, progress, on_done)
+
+
+def _runs_at_once(members: list[RunSpec]) -> int:
+    """How many runs of one shape train together: the memory estimate's, printed with it."""
+    from biosim.memory import available_memory_bytes, format_bytes
+    from bridge.batched_engine import CHUNK_STEPS
+    from bridge.memory import batched_run_bytes, runs_that_fit
+
+    config = members[0].config
+    if config.device == "cuda":
+        import torch
+
+        memory, where = torch.cuda.get_device_properties(0).total_memory, "of the GPU"
+    else:
+        memory, where = available_memory_bytes(), "available"
+    per_run = sum(batched_run_bytes(config, CHUNK_STEPS).values())
+    fit = runs_that_fit(config, memory, CHUNK_STEPS)
+    at_once = max(1, min(fit, len(members)))
+    print(
+        f"[protocols.runner] {len(members)} runs of one shape: about {format_bytes(per_run)} each, "
+        f"{fit} fit in {format_bytes(memory)} {where}; training {at_once} at a time",
+        file=sys.stderr,
+    )
+    return at_once
+
+
+def _train_together(members: list[RunSpec], out: Path, progress: bool, on_done: Callable[[dict], None]) -> None:
+    from bridge.batched_training import train_batched
+
+    started = time.time()
+    records = [_start_run(spec, out) for spec in members]
+    try:
+        jobs = [(spec.config, run_dir) for spec, (run_dir, _) in zip(members, records, strict=True)]
+        results = train_batched(jobs, progress=progress)
+    except Exception as error:  # the batch failed as a whole: every member is recorded failed
+        for run_dir, status in records:
+            _record_failure(status, error)
             on_done(_write_status(run_dir, status, started))
+        return
+    for spec, (run_dir, status), result in zip(members, records, results, strict=True):
+        try:
+            _record_trained(spec, out, result, status)
+        except Exception as error:  # a failed validation is recorded, never fatal for the protocol
+            _record_failure(status, error)
+        on_done(_write_status(run_dir, status, started))
 
 
 def training_status(result) -> dict[str, Any]:

@@ -10,13 +10,15 @@ import pytest
 import torch
 from helpers import FROZEN_PING_PROTOCOL, SMOKE, run_cli
 
+import bridge.memory
 from biosim.weight_files import load_weights
-from bridge.batched_engine import run_networks, run_output, stack_weights
+from bridge.batched_engine import CHUNK_STEPS, run_networks, run_output, stack_weights
 from bridge.batched_training import group_runs, train_batched
 from bridge.dynamics import make_constants
 from bridge.eager import run_network
+from bridge.memory import batched_run_bytes, runs_that_fit
 from bridge.run_records import load_model
-from bridge.train_config import ConfigError, build_model
+from bridge.train_config import ConfigError, TrainConfig, build_model
 from bridge.training import BatchContext, train
 from bridge.validation import validate
 from protocols.runner import run_protocol
@@ -154,9 +156,11 @@ def test_runs_of_other_shapes_are_grouped_apart_and_refused_together(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
-def test_protocol_with_batch_runs_trains_validates_and_skips_finished(tmp_path):
+def test_protocol_with_batch_runs_trains_validates_and_skips_finished(tmp_path, monkeypatch, capsys):
     protocol = dataclasses.replace(FROZEN_PING_PROTOCOL, conditions=("frozen_ping", "trainable_small_init"))
+    monkeypatch.setattr(bridge.memory, "runs_that_fit", lambda config, memory, chunk_steps: 1)
     statuses = run_protocol(protocol, tmp_path, progress=False, batch_runs=True)
+    assert "2 runs of one shape" in capsys.readouterr().err  # and, as only one fits, one at a time
     assert [s["status"] for s in statuses] == ["completed", "completed"]
     assert all(s["validation"]["verdict"] == "pass" for s in statuses), statuses
     mtimes = [(tmp_path / s["run_id"] / "status.json").stat().st_mtime_ns for s in statuses]
@@ -183,3 +187,12 @@ def test_cli_batch_runs_flag_reaches_the_runner(monkeypatch, capsys, tmp_path):
     for flags, expected in (([], None), (["--batch-runs"], True), (["--no-batch-runs"], False)):
         code, _ = run_cli(["protocol", "run", "dale_pruning", "--tier", "smoke", "--out", tmp_path, *flags], capsys)
         assert code == 0 and seen["batch_runs"] is expected, flags
+
+
+def test_the_medium_protocol_fits_on_one_80_gb_gpu():
+    """The estimate (docs/gpu.md): dale_pruning's 12 medium runs (batch 256, 2000 steps) train as one on 80 GB."""
+    config = TrainConfig(tier="medium", dtype="float32")
+    parts = batched_run_bytes(config, CHUNK_STEPS)
+    assert parts["chunk"] > parts["checkpoints"] and parts["raster"] > parts["weights"]
+    assert runs_that_fit(config, 80 * 10**9, CHUNK_STEPS) >= 12
+    assert runs_that_fit(config, 141 * 10**9, CHUNK_STEPS) > runs_that_fit(config, 80 * 10**9, CHUNK_STEPS)
