@@ -196,3 +196,29 @@ def test_the_medium_protocol_fits_on_one_80_gb_gpu():
     assert parts["chunk"] > parts["checkpoints"] and parts["raster"] > parts["weights"]
     assert runs_that_fit(config, 80 * 10**9, CHUNK_STEPS) >= 12
     assert runs_that_fit(config, 141 * 10**9, CHUNK_STEPS) > runs_that_fit(config, 80 * 10**9, CHUNK_STEPS)
+
+
+def test_a_crashed_batch_resumes_to_the_same_weights(batched, tmp_path):
+    def crash(context: BatchContext) -> None:
+        if (context.epoch, context.step) == (2, 0):
+            raise RuntimeError("simulated crash")
+
+    jobs = [(c, tmp_path / f"run{k}") for k, c in enumerate(CONFIGS)]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_batched(jobs, hooks=[None, crash, None])
+    assert all(not (tmp_path / f"run{k}" / "final.json").exists() for k in range(3))
+    resumed = train_batched(jobs)
+    for again, first in zip(resumed, batched, strict=True):
+        assert _timeless(again.metrics) == _timeless(first.metrics)
+        for name in first.model.matrices:
+            assert torch.equal(getattr(again.model, name), getattr(first.model, name)), name
+
+
+def test_runs_on_cuda_are_batched_by_default(tmp_path, monkeypatch):
+    import protocols.runner
+
+    called = []
+    monkeypatch.setattr(protocols.runner, "_run_batched", lambda specs, out, progress, on_done: called.append(specs))
+    overrides = {**FROZEN_PING_PROTOCOL.overrides, "device": "cuda"}
+    run_protocol(dataclasses.replace(FROZEN_PING_PROTOCOL, overrides=overrides), tmp_path / "cuda", progress=False)
+    assert len(called) == 1 and called[0][0].config.device == "cuda"
