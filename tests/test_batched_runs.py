@@ -63,16 +63,30 @@ def batched(tmp_path_factory):
     return train_batched([(config, root / f"run{k}") for k, config in enumerate(CONFIGS)])
 
 
-def test_batched_engine_equals_the_eager_engine_run_by_run():
-    """Forward outputs and gradients of two stacked networks are those of each network alone, bit for bit."""
+FLOAT32_TOLERANCE = 1e-6
+"""float32, relative to the tensor's largest entry: MKL's batched sgemm may sum a run's slice other than the single
+product (the readout of the second run here: scores one float32 ulp apart, 7.5e-9 in 0.19); the spikes agree."""
+
+
+def _same(a: torch.Tensor, b: torch.Tensor, exact: bool) -> None:
+    if exact:
+        assert torch.equal(a, b)
+    else:
+        torch.testing.assert_close(a, b, rtol=0, atol=FLOAT32_TOLERANCE * float(b.detach().abs().max()))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_batched_engine_equals_the_eager_engine_run_by_run(dtype):
+    """Spikes, outputs and gradients of two stacked networks are each network's alone: bit for bit in float64."""
+    exact = dtype == "float64"
     torch.manual_seed(0)
-    configs = [dataclasses.replace(BASE, seed=seed, engine="eager") for seed in (1, 2)]
+    configs = [dataclasses.replace(BASE, seed=seed, engine="eager", dtype=dtype) for seed in (1, 2)]
     models = [build_model(config, config.network_params()) for config in configs]
     params = configs[0].network_params()
     n_steps, batch = params.simulation.n_steps, 3
     x = torch.rand(2, batch, n_steps, params.connectivity.n_input) < 0.05
-    v_e = torch.rand(2, batch, params.connectivity.n_e, dtype=torch.float64) * 10 - 65
-    v_i = torch.rand(2, batch, params.connectivity.n_i, dtype=torch.float64) * 10 - 65
+    v_e = torch.rand(2, batch, params.connectivity.n_e, dtype=configs[0].torch_dtype()) * 10 - 65
+    v_i = torch.rand(2, batch, params.connectivity.n_i, dtype=configs[0].torch_dtype()) * 10 - 65
     constants = make_constants(params)
     stacked = stack_weights([m.effective_weights() for m in models])
     output = run_networks(x, v_e, v_i, stacked, constants, models[0].spike_fn, record_population=True, chunk_steps=7)
@@ -82,14 +96,15 @@ def test_batched_engine_equals_the_eager_engine_run_by_run():
         alone = run_network(
             x[k], v_e[k], v_i[k], model.effective_weights(), constants, model.spike_fn, record_population=True
         )
-        assert torch.equal(own.scores, alone.scores) and torch.equal(own.spike_counts_e, alone.spike_counts_e)
+        assert torch.equal(own.spike_counts_e, alone.spike_counts_e)
         assert torch.equal(own.population_e, alone.population_e)
-        assert torch.equal(own.final_state.v_i, alone.final_state.v_i)
+        _same(own.scores, alone.scores, exact)
+        _same(own.final_state.v_i, alone.final_state.v_i, exact)
         grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
         model.zero_grad(set_to_none=True)
         alone.scores.square().sum().backward()
         for grad, p in zip(grads, (p for p in model.parameters() if p.requires_grad), strict=True):
-            assert torch.equal(grad, p.grad)
+            _same(grad, p.grad, exact)
 
 
 def test_runs_trained_together_equal_runs_trained_alone(batched, tmp_path):
