@@ -238,6 +238,9 @@ def train_batched(
                 if result is not None:
                     results[index] = result
                     del active[index]
+    missing = [str(run_dirs[k]) for k, result in enumerate(results) if result is None]
+    if missing:  # every run ends finished, diverged or with an exception; anything else is a bug here
+        raise RuntimeError(f"train_batched: no result for {', '.join(missing)}")
     return [result for result in results if result is not None]
 
 
