@@ -16,7 +16,14 @@ from biosim.params import NetworkParams
 
 from .train_config import ConfigError, TrainConfig
 
-__all__ = ["bench_memory_bytes", "check_bench_memory", "check_training_memory", "training_memory_bytes"]
+__all__ = [
+    "batched_run_bytes",
+    "bench_memory_bytes",
+    "check_bench_memory",
+    "check_training_memory",
+    "runs_that_fit",
+    "training_memory_bytes",
+]
 
 _WEIGHT_COPIES = 4
 """The weights, their gradient and Adam's two moments."""
@@ -85,3 +92,45 @@ def check_bench_memory(n_steps: int, batch_size: int, available: int | None = No
             f"(one batch's input raster), but this machine has {format_bytes(available)} available; "
             "give fewer steps or a smaller batch"
         )
+
+
+# --- many runs as one (bridge.batched_training) ---------------------------------------------------
+
+SAVED_BYTES_PER_NEURON_STEP = {"float32": 37, "float64": 72}
+"""What autograd saves per neuron, trial and step of :func:`bridge.batched_engine.run_networks` (the values of
+the step's operations and their bool masks): counted with ``torch.autograd.graph.saved_tensors_hooks`` on the
+medium network (1024 E, 256 I), 36.65 and 71.5 bytes, rounded up."""
+
+_STATE_VALUES_PER_NEURON = 6
+"""A checkpoint's fields per neuron: ``v``, ``ge``, ``gi``, ``ready`` (int32, counted as a value), the spike count
+and a spare (the readout's few values are negligible)."""
+
+HEADROOM = 0.8
+"""The share of a device's memory the estimate lets the runs fill (allocator fragmentation, the step's
+transient gradients, the CUDA context)."""
+
+
+def batched_run_bytes(config: TrainConfig, chunk_steps: int) -> dict[str, int]:
+    """Estimated bytes one run adds to a batched training (:mod:`bridge.batched_training`), by part.
+
+    ``weights``: the stored matrices, their gradient, Adam's two moments, the stacked effective copy and its
+    gradient; ``raster``: the batch's input raster and its stacked copy; ``checkpoints``: the state at each
+    chunk's start; ``chunk``: what autograd holds for one recomputed chunk of ``chunk_steps`` steps.
+    """
+    config = config.resolved()
+    params = config.network_params()
+    itemsize = 8 if config.dtype == "float64" else 4
+    n_steps, batch = params.simulation.n_steps, config.batch_size
+    neurons = params.connectivity.n_e + params.connectivity.n_i
+    n_chunks = -(-n_steps // chunk_steps)
+    return {
+        "weights": _weight_count(params) * itemsize * (_WEIGHT_COPIES + 2),
+        "raster": 2 * _raster_bytes(params, batch, n_steps),
+        "checkpoints": n_chunks * batch * neurons * _STATE_VALUES_PER_NEURON * itemsize,
+        "chunk": min(chunk_steps, n_steps) * batch * neurons * SAVED_BYTES_PER_NEURON_STEP[config.dtype],
+    }
+
+
+def runs_that_fit(config: TrainConfig, memory_bytes: int, chunk_steps: int) -> int:
+    """How many runs of ``config``'s shape :func:`batched_run_bytes` lets train together in ``memory_bytes``."""
+    return int(HEADROOM * memory_bytes) // sum(batched_run_bytes(config, chunk_steps).values())

@@ -279,6 +279,20 @@ class _Trainer:
 
     # --- the run ---
     def run(self) -> TrainResult:
+        self.start()
+        while self.epoch < self.config.epochs:
+            try:
+                record = self._train_epoch(self.epoch + 1)
+            except _NonFinite as problem:
+                result = self.roll_back(problem)
+                if result is not None:
+                    return result
+                continue
+            self.end_epoch(record)
+        return self._finish("completed", None)
+
+    def start(self) -> None:
+        """Resume from the checkpoint, or write ``config.json`` and measure epoch 0; then ``metrics.jsonl``."""
         config = self.config
         if self.checkpoint_path.exists():
             checkpoint = _load_run_checkpoint(self.checkpoint_path)
@@ -310,30 +324,35 @@ class _Trainer:
         # Checkpoint first, metrics file second: after a crash in between, this rewrite repairs it.
         _write_json_lines(self.run_dir / "metrics.jsonl", self.metrics)
 
-        while self.epoch < config.epochs:
-            try:
-                record = self._train_epoch(self.epoch + 1)
-            except _NonFinite as problem:
-                self._log_event("nonfinite", **problem.record)
-                if self.retries >= config.max_retries:
-                    self._restore(_load_run_checkpoint(self.checkpoint_path))
-                    self._trajectory_from_checkpoint()
-                    self._log_event("diverged", **problem.record, retries=self.retries)
-                    return self._finish("diverged", problem.record)
-                retries = self.retries + 1
-                self._restore(_load_run_checkpoint(self.checkpoint_path))
-                self.retries = retries
-                self.lr = config.lr * config.retry_lr_factor**retries
-                self._set_lr(self.lr)
-                # Persist the spent retry at once, so a crash now cannot grant it again.
-                self._save_checkpoint()
-                self._trajectory_from_checkpoint()
-                self._log_event("rollback", to_epoch=self.epoch, retries=self.retries, lr=self.lr)
-                continue
-            self.epoch += 1
-            self.metrics.append(record)
-            self._save_checkpoint()
-            _append_json_line(self.run_dir / "metrics.jsonl", record)
+    def roll_back(self, problem: _NonFinite) -> TrainResult | None:
+        """After a non-finite value: back to the last checkpoint with a smaller lr, or the diverged result."""
+        config = self.config
+        self._log_event("nonfinite", **problem.record)
+        if self.retries >= config.max_retries:
+            self._restore(_load_run_checkpoint(self.checkpoint_path))
+            self._trajectory_from_checkpoint()
+            self._log_event("diverged", **problem.record, retries=self.retries)
+            return self._finish("diverged", problem.record)
+        retries = self.retries + 1
+        self._restore(_load_run_checkpoint(self.checkpoint_path))
+        self.retries = retries
+        self.lr = config.lr * config.retry_lr_factor**retries
+        self._set_lr(self.lr)
+        # Persist the spent retry at once, so a crash now cannot grant it again.
+        self._save_checkpoint()
+        self._trajectory_from_checkpoint()
+        self._log_event("rollback", to_epoch=self.epoch, retries=self.retries, lr=self.lr)
+        return None
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        """Record a finished epoch: metrics, checkpoint, ``metrics.jsonl``."""
+        self.epoch += 1
+        self.metrics.append(record)
+        self._save_checkpoint()
+        _append_json_line(self.run_dir / "metrics.jsonl", record)
+
+    def finish(self) -> TrainResult:
+        """The completed run's records and result."""
         return self._finish("completed", None)
 
     def _finish(self, status: str, diverged: dict[str, Any] | None) -> TrainResult:
@@ -389,6 +408,21 @@ class _Trainer:
         output, scores, labels = _forward(
             self.model, trials, positions, self.dtype, self.device, record_population=self.config.reg_gamma_power > 0
         )
+        loss, penalties = self.batch_loss(epoch, step, global_step, output, scores, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return self.update(epoch, step, global_step, loss, scores, labels, penalties, output)
+
+    def batch_loss(
+        self,
+        epoch: int,
+        step: int,
+        global_step: int,
+        output: NetworkOutput,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The batch's loss (the hook may replace it), checked finite with the state; the penalties."""
         cross_entropy = functional.cross_entropy(scores, labels)  # streams: the mean over all digits' windows
         loss, penalties = self._regularised(cross_entropy, output)
         if self.hook is not None:
@@ -401,8 +435,25 @@ class _Trainer:
                 raise _NonFinite(epoch, step, global_step, nonfinite)
 
         check(([] if bool(torch.isfinite(loss)) else ["loss"]) + _nonfinite_state(output))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        return loss, penalties
+
+    def update(
+        self,
+        epoch: int,
+        step: int,
+        global_step: int,
+        loss: torch.Tensor,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        penalties: dict[str, float],
+        output: NetworkOutput,
+    ) -> _StepRecord:
+        """After ``loss.backward()``: check, clip, take the Adam step, check again; the step's record."""
+
+        def check(nonfinite: list[str]) -> None:
+            if nonfinite:
+                raise _NonFinite(epoch, step, global_step, nonfinite)
+
         model = self.model
         trainable = {name: getattr(model, name) for name in model.matrices if getattr(model, name).requires_grad}
         check([f"gradient of {name}" for name, p in trainable.items() if not bool(torch.isfinite(p.grad).all())])
@@ -481,6 +532,13 @@ class _Trainer:
                 steps.append(record)
                 bar.set_postfix(loss=f"{record.loss:.4f}")
         self.model.eval()
+        return self.epoch_record(epoch, steps, total_loss, correct, len(batches), start)
+
+    def epoch_record(
+        self, epoch: int, steps: list[_StepRecord], total_loss: float, correct: int, n_batches: int, start: float
+    ) -> dict[str, Any]:
+        """The line of ``metrics.jsonl`` of a trained epoch: its steps' means, then the test metrics."""
+        config = self.config
         record = {
             "epoch": epoch,
             "loss": total_loss / config.n_train,
@@ -494,7 +552,7 @@ class _Trainer:
                 for name in steps[0].eps_dominated
             },
             **{f"penalty_{name}": float(np.mean([r.penalties[name] for r in steps])) for name in steps[0].penalties},
-            "optimizer_steps": epoch * len(batches),
+            "optimizer_steps": epoch * n_batches,
             **self._test_metrics(epoch),
             **_weight_metrics(self.model),
             "lr": self.lr,

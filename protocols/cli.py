@@ -498,7 +498,13 @@ def _protocol_run(args: argparse.Namespace) -> int:
     recipe = "" if protocol.preset == "project" else f"_{protocol.preset}"
     out = Path(args.out or f"results/{args.name}_{protocol.tier}{recipe}")
     statuses = run_protocol(
-        protocol, out, processes=args.processes, workers=args.workers, scheduler=args.scheduler, progress=not args.quiet
+        protocol,
+        out,
+        processes=args.processes,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        progress=not args.quiet,
+        batch_runs=args.batch_runs,
     )
     table, figures = write_report(out, formats=formats)
     counts = summarize_statuses(statuses)
@@ -570,6 +576,13 @@ def _add_protocol(subparsers) -> None:
     executor.add_argument("--processes", type=_positive_int, help="local process pool size (default: 1)")
     executor.add_argument("--workers", type=_positive_int, help="start a Dask LocalCluster with N workers")
     executor.add_argument("--scheduler", help="join a running Dask cluster at this address")
+    run.add_argument(
+        "--batch-runs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the runs of one network shape together as one batched model, in this process "
+        "(default: on with --device cuda, off on the CPU; docs/gpu.md, Many runs as one)",
+    )
     run.add_argument("--out", help="output directory (default: results/NAME_TIER, results/NAME_TIER_PRESET)")
     run.add_argument("--formats", nargs="+", default=["png"], help="figure formats (png, pdf, svg)")
     run.add_argument("--quiet", action="store_true")

@@ -117,41 +117,119 @@ def execute_run(spec_data: dict[str, Any], out_dir: str, threads: int = 1, progr
 
 def _execute_run(spec: RunSpec, out_dir: str, progress: bool) -> dict[str, Any]:
     from bridge.training import train
-    from bridge.validation import validate
 
     _maybe_kill_worker()
     out = Path(out_dir)
+    run_dir, status = _start_run(spec, out)
+    started = time.time()
+    try:
+        result = train(spec.config, run_dir, progress=progress)
+        _record_trained(spec, out, result, status)
+    except Exception as error:  # a failed run is recorded, never fatal for the protocol
+        _record_failure(status, error)
+    return _write_status(run_dir, status, started)
+
+
+def _start_run(spec: RunSpec, out: Path) -> tuple[Path, dict[str, Any]]:
+    """The run's directory with its ``run_spec.json``, and the start of its status."""
     run_dir = out / spec.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "run_spec.json", spec.to_dict())
-    started = time.time()
     status: dict[str, Any] = {
         "run_id": spec.run_id,
         "condition": spec.condition,
         "seed": spec.seed,
         "host": socket.gethostname(),
     }
-    try:
-        result = train(spec.config, run_dir, progress=progress)
-        status["status"] = result.status
-        status["final"] = result.final_metrics
-        if result.status == "diverged":
-            status["diverged"] = result.diverged
-        else:
-            backend = spec.validation_backend
-            report = validate(run_dir, backend=backend, build_dir=_worker_build_dir(out), progress=False)
-            status["validation"] = {
-                "backend": backend,
-                "verdict": report["verdict"],
-                "simulators": report["simulators"],
-            }
-    except Exception as error:  # a failed run is recorded, never fatal for the protocol
-        status["status"] = "failed"
-        status["error"] = f"{type(error).__name__}: {error}"
-        status["traceback"] = traceback.format_exc()
+    return run_dir, status
+
+
+def _record_trained(spec: RunSpec, out: Path, result, status: dict[str, Any]) -> None:
+    """Into ``status``: the training's outcome, and the Brian2 validation of a run that did not diverge."""
+    from bridge.validation import validate
+
+    status["status"] = result.status
+    status["final"] = result.final_metrics
+    if result.status == "diverged":
+        status["diverged"] = result.diverged
+    else:
+        backend = spec.validation_backend
+        report = validate(out / spec.run_id, backend=backend, build_dir=_worker_build_dir(out), progress=False)
+        status["validation"] = {
+            "backend": backend,
+            "verdict": report["verdict"],
+            "simulators": report["simulators"],
+        }
+
+
+def _record_failure(status: dict[str, Any], error: Exception) -> None:
+    status["status"] = "failed"
+    status["error"] = f"{type(error).__name__}: {error}"
+    status["traceback"] = traceback.format_exc()
+
+
+def _write_status(run_dir: Path, status: dict[str, Any], started: float) -> dict[str, Any]:
     status["elapsed_s"] = time.time() - started
     write_json(run_dir / "status.json", status)
     return status
+
+
+def _run_batched(specs: list[RunSpec], out: Path, progress: bool, on_done: Callable[[dict], None]) -> None:
+    """Train the runs of each network shape together (:func:`bridge.batched_training.train_batched`), in this
+    process, as many at a time as :func:`bridge.memory.runs_that_fit` estimates; then validate and record each
+    run as :func:`execute_run` does."""
+    from bridge.batched_training import group_runs
+
+    for group in group_runs([spec.config for spec in specs]):
+        members = [specs[k] for k in group]
+        at_once = _runs_at_once(members)
+        for start in range(0, len(members), at_once):
+            _train_together(members[start : start + at_once], out, progress, on_done)
+
+
+def _runs_at_once(members: list[RunSpec]) -> int:
+    """How many runs of one shape train together: the memory estimate's, printed with it."""
+    from biosim.memory import available_memory_bytes, format_bytes
+    from bridge.batched_engine import CHUNK_STEPS
+    from bridge.memory import batched_run_bytes, runs_that_fit
+
+    config = members[0].config
+    if config.device == "cuda":
+        import torch
+
+        memory, where = torch.cuda.get_device_properties(0).total_memory, "of the GPU"
+    else:
+        memory, where = available_memory_bytes(), "available"
+    per_run = sum(batched_run_bytes(config, CHUNK_STEPS).values())
+    fit = runs_that_fit(config, memory, CHUNK_STEPS)
+    at_once = max(1, min(fit, len(members)))
+    print(
+        f"[protocols.runner] {len(members)} runs of one shape: about {format_bytes(per_run)} each, "
+        f"{fit} fit in {format_bytes(memory)} {where}; training {at_once} at a time",
+        file=sys.stderr,
+    )
+    return at_once
+
+
+def _train_together(members: list[RunSpec], out: Path, progress: bool, on_done: Callable[[dict], None]) -> None:
+    from bridge.batched_training import train_batched
+
+    started = time.time()
+    records = [_start_run(spec, out) for spec in members]
+    try:
+        jobs = [(spec.config, run_dir) for spec, (run_dir, _) in zip(members, records, strict=True)]
+        results = train_batched(jobs, progress=progress)
+    except Exception as error:  # the batch failed as a whole: every member is recorded failed
+        for run_dir, status in records:
+            _record_failure(status, error)
+            on_done(_write_status(run_dir, status, started))
+        return
+    for spec, (run_dir, status), result in zip(members, records, results, strict=True):
+        try:
+            _record_trained(spec, out, result, status)
+        except Exception as error:  # a failed validation is recorded, never fatal for the protocol
+            _record_failure(status, error)
+        on_done(_write_status(run_dir, status, started))
 
 
 def training_status(result) -> dict[str, Any]:
@@ -233,6 +311,7 @@ def run_protocol(
     workers: int | None = None,
     scheduler: str | None = None,
     progress: bool = True,
+    batch_runs: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Run all pending runs of ``protocol`` under ``out_dir``; returns every run's status.
 
@@ -247,12 +326,17 @@ def run_protocol(
         Address of a running Dask scheduler (``tcp://host:8786``); one that
         cannot be reached within :data:`SCHEDULER_CONNECT_TIMEOUT_S` is a
         :class:`SchedulerError`.
+    batch_runs : bool, optional
+        Train the runs of one network shape together as one batched model, in
+        this process (:mod:`bridge.batched_training`; docs/gpu.md, "Many runs as
+        one"). Default: on where the runs train on CUDA, off on the CPU.
 
     Raises
     ------
     ValueError
         ``processes`` or ``workers`` is not a positive int, or both
-        ``workers`` and ``scheduler`` are given.
+        ``workers`` and ``scheduler`` are given, or ``batch_runs`` with an executor
+        (``processes``, ``workers``, ``scheduler``).
     bridge.train_config.ConfigError
         A run's config is invalid.
     biosim.records.OutputLocationError
@@ -273,6 +357,16 @@ def run_protocol(
             raise ValueError(f"{name}: expected a positive number of {what}, got {value!r}")
     # Every run's TrainConfig is built (and checked) here, before anything is written.
     runs = protocol.runs()
+    if batch_runs is None:
+        batch_runs = bool(runs) and all(spec.config.device == "cuda" for spec in runs)
+    if batch_runs:
+        executors = (("processes", processes), ("workers", workers), ("scheduler", scheduler))
+        given = [name for name, value in executors if value is not None]
+        if given:
+            raise ValueError(
+                f"{given[0]}: batched runs train together in this process; give no executor, or train the runs "
+                "one by one (batch_runs=False, --no-batch-runs)"
+            )
     out = Path(out_dir)
     check_writable_dir(out, "protocol output directory")
     what, purpose = "protocol output directory", f"protocol run {protocol.name} (tier {protocol.tier})"
@@ -305,6 +399,8 @@ def run_protocol(
 
         if not pending:
             pass
+        elif batch_runs:
+            _run_batched(pending, out, False, on_done)
         elif client is not None:
             _run_dask(pending, out, client, on_done)
         elif workers is not None:
