@@ -35,6 +35,15 @@ def test_compile_check_builds_binary(tmp_path: Path) -> None:
     assert "-arch=sm_90" in result["makefile"]["NVCCFLAGS"]
 
 
+@pytest.mark.cuda_compile
+def test_the_full_network_compiles_for_sm_90(tmp_path: Path) -> None:
+    """The real model (1024 E, 256 I, 784 inputs, four digits), not only the toy network's features."""
+    _toolchain_or_skip()
+    result = ct.compile_check(tmp_path / "full_network", compute_capability=9.0, build_network=ct.full_network)
+    assert Path(result["binary"]).stat().st_size > 0
+    assert "-arch=sm_90" in result["makefile"]["NVCCFLAGS"]
+
+
 def test_missing_curand_wheel_names_pip_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def not_installed(name: str) -> None:
         raise importlib.metadata.PackageNotFoundError(name)
