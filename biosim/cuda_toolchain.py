@@ -350,24 +350,6 @@ def configure_cuda_standalone(*, compute_capability: float | None = None, compil
 # --- compile check ----------------------------------------------------------------
 
 
-def full_network() -> Any:
-    """The project's own network at its default size, on four test digits (returns a ``brian2.Network``).
-
-    What ``biosim simulate --backend cuda_standalone`` builds (canonical weights, seed 0): the
-    compile check of the real model rather than of :func:`toy_network`'s features.
-    """
-    from biosim.network import build_network
-    from biosim.params import NetworkParams
-    from biosim.simulation import load_test_trials
-    from biosim.weights import init_weights
-
-    params = NetworkParams()
-    trials = load_test_trials(params, 4, seed=0)
-    built = build_network(params, init_weights(params, seed=0).effective(), trials)
-    built.network.run(built.duration)
-    return None
-
-
 def toy_network() -> Any:
     """A small network using the features the real model needs (returns a ``brian2.Network``).
 
