@@ -33,7 +33,7 @@ import numpy as np
 
 from . import equations as eq
 from .inputs import TrialSet
-from .network import BrianNetwork, reset_at_trial_start
+from .network import BrianNetwork, neuron_populations, reset_at_trial_start
 from .params import NetworkParams, to_brian2_namespace
 from .results import SimulationResult, SpikeTrains
 from .weights import NetworkWeights
@@ -109,25 +109,12 @@ def build_copies_network(
     b2.defaultclock.dt = sim.dt_ms * b2.ms
     trial_duration = sim.trial_ms * b2.ms
 
-    populations = {}
-    for name, size, v_init in (("e", c.n_e, trials.v_init_e_mv), ("i", c.n_i, trials.v_init_i_mv)):
-        namespace = to_brian2_namespace(params, name)
-        # One row (the single trial), copy after copy: column k * size + p is copy k's neuron p.
-        row = np.asarray(v_init, dtype=float).reshape(1, n * size)
-        namespace["v_init"] = b2.TimedArray(row * b2.mV, dt=trial_duration)
-        group = b2.NeuronGroup(
-            n * size,
-            eq.NEURON_EQUATIONS,
-            threshold=eq.THRESHOLD,
-            reset=eq.RESET,
-            refractory=eq.REFRACTORY,
-            events={eq.TRIAL_START_EVENT: eq.TRIAL_START},
-            method=eq.METHOD,
-            namespace={**namespace, "steps_per_trial": sim.n_steps},
-            name=f"neurons_{name}",
-        )
-        reset_at_trial_start(group, eq.NEURON_TRIAL_RESET)
-        populations[name] = group
+    # One row (the single trial), copy after copy: column k * size + p is copy k's neuron p.
+    rows = {
+        name: np.asarray(v_init, dtype=float).reshape(1, n * size)
+        for name, size, v_init in (("e", c.n_e, trials.v_init_e_mv), ("i", c.n_i, trials.v_init_i_mv))
+    }
+    populations = neuron_populations(params, rows, trial_duration)
     neurons_e, neurons_i = populations["e"], populations["i"]
 
     readout = b2.NeuronGroup(

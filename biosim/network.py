@@ -57,6 +57,36 @@ def _dense_edges(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return pre.astype(np.int32), post.astype(np.int32), matrix[pre, post]
 
 
+def neuron_populations(params: NetworkParams, v_init_mv: dict[str, np.ndarray], trial_duration) -> dict[str, Any]:
+    """The E and I ``NeuronGroup``s, reset at every trial start.
+
+    ``v_init_mv[name]`` is the table of initial potentials (mV) that the trial-start
+    reset reads, one row per trial and one column per neuron: its width is the
+    group's size (the copies layout puts every copy's neurons in one row).
+    """
+    import brian2 as b2
+
+    populations = {}
+    for name in ("e", "i"):
+        table = np.asarray(v_init_mv[name], dtype=float)
+        namespace = to_brian2_namespace(params, name)
+        namespace["v_init"] = b2.TimedArray(table * b2.mV, dt=trial_duration)
+        group = b2.NeuronGroup(
+            table.shape[1],
+            eq.NEURON_EQUATIONS,
+            threshold=eq.THRESHOLD,
+            reset=eq.RESET,
+            refractory=eq.REFRACTORY,
+            events={eq.TRIAL_START_EVENT: eq.TRIAL_START},
+            method=eq.METHOD,
+            namespace={**namespace, "steps_per_trial": params.simulation.n_steps},
+            name=f"neurons_{name}",
+        )
+        reset_at_trial_start(group, eq.NEURON_TRIAL_RESET)
+        populations[name] = group
+    return populations
+
+
 def build_network(
     params: NetworkParams,
     weights: NetworkWeights,
@@ -100,23 +130,7 @@ def build_network(
     b2.defaultclock.dt = sim.dt_ms * b2.ms
     trial_duration = sim.trial_ms * b2.ms
 
-    populations = {}
-    for name, n, v_init in (("e", c.n_e, trials.v_init_e_mv), ("i", c.n_i, trials.v_init_i_mv)):
-        namespace = to_brian2_namespace(params, name)
-        namespace["v_init"] = b2.TimedArray(np.asarray(v_init, dtype=float) * b2.mV, dt=trial_duration)
-        group = b2.NeuronGroup(
-            n,
-            eq.NEURON_EQUATIONS,
-            threshold=eq.THRESHOLD,
-            reset=eq.RESET,
-            refractory=eq.REFRACTORY,
-            events={eq.TRIAL_START_EVENT: eq.TRIAL_START},
-            method=eq.METHOD,
-            namespace={**namespace, "steps_per_trial": sim.n_steps},
-            name=f"neurons_{name}",
-        )
-        reset_at_trial_start(group, eq.NEURON_TRIAL_RESET)
-        populations[name] = group
+    populations = neuron_populations(params, {"e": trials.v_init_e_mv, "i": trials.v_init_i_mv}, trial_duration)
     neurons_e, neurons_i = populations["e"], populations["i"]
 
     readout = b2.NeuronGroup(
