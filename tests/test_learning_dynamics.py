@@ -38,6 +38,11 @@ def test_alignment_top_share_and_pairwise_cosine():
     alignment = ld.initial_alignment(initial, final)
     np.testing.assert_allclose(alignment[:2], [1.0, 0.0])
     assert math.isnan(alignment[2])  # a column pruned to zero has no direction
+    # Unmoved columns (a frozen loop) are aligned exactly: no ranking of rounding errors, Spearman undefined.
+    rng = np.random.default_rng(3)
+    frozen = rng.uniform(0.0, 1.0, size=(64, 16))
+    assert (ld.initial_alignment(frozen, frozen) == 1.0).all()
+    assert math.isnan(ld.racing_summary(np.stack([frozen, frozen]), [0, 3])["race"])
     assert ld.top_share(np.ones(20)) == pytest.approx(0.1)
     assert ld.top_share(np.r_[10.0, np.zeros(19)]) == 1.0
     assert ld.top_share(np.ones(5)) == pytest.approx(0.2)  # ceil(0.5) = one cell of five
@@ -141,6 +146,8 @@ def test_gradient_jump_precedes_a_change_point_within_the_window():
     grad = 1.0 + 0.1 * rng.standard_normal(200)
     grad[95:] += 2.0  # jumps at 95
     assert ld.gradient_jumps_before([100, 60, 94], grad, window=5) == [True, False, False]
+    assert ld.gradient_jumps(grad) == [95]
     falling = 1.0 + 0.1 * rng.standard_normal(200)
     falling[95:] -= 0.8  # a drop is no jump
     assert ld.gradient_jumps_before([100], falling, window=5) == [False]
+    assert ld.gradient_jumps(falling) == []

@@ -18,6 +18,7 @@ __all__ = [
     "change_points",
     "column_norms",
     "effective_rank",
+    "gradient_jumps",
     "gradient_jumps_before",
     "initial_alignment",
     "linear_cka",
@@ -81,10 +82,14 @@ def _unit_columns(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def initial_alignment(initial: np.ndarray, final: np.ndarray) -> np.ndarray:
-    """Per column: cosine between its initial vector and its final direction; NaN where either is zero."""
+    """Per column: cosine between its initial vector and its final direction; NaN where either is zero.
+
+    A column that has not moved has cosine exactly 1: computed, it would be 1 up to rounding, and
+    rounding alone would rank the unmoved columns (a frozen loop) against one another.
+    """
     u0, nz0 = _unit_columns(initial)
     u1, nz1 = _unit_columns(final)
-    cosines = (u0 * u1).sum(axis=0)
+    cosines = np.where(np.all(np.asarray(initial) == np.asarray(final), axis=0), 1.0, (u0 * u1).sum(axis=0))
     return np.where(nz0 & nz1, cosines, np.nan)
 
 
@@ -313,9 +318,18 @@ def gradient_jumps_before(
     above the mean before). It precedes ``c`` when ``c - window <= g <= c``
     (the same step counts: the gradient of step ``c`` is taken before its update).
     """
+    upward = gradient_jumps(grad_norm, penalty=penalty)
+    return [any(c - window <= g <= c for g in upward) for c in points]
+
+
+def gradient_jumps(grad_norm: Sequence[float], *, penalty: float | None = None) -> list[int]:
+    """The upward change points of a gradient-norm series: indices ``g`` where its mean rises.
+
+    :func:`change_points` of the series, kept where the mean of the segment starting at ``g``
+    is above the mean of the segment before it.
+    """
     values = np.asarray(grad_norm, dtype=np.float64)
     jumps = change_points(values, penalty=penalty)
     edges = [0, *jumps, len(values)]
     means = [values[a:b].mean() for a, b in zip(edges[:-1], edges[1:], strict=True)]
-    upward = [g for k, g in enumerate(jumps) if means[k + 1] > means[k]]
-    return [any(c - window <= g <= c for g in upward) for c in points]
+    return [g for k, g in enumerate(jumps) if means[k + 1] > means[k]]
