@@ -536,7 +536,15 @@ def _protocol_list(args: argparse.Namespace) -> int:
         conditions, defaults = record.conditions, record.defaults
         cost = ", ".join(f"{t} {_duration(estimated_minutes(name, t))}" for t in tiers)
         seeds = " ".join(map(str, defaults.seeds))
-        lines.append(f"\n{name}: {len(conditions)} conditions x seeds {seeds}; default tier {defaults.tier}; {cost}")
+        own = "".join(
+            (
+                f"; {defaults.preset} recipe" if defaults.preset != "project" else "",
+                f"; trajectory records every {defaults.record_every} Adam steps" if defaults.record_every else "",
+            )
+        )
+        lines.append(
+            f"\n{name}: {len(conditions)} conditions x seeds {seeds}; default tier {defaults.tier}; {cost}{own}"
+        )
         lines += [f"  {c.name:<40} {c.description}" for c in conditions]
     print("\n".join(lines))
     return 0
@@ -568,9 +576,9 @@ def _add_protocol(subparsers) -> None:
     run.add_argument("--record-every", type=_positive_int, help=_RECORD_EVERY_HELP)
     run.add_argument(
         "--preset",
-        default="project",
         choices=_preset_names(),
-        help="recipe every run starts from: project (default) or reference (the study's; docs/reference.md)",
+        help="recipe every run starts from: project or reference (the study's; docs/reference.md); default: the "
+        "protocol's (project for most, see biosim protocol list)",
     )
     executor = run.add_mutually_exclusive_group()
     executor.add_argument("--processes", type=_positive_int, help="local process pool size (default: 1)")

@@ -142,17 +142,20 @@ def get_protocol(
     seeds: tuple[int, ...] | None = None,
     conditions: tuple[str, ...] | None = None,
     validation_backend: str = "cpp_standalone",
-    preset: str = "project",
+    preset: str | None = None,
     **overrides: Any,
 ) -> Protocol:
     """The registered protocol ``name`` (:data:`protocols.registry.DEFINITIONS`) at ``tier``.
 
-    ``tier`` and ``seeds`` default to the protocol's (its record's ``defaults``);
+    ``tier``, ``seeds`` and ``preset`` default to the protocol's (its record's ``defaults``);
     ``conditions`` selects some of the protocol's conditions (default: all);
     ``preset`` is the recipe every run starts from (:data:`bridge.presets.PRESETS`);
-    ``overrides`` are TrainConfig fields applied to every run (e.g. ``dtype``).
+    ``overrides`` are TrainConfig fields applied to every run (e.g. ``dtype``); a protocol that
+    records trajectories by default (``defaults.record_every``) adds ``record_every`` unless given.
     """
     record = definition(name)
+    if record.defaults.record_every and "record_every" not in overrides:
+        overrides["record_every"] = record.defaults.record_every
     own = tuple(c.name for c in record.conditions)
     if conditions is not None:
         foreign = [c for c in conditions if c not in own]
@@ -167,7 +170,7 @@ def get_protocol(
         seeds=tuple(seeds or record.defaults.seeds),
         overrides=overrides,
         validation_backend=validation_backend,
-        preset=preset,
+        preset=record.defaults.preset if preset is None else preset,
     )
 
 

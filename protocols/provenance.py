@@ -59,11 +59,13 @@ def protocol_command(protocol: Protocol, out_dir: str | Path | None = None) -> s
     record = DEFINITIONS.get(protocol.name)
     if record is None or tuple(protocol.conditions) != tuple(c.name for c in record.conditions):
         parts += ["--conditions", *protocol.conditions]
-    if protocol.preset != "project":
+    # The preset whenever it is not the project's, or the protocol's own default is not (then the
+    # project's must be named to be run again).
+    if protocol.preset != "project" or (record is not None and record.defaults.preset != "project"):
         parts += ["--preset", protocol.preset]
-    for key in ("dtype", "device"):
+    for key in ("dtype", "device", "record_every"):
         if key in protocol.overrides:
-            parts += [f"--{key}", str(protocol.overrides[key])]
+            parts += [f"--{key.replace('_', '-')}", str(protocol.overrides[key])]
     if out_dir is not None:
         parts += ["--out", str(out_dir)]
     return shlex.join(parts)

@@ -19,10 +19,18 @@ DEFAULT_SEEDS = (42, 43, 44)
 
 @dataclass(frozen=True)
 class ProtocolDefaults:
-    """What ``biosim protocol run NAME`` uses when no tier or seeds are given."""
+    """What ``biosim protocol run NAME`` uses when no tier, seeds, preset or recording interval are given."""
 
     tier: str
     seeds: tuple[int, ...] = DEFAULT_SEEDS
+    preset: str = "project"
+    """The recipe every run starts from (:data:`bridge.presets.PRESETS`; ``--preset``)."""
+    record_every: int = 0
+    """Adam steps between trajectory records (``TrainConfig.record_every``, ``--record-every``; 0: none)."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.record_every, int) and self.record_every >= 0):
+            raise ValueError(f"ProtocolDefaults.record_every must be a non-negative int, got {self.record_every!r}")
 
 
 @dataclass(frozen=True)
