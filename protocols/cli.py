@@ -573,7 +573,11 @@ def _add_protocol(subparsers) -> None:
     run.add_argument("--conditions", nargs="+", help="a subset of the protocol's conditions (default: all)")
     run.add_argument("--dtype", choices=("float32", "float64"), help="training dtype (default: float32)")
     run.add_argument("--device", choices=("cpu", "cuda"), help="training device (default: cpu)")
-    run.add_argument("--record-every", type=_positive_int, help=_RECORD_EVERY_HELP)
+    run.add_argument(
+        "--record-every",
+        type=_positive_int,
+        help=_RECORD_EVERY_HELP.replace("default: none", "default: the protocol's, none for most; protocol list"),
+    )
     run.add_argument(
         "--preset",
         choices=_preset_names(),

@@ -3,7 +3,8 @@
 The protocol's name and question (its record, :mod:`protocols.registry`),
 the command that runs it again, the commit, date and libraries it ran with
 (``protocol.json``, :mod:`protocols.provenance`), its tier, preset and
-seeds, the table with every run's verdict (``table.md``) and its figures,
+seeds, the table with every run's verdict (``table.md``), the table its own
+figures wrote (``figures/<name>.md``, where there is one) and its figures,
 linked relative to the directory (``figures/NAME.png``), so that the page
 can be read in place or published with them (``scripts/publish_results.py``).
 """
@@ -95,6 +96,9 @@ def report_markdown(out_dir: Path) -> str:
             lines.append(f"- Overrides: `{json.dumps(extra, sort_keys=True)}`")
     lines.append(f"- Table and figures drawn with code {_code_text(drawn)}")
     lines += ["", "## Table", "", (out_dir / "table.md").read_text().strip(), ""]
+    own_table = out_dir / "figures" / f"{name}.md"
+    if own_table.is_file():  # the table the protocol's own figures wrote (learning_dynamics, reference_ladder)
+        lines += [own_table.read_text().strip(), ""]
     figures = _figure_links(out_dir, list(spec.get("conditions", [])))
     if figures:
         lines += ["## Figures", ""]

@@ -18,9 +18,11 @@ from protocols.catalog.learning_dynamics import RECORD_EVERY
 from protocols.protocol import get_protocol
 from protocols.provenance import protocol_command
 from protocols.registry import definition
+from protocols.report_page import report_markdown
 from protocols.results import load_runs
 from protocols.runner import run_protocol
 from protocols.sweep_figures.learning_dynamics import COLUMNS, draw_learning_dynamics, mean_and_range
+from protocols.table import write_tables
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -153,3 +155,21 @@ def test_dynamics_json_is_reused_until_the_trajectory_is_newer(tiny):
     assert written >= newest
     draw_learning_dynamics(records[:1], out / "again", ("png",), conditions=TINY_CONDITIONS[:1])
     assert path.stat().st_mtime_ns == written  # newer than the records: read, not recomputed
+
+
+def test_the_report_page_shows_the_dynamics_table_under_the_run_table(tiny):
+    out, records, _ = tiny
+    write_tables(records, out, title="tiny")
+    page = report_markdown(out)
+    dynamics = (out / "figures" / "learning_dynamics.md").read_text().strip()
+    assert dynamics in page and page.index("| frozen_ping |") < page.index(dynamics.splitlines()[0])
+    assert "![trainable_zero_init_dynamics](figures/trainable_zero_init_dynamics.png)" in page
+
+
+def test_a_run_without_records_is_left_out_with_a_warning(tiny, tmp_path, capsys):
+    _, records, _ = tiny
+    bare = dataclasses.replace(records[0], run_dir=tmp_path / "bare")
+    paths = draw_learning_dynamics([bare], tmp_path / "figures", ("png",), conditions=TINY_CONDITIONS[:1])
+    assert [p.name for p in paths] == ["learning_dynamics.json", "learning_dynamics.md"]
+    assert "| frozen_ping | none completed |" in (tmp_path / "figures" / "learning_dynamics.md").read_text()
+    assert "has no trajectory records" in capsys.readouterr().err

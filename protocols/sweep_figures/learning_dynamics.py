@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,9 +202,10 @@ def _transitions(ax, trajectory: Trajectory, summary: dict[str, Any]) -> None:
         ax.text(0.5, 0.5, "no per-step records", ha="center", va="center", transform=ax.transAxes)
         return
     steps = scalars["step"]
-    ax.plot(steps, scalars["loss"], color="k", lw=1.0, label="loss")
+    marker = "." if len(steps) <= 40 else None  # a short run's points would be lost in (or as) a line
+    ax.plot(steps, scalars["loss"], color="k", lw=1.0, marker=marker, label="loss")
     rate = ax.twinx()
-    rate.plot(steps, scalars["rate_i_hz"], color=I_COLOR, lw=1.0, label="I rate")
+    rate.plot(steps, scalars["rate_i_hz"], color=I_COLOR, lw=1.0, marker=marker, label="I rate")
     titles = []
     for key, label, color, style, axis in (
         ("loss", "loss", "k", "--", ax),
@@ -422,7 +424,7 @@ def draw_learning_dynamics(
     summaries: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     paths: list[Path] = []
     for condition in names:
-        completed = [r for r in grouped.get(condition, []) if r.ok]
+        completed = [r for r in grouped.get(condition, []) if r.ok and _has_records(r)]
         summaries[condition] = [(r.seed, run_dynamics(r.run_dir)) for r in completed]
         if not completed:
             continue
@@ -438,6 +440,19 @@ def draw_learning_dynamics(
     atomic_write_text(table, dynamics_table_markdown(rows, title))
     paths.append(table)
     return paths
+
+
+def _has_records(record: RunRecord) -> bool:
+    """Does the run hold trajectory records? A run without them is left out of the figures, with a warning."""
+    directory = record.run_dir / TRAJECTORY_DIR
+    if directory.is_dir() and any(p.suffix == ".npz" for p in directory.iterdir()):
+        return True
+    print(
+        f"[learning_dynamics] warning: {record.run_dir} has no trajectory records (trained without record_every); "
+        "left out of the learning-dynamics figures and table",
+        file=sys.stderr,
+    )
+    return False
 
 
 def _finite(value: Any) -> Any:
