@@ -192,7 +192,7 @@ def _laziness(ax, summary: dict[str, Any], series: dict[str, np.ndarray]) -> Non
     cka = _number(representation.get("linear_cka"))
     ax.set_title(f"laziness: relative change from the start\nCKA of E rates, initial vs trained: {cka}", fontsize=8)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best", framealpha=0.8)
 
 
 def _transitions(ax, trajectory: Trajectory, summary: dict[str, Any]) -> None:
@@ -217,7 +217,7 @@ def _transitions(ax, trajectory: Trajectory, summary: dict[str, Any]) -> None:
             titles.append(f"{label}: {found.get('skipped', 'not searched')}")
             continue
         for step in points:
-            axis.axvline(step, color=color, ls=style, lw=1.0)
+            axis.axvline(step, color=color, ls=style, lw=1.3)
         after = sum(bool(j) for j in found.get("gradient_jump_before", []))
         titles.append(f"{label}: {len(points)} change points ({after} after a gradient jump)")
     grad = scalars.get("grad_norm")
