@@ -39,7 +39,7 @@ __all__ = [
     "WeightShapeError",
     "NetworkWeights",
     "expected_shapes",
-    "RANK_SPECTRA",
+    "RANK_PROFILES",
     "flat_rank",
     "init_weights",
     "input_mask",
@@ -69,7 +69,7 @@ MATRICES = (*CONDUCTANCE_MATRICES, "w_out")
 # An initialisation is "canonical", "zero", or a multiple of canonical.
 InitSpec = str | float
 
-RANK_SPECTRA = ("truncated", "flat")
+RANK_PROFILES = ("truncated", "flat")
 """How a rank-r loop keeps its spectrum: the draw's top r singular values (:func:`truncate_rank`), or r equal
 ones (:func:`flat_rank`); both at the draw's Frobenius norm."""
 
@@ -272,7 +272,7 @@ def init_weights(
     rank_w_ei, rank_w_ie : int, optional
         Rank of the loop's draw before the multiple applies: None keeps the
         full draw; r replaces it with a rank-r matrix at the same Frobenius
-        norm, shaped by ``rank_spectrum`` (:data:`RANK_SPECTRA`,
+        norm, shaped by ``rank_spectrum`` (:data:`RANK_PROFILES`,
         :func:`truncate_rank` or :func:`flat_rank`). Needs ``p_ei`` / ``p_ie`` = 1.
     rank_spectrum : {"truncated", "flat"}
 
@@ -286,8 +286,8 @@ def init_weights(
         (as for ``p_ei < 1``).
     """
     c, init = params.connectivity, params.init
-    if rank_spectrum not in RANK_SPECTRA:
-        raise ValueError(f"rank_spectrum: must be one of {', '.join(RANK_SPECTRA)}, got {rank_spectrum!r}")
+    if rank_spectrum not in RANK_PROFILES:
+        raise ValueError(f"rank_spectrum: must be one of {', '.join(RANK_PROFILES)}, got {rank_spectrum!r}")
 
     mask = input_mask(params, seed)
     w_in_draw = _rng(seed, _W_IN).normal(init.w_in_mean, init.w_in_std, (c.n_input, c.n_e)) * init.input_scale_us

@@ -24,7 +24,7 @@ import torch
 from biosim.params import NetworkParams, ParameterError
 from biosim.tiers import TIERS, RunSize
 from biosim.weight_files import FLOAT32_MAX
-from biosim.weights import RANK_SPECTRA, NetworkWeights, init_weights
+from biosim.weights import RANK_PROFILES, NetworkWeights, init_weights
 
 from .model import ENGINES, MATRICES, RECURRENT_BLOCKS, PINGModel
 from .surrogates import SURROGATES, get_surrogate
@@ -300,8 +300,8 @@ class TrainConfig:
             if getattr(connectivity, probability) < 1.0:
                 # The SVD would fill the absent edges in; masking them again would undo the rank.
                 fail(name, f"needs all-to-all edges (network connectivity {probability} = 1)")
-        if self.init_rank_spectrum not in RANK_SPECTRA:
-            fail("init_rank_spectrum", f"must be one of {', '.join(RANK_SPECTRA)}")
+        if self.init_rank_spectrum not in RANK_PROFILES:
+            fail("init_rank_spectrum", f"must be one of {', '.join(RANK_PROFILES)}")
 
     def _check_stream(self, fail: Callable[[str, str], None], is_int, is_number) -> None:
         """``stream_digits`` and ``stream_settle_ms`` (:mod:`biosim.streams`) fit the tier and the trial."""

@@ -22,7 +22,7 @@ from ..verdicts import DEFAULT_CRITERIA, VerdictCriteria
 from .common import Quantity, _quantities, _setting, _write_json, setting_sweep_figure
 
 TRUNCATED, FLAT = "top singular values (truncated)", "equal singular values (flat)"
-SPECTRUM_COLORS = {TRUNCATED: "#1f5fa8", FLAT: "#d9731a"}
+PROFILE_COLORS = {TRUNCATED: "#1f5fa8", FLAT: "#d9731a"}
 
 __all__ = ["draw_loop_rank", "initial_rank", "loop_rank_figure", "loop_rank_rows", "run_dynamics"]
 
@@ -147,7 +147,7 @@ def loop_rank_figure(
             f"{title}: what training changed against the loop's initial rank (thin points: seeds; bold: mean "
             "over seeds; accuracy and I rate: Brian2 on the test digits after training)"
         ),
-        colors=SPECTRUM_COLORS,
+        colors=PROFILE_COLORS,
         log_x=True,
     )
 
