@@ -39,8 +39,11 @@ __all__ = [
     "WeightShapeError",
     "NetworkWeights",
     "expected_shapes",
+    "RANK_PROFILES",
+    "flat_rank",
     "init_weights",
     "input_mask",
+    "truncate_rank",
 ]
 
 CONDUCTANCE_MATRICES = ("w_in", "w_ei", "w_ie")
@@ -65,6 +68,10 @@ MATRICES = (*CONDUCTANCE_MATRICES, "w_out")
 
 # An initialisation is "canonical", "zero", or a multiple of canonical.
 InitSpec = str | float
+
+RANK_PROFILES = ("truncated", "flat")
+"""How a rank-r loop keeps its spectrum: the draw's top r singular values (:func:`truncate_rank`), or r equal
+ones (:func:`flat_rank`); both at the draw's Frobenius norm."""
 
 
 class WeightShapeError(ValueError):
@@ -187,6 +194,54 @@ def _scale(spec: InitSpec, name: str) -> float:
     raise ValueError(f"{name}: unknown initialisation {spec!r}; use 'canonical', 'zero' or a number (x canonical)")
 
 
+def _check_rank(rank: int, name: str = "rank") -> None:
+    if not (isinstance(rank, (int, np.integer)) and not isinstance(rank, bool) and rank >= 1):
+        raise ValueError(f"{name}: must be an int >= 1, got {rank!r}")
+
+
+def truncate_rank(matrix: np.ndarray, rank: int) -> np.ndarray:
+    """The best rank-``rank`` approximation of ``matrix`` (its top singular triplets), at its Frobenius norm.
+
+    ``rank >= min(matrix.shape)`` returns a copy of ``matrix``, bit for bit
+    (no SVD round trip). A zero matrix stays zero.
+    """
+    _check_rank(rank)
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if rank >= min(matrix.shape):
+        return matrix.copy()
+    u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+    truncated = (u[:, :rank] * s[:rank]) @ vt[:rank]
+    norm = np.linalg.norm(truncated)
+    return truncated * (np.linalg.norm(matrix) / norm) if norm > 0 else truncated
+
+
+def flat_rank(matrix: np.ndarray, rank: int) -> np.ndarray:
+    """``matrix``'s top ``rank`` singular vectors with equal singular values, at its Frobenius norm.
+
+    Its participation ratio is ``rank`` exactly (``min(shape)`` where ``rank``
+    is larger), where :func:`truncate_rank` keeps the draw's spectrum. A zero
+    matrix stays zero.
+    """
+    _check_rank(rank)
+    matrix = np.asarray(matrix, dtype=np.float64)
+    rank = min(rank, min(matrix.shape))
+    u, _, vt = np.linalg.svd(matrix, full_matrices=False)
+    return (u[:, :rank] * (np.linalg.norm(matrix) / np.sqrt(rank))) @ vt[:rank]
+
+
+def _with_rank(draw: np.ndarray, rank: int | None, spectrum: str, name: str, probability: float, p_name: str):
+    if rank is None:
+        return draw
+    _check_rank(rank, f"rank_{name}")
+    if probability < 1.0:
+        # The SVD fills the absent edges in; masking them again would undo the rank.
+        raise ValueError(
+            f"rank_{name}: a rank-limited {name} needs all-to-all edges (connectivity.{p_name} = 1), "
+            f"got {p_name} = {probability}"
+        )
+    return truncate_rank(draw, rank) if spectrum == "truncated" else flat_rank(draw, rank)
+
+
 def init_weights(
     params: NetworkParams,
     seed: int,
@@ -196,6 +251,9 @@ def init_weights(
     w_ie: InitSpec = "canonical",
     w_ee: InitSpec = "canonical",
     w_ii: InitSpec = "canonical",
+    rank_w_ei: int | None = None,
+    rank_w_ie: int | None = None,
+    rank_spectrum: str = "truncated",
 ) -> NetworkWeights:
     """Draw the canonical, fan-in normalised weights of the reference study (docs/reference_study.md).
 
@@ -211,6 +269,12 @@ def init_weights(
     w_in, w_ei, w_ie, w_ee, w_ii : "canonical", "zero" or float
         A float multiplies the canonical draw (``0.1`` = 0.1 x canonical).
         ``w_ee`` / ``w_ii`` apply only where the network has the block.
+    rank_w_ei, rank_w_ie : int, optional
+        Rank of the loop's draw before the multiple applies: None keeps the
+        full draw; r replaces it with a rank-r matrix at the same Frobenius
+        norm, shaped by ``rank_spectrum`` (:data:`RANK_PROFILES`,
+        :func:`truncate_rank` or :func:`flat_rank`). Needs ``p_ei`` / ``p_ie`` = 1.
+    rank_spectrum : {"truncated", "flat"}
 
     Returns
     -------
@@ -222,6 +286,8 @@ def init_weights(
         (as for ``p_ei < 1``).
     """
     c, init = params.connectivity, params.init
+    if rank_spectrum not in RANK_PROFILES:
+        raise ValueError(f"rank_spectrum: must be one of {', '.join(RANK_PROFILES)}, got {rank_spectrum!r}")
 
     mask = input_mask(params, seed)
     w_in_draw = _rng(seed, _W_IN).normal(init.w_in_mean, init.w_in_std, (c.n_input, c.n_e)) * init.input_scale_us
@@ -233,6 +299,8 @@ def init_weights(
         w_ei_draw = w_ei_draw * (_rng(seed, _P_EI).random(w_ei_draw.shape) < c.p_ei)
     if c.p_ie < 1.0:
         w_ie_draw = w_ie_draw * (_rng(seed, _P_IE).random(w_ie_draw.shape) < c.p_ie)
+    w_ei_draw = _with_rank(w_ei_draw, rank_w_ei, rank_spectrum, "w_ei", c.p_ei, "p_ei")
+    w_ie_draw = _with_rank(w_ie_draw, rank_w_ie, rank_spectrum, "w_ie", c.p_ie, "p_ie")
     blocks = {}
     if c.has_ee:
         blocks["w_ee"] = _recurrent_block(seed, _W_EE, _P_EE, c.n_e, init.w_ee_mean_us, init.w_ee_std_us, c.p_ee)

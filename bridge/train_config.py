@@ -24,12 +24,12 @@ import torch
 from biosim.params import NetworkParams, ParameterError
 from biosim.tiers import TIERS, RunSize
 from biosim.weight_files import FLOAT32_MAX
-from biosim.weights import init_weights
+from biosim.weights import RANK_PROFILES, NetworkWeights, init_weights
 
 from .model import ENGINES, MATRICES, RECURRENT_BLOCKS, PINGModel
 from .surrogates import SURROGATES, get_surrogate
 
-__all__ = ["ConfigError", "TrainConfig", "build_model"]
+__all__ = ["ConfigError", "TrainConfig", "build_model", "initial_weights"]
 
 
 class ConfigError(ValueError):
@@ -88,6 +88,16 @@ class TrainConfig:
         the canonical draw (``0.1`` = 0.1 x canonical). ``init_w_ee`` /
         ``init_w_ii`` apply to the optional recurrent blocks, where the
         network has them (``network`` connectivity ``p_ee`` / ``p_ii`` > 0).
+    init_rank_w_ei, init_rank_w_ie : int, optional
+        Rank of the initial W_EI / W_IE: None (the default) keeps the full
+        draw; r gives a rank-r matrix at the draw's Frobenius norm, before
+        ``init_w_ei`` / ``init_w_ie`` scale it (:func:`biosim.weights.init_weights`).
+        Needs all-to-all edges (network connectivity ``p_ei`` / ``p_ie`` = 1).
+    init_rank_spectrum : {"truncated", "flat"}
+        The rank-r matrix: the draw's top r singular triplets
+        (:func:`biosim.weights.truncate_rank`), or its top r singular vectors
+        with equal singular values (:func:`biosim.weights.flat_rank`).
+        See docs/learning_dynamics.md, "Low-rank initialisation".
     train_w_in, train_w_ei, train_w_ie, train_w_out, train_w_ee, train_w_ii : bool
         Trainable flag of each matrix. The defaults are the frozen-loop
         control: input and readout train, the E-I loop (and the recurrent
@@ -163,6 +173,9 @@ class TrainConfig:
     train_w_out: bool = True
     init_w_ee: str | float = "canonical"
     init_w_ii: str | float = "canonical"
+    init_rank_w_ei: int | None = None
+    init_rank_w_ie: int | None = None
+    init_rank_spectrum: str = "truncated"
     train_w_ee: bool = False
     train_w_ii: bool = False
     reg_w_ei_distance: float = 0.0
@@ -273,6 +286,22 @@ class TrainConfig:
                 "give a batch_size <= n_train"
             )
         self._check_stream(fail, is_int, is_number)
+        self._check_rank(fail, is_int)
+
+    def _check_rank(self, fail: Callable[[str, str], None], is_int) -> None:
+        """``init_rank_*`` are ranks >= 1 or None, on all-to-all loop blocks; ``init_rank_spectrum`` is known."""
+        connectivity = self.network_params().connectivity
+        for name, probability in (("init_rank_w_ei", "p_ei"), ("init_rank_w_ie", "p_ie")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not (is_int(value) and value >= 1):
+                fail(name, "must be an int >= 1 or None (the full draw)")
+            if getattr(connectivity, probability) < 1.0:
+                # The SVD would fill the absent edges in; masking them again would undo the rank.
+                fail(name, f"needs all-to-all edges (network connectivity {probability} = 1)")
+        if self.init_rank_spectrum not in RANK_PROFILES:
+            fail("init_rank_spectrum", f"must be one of {', '.join(RANK_PROFILES)}")
 
     def _check_stream(self, fail: Callable[[str, str], None], is_int, is_number) -> None:
         """``stream_digits`` and ``stream_settle_ms`` (:mod:`biosim.streams`) fit the tier and the trial."""
@@ -357,10 +386,23 @@ class TrainConfig:
         return cls.from_dict(json.loads(text))
 
 
-def build_model(config: TrainConfig, params: NetworkParams) -> PINGModel:
-    """The untrained model of ``config``: weights ``init_weights(params, seed)``, on the config's device."""
+def initial_weights(config: TrainConfig, params: NetworkParams) -> NetworkWeights:
+    """The stored weights ``config`` starts from: ``init_weights`` with its seed, multiples and ranks."""
     inits = {name: getattr(config, f"init_{name}") for name in ("w_in", "w_ei", "w_ie", *RECURRENT_BLOCKS)}
-    weights = init_weights(params, config.seed, **inits)
+    return init_weights(
+        params,
+        config.seed,
+        **inits,
+        rank_w_ei=config.init_rank_w_ei,
+        rank_w_ie=config.init_rank_w_ie,
+        rank_spectrum=config.init_rank_spectrum,
+    )
+
+
+def build_model(config: TrainConfig, params: NetworkParams) -> PINGModel:
+    """The untrained model of ``config``: weights :func:`initial_weights`, on the config's device."""
+    inits = {name: getattr(config, f"init_{name}") for name in ("w_in", "w_ei", "w_ie", *RECURRENT_BLOCKS)}
+    weights = initial_weights(config, params)
     for name, init in inits.items():
         matrix = getattr(weights, name)
         largest = float(np.abs(matrix).max()) if matrix is not None and matrix.size else 0.0

@@ -270,6 +270,9 @@ _TRAIN_FLAGS = {
     "seed": "--seed",
     "init_w_ei": "--init-w-ei",
     "init_w_ie": "--init-w-ie",
+    "init_rank_w_ei": "--init-rank-w-ei",
+    "init_rank_w_ie": "--init-rank-w-ie",
+    "init_rank_spectrum": "--init-rank-spectrum",
     "idx_directory": "--idx-dir",
     "record_every": "--record-every",
 }
@@ -299,6 +302,9 @@ def _train(args: argparse.Namespace) -> int:
             "stream_digits",
             "stream_settle_ms",
             "record_every",
+            "init_rank_w_ei",
+            "init_rank_w_ie",
+            "init_rank_spectrum",
         )
         if getattr(args, key) is not None
     }
@@ -371,6 +377,18 @@ def _add_train(subparsers) -> None:
     )
     p.add_argument(
         "--init-w-ie", type=_init_spec, default="canonical", help="canonical, zero or a multiple of canonical"
+    )
+    for matrix in ("w-ei", "w-ie"):
+        p.add_argument(
+            f"--init-rank-{matrix}",
+            type=_positive_int,
+            help="rank of the initial matrix at the draw's Frobenius norm (default: the full draw; "
+            "docs/learning_dynamics.md, Low-rank initialisation)",
+        )
+    p.add_argument(
+        "--init-rank-spectrum",
+        choices=("truncated", "flat"),
+        help="a rank-r loop keeps the draw's top r singular values (truncated, the default) or r equal ones (flat)",
     )
     p.add_argument("--train-loop", action="store_true", help="let W_EI and W_IE train (default: frozen loop)")
     p.add_argument("--n-train", type=_positive_int)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from biosim.weight_files import load_weights
-from biosim.weights import init_weights
+from bridge.train_config import initial_weights
 
 from .definitions import RunSpec
 
@@ -83,7 +83,7 @@ def initial_effective(record: RunRecord) -> dict[str, np.ndarray]:
     """Effective W_EI, W_IE at initialisation (redrawn from the run's config and seed)."""
     config = record.spec.config
     params = config.network_params()
-    stored = init_weights(params, seed=config.seed, w_in=config.init_w_in, w_ei=config.init_w_ei, w_ie=config.init_w_ie)
+    stored = initial_weights(config, params)
     return {"w_ei": np.maximum(stored.w_ei, 0.0), "w_ie": np.maximum(stored.w_ie, 0.0)}
 
 

@@ -34,6 +34,13 @@ verdicts are :func:`protocols.verdicts.run_verdict` and
   :func:`ladder_trajectories_figure` (``reference_ladder_trajectories.<format>``):
   accuracy, rates and W_EI pruned against Adam steps, one line per seed.
 
+- ``loop_rank``: :func:`loop_rank_figure` (``loop_rank.<format>``), the
+  relative change of W_EI and W_IE, the CKA of the E rates (initial against
+  trained), the effective rank of W_EI's change, accuracy and I rate against
+  the initial effective W_EI's centred participation ratio, one line per
+  spectrum (truncated, flat), from each run's learning-dynamics summary
+  (:func:`run_dynamics`); :func:`loop_rank_rows` (``loop_rank.json``).
+
 :func:`draw_sweep_figures` draws the figures the protocol's record names
 (``figures`` of :class:`protocols.registry.ProtocolDefinition`).
 """
@@ -56,6 +63,7 @@ from .anti_pruning import (
 )
 from .basin_map import BasinGrid, basin_arrows_figure, basin_cells, basin_grid, basin_map_figure, draw_basin_map
 from .common import QUANTITIES, VERDICT_COLORS, Quantity, setting_sweep_figure, short_verdict
+from .loop_rank import draw_loop_rank, loop_rank_figure, loop_rank_rows, run_dynamics
 from .reference_ladder import (
     draw_reference_ladder,
     ladder_rows,
@@ -95,6 +103,10 @@ __all__ = [
     "draw_basin_map",
     "draw_reference_ladder",
     "draw_tau_gaba",
+    "draw_loop_rank",
+    "loop_rank_figure",
+    "loop_rank_rows",
+    "run_dynamics",
     "VERDICT_COLORS",
 ]
 

@@ -348,8 +348,9 @@ def setting_sweep_figure(
         _draw_series(ax, lines, colors, x_shown)
         if log_x:
             ax.set_xscale("log")
-            ticks = [zero_at, *positive]
-            ax.set_xticks(ticks, [zero_label or "0", *(f"{x:g}" for x in positive)])
+            # The 0 tick only where a run sits at x = 0 (loop_rank's axis has none).
+            zero = [zero_at] if any(x <= 0 for x in all_x) else []
+            ax.set_xticks([*zero, *positive], [*(zero_label or "0" for _ in zero), *(f"{x:g}" for x in positive)])
             ax.minorticks_off()
             if any(x <= 0 for x in all_x):
                 # The axis is broken between lambda = 0 and the smallest positive lambda.
