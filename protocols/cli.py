@@ -272,6 +272,7 @@ _TRAIN_FLAGS = {
     "init_w_ie": "--init-w-ie",
     "idx_directory": "--idx-dir",
     "record_every": "--record-every",
+    "feedback_rank": "--feedback-rank",
 }
 """TrainConfig field -> the ``biosim train`` flag that sets it (named in config errors)."""
 
@@ -299,6 +300,7 @@ def _train(args: argparse.Namespace) -> int:
             "stream_digits",
             "stream_settle_ms",
             "record_every",
+            "feedback_rank",
         )
         if getattr(args, key) is not None
     }
@@ -408,6 +410,12 @@ def _add_train(subparsers) -> None:
     )
     p.add_argument("--idx-dir", default=None, help="directory with the MNIST IDX files (default: embedded digits)")
     p.add_argument("--record-every", type=_positive_int, help=_RECORD_EVERY_HELP)
+    p.add_argument(
+        "--feedback-rank",
+        type=int,
+        help="error feedback into E through a fixed random matrix of this rank instead of W_out "
+        "(docs/learning_dynamics.md; default 0: exact BPTT)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_train)
