@@ -56,6 +56,9 @@ dL/dcount_e`` and ``l_s_i = l_gi_e' w_ie^T + dL/dcount_i``; the readout's is
 ``l_u = dL/dscore_sum + decay_readout l_u'``. The weight gradients are
 ``dW_in = sum_t x(t)^T l_ge_e(t+1)``, ``dW_ie = sum_t s_i(t)^T l_gi_e(t+1)``,
 ``dW_ei = sum_t s_e(t)^T l_ge_i(t+1)``, ``dW_out = sum_t s_e(t)^T l_u(t+1)``.
+With a feedback matrix ``B`` (:mod:`bridge.feedback`) the E spikes' adjoint
+reads ``l_u' B^T`` in place of ``l_u' w_out^T`` (``[w_ei, B]`` in the
+product), and ``dW_out`` is unchanged.
 Without an I -> I block ``gi_i`` has no input, so its adjoint reaches no
 weight and is not computed; without an E -> E block ``l_ge_e`` only feeds
 ``dW_in`` and is computed only when ``w_in`` needs a gradient. This is the

@@ -27,6 +27,7 @@ from bridge.simulate import torch_weights
 from bridge.surrogates import get_surrogate
 from bridge.train_config import ConfigError, TrainConfig
 from bridge.training import BatchContext, train
+from protocols.definitions import get_protocol
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -195,3 +196,27 @@ def test_smoke_run_with_feedback_trains_resumes_with_the_same_b(tmp_path):
     exact = train(SMOKE, tmp_path / "exact", progress=False)
     assert exact.model.feedback is None
     assert not torch.equal(exact.model.w_in, whole.model.w_in)
+
+
+# --- the protocol -------------------------------------------------------------------------------------
+
+
+def test_feedback_rank_protocol_pairs_each_rank_with_exact_bptt_on_the_trainable_canonical_loop():
+    protocol = get_protocol("feedback_rank")
+    assert protocol.tier == "survey" and protocol.seeds == (42, 43, 44)
+    runs = [r for r in protocol.runs() if r.seed == 42]
+    configs = {r.condition: r.config for r in runs}
+    assert {name: c.feedback_rank for name, c in configs.items()} == {
+        "trainable_ping_init": 0,
+        "feedback_rank_1": 1,
+        "feedback_rank_2": 2,
+        "feedback_rank_5": 5,
+        "feedback_rank_10": 10,
+    }
+    # Each feedback run is dale_pruning's trainable canonical loop but for the feedback matrix.
+    dale = {r.condition: r.config for r in get_protocol("dale_pruning", tier="survey", seeds=(42,)).runs()}
+    exact = configs.pop("trainable_ping_init")
+    assert exact == dale["trainable_ping_init"]
+    for config in configs.values():
+        assert config.train_w_ei and config.train_w_ie and config.init_w_ei == "canonical"
+        assert dataclasses.replace(config, feedback_rank=0) == exact
