@@ -252,6 +252,11 @@ def _check_stackable(configs: list[TrainConfig]) -> None:
     for config in configs:
         if config.stream_digits != 1:
             raise ConfigError("TrainConfig.stream_digits: digit streams are not trained batched; train them alone")
+        if config.feedback_rank != 0:
+            raise ConfigError(
+                "TrainConfig.feedback_rank: the batched engine has no feedback matrix (exact BPTT only); "
+                "train feedback runs alone"
+            )
     first = configs[0].to_dict()
     for config in configs[1:]:
         other = config.to_dict()

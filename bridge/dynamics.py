@@ -41,6 +41,8 @@ import torch
 
 from biosim.params import MembraneParams, NetworkParams
 
+from .feedback import readout_increment
+
 __all__ = [
     "NetworkState",
     "PopulationConstants",
@@ -346,6 +348,7 @@ def step(
     constants: Constants,
     weights: Weights,
     spike_fn: SpikeFunction = heaviside,
+    feedback: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, NetworkState]:
     """Advance the network by one time step.
 
@@ -360,12 +363,15 @@ def step(
     spike_fn : callable
         Maps ``v - v_threshold`` to spikes; the Heaviside step in the forward
         pass, with a surrogate derivative when training.
+    feedback : Tensor (n_e, n_classes), optional
+        Fixed feedback matrix: the readout's gradient reaches the E spikes
+        through it instead of ``w_out`` (:mod:`bridge.feedback`); None: exact.
 
     Returns
     -------
     spikes_e, spikes_i, state
     """
-    return advance(input_spikes @ weights.w_in, state, constants, weights, spike_fn)
+    return advance(input_spikes @ weights.w_in, state, constants, weights, spike_fn, feedback)
 
 
 def advance(
@@ -374,6 +380,7 @@ def advance(
     constants: Constants,
     weights: Weights,
     spike_fn: SpikeFunction = heaviside,
+    feedback: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, NetworkState]:
     """:func:`step` with the input already projected: ``input_drive = input_spikes @ w_in``.
 
@@ -388,6 +395,8 @@ def advance(
 
     def synapses(name: str, spikes: torch.Tensor) -> torch.Tensor | None:
         weight = getattr(weights, name)
+        if name == "w_out":
+            return readout_increment(spikes, weight, feedback)
         return None if weight is None else spikes @ weight
 
     step = transition(state, constants, input_drive, threshold, synapses)

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 
 from .dynamics import Constants, NetworkState, SpikeFunction, Weights, heaviside, initial_state, step
+from .feedback import check_feedback
 
 __all__ = ["Engine", "NetworkOutput", "run_network"]
 
@@ -81,6 +82,7 @@ def run_network(
     record_population: bool = False,
     record_readout: bool = False,
     membrane_grad_scale: float = 1.0,
+    feedback: torch.Tensor | None = None,
 ) -> NetworkOutput:
     """Run whole trials by calling :func:`bridge.dynamics.step` once per time step ("eager" engine).
 
@@ -109,6 +111,10 @@ def run_network(
         path along the membranes through time, as the reference study's
         trainer did ("v-grad dampen 1000" is 1e-3); the forward pass is
         unchanged. See docs/training.md, "Membrane-gradient damping".
+    feedback : Tensor (n_e, n_classes), optional
+        Fixed feedback matrix (:mod:`bridge.feedback`): the readout's error
+        reaches the E spikes through it in place of ``w_out``; the gradient
+        of ``w_out`` and the forward pass are unchanged. None: exact BPTT.
 
     Returns
     -------
@@ -117,6 +123,7 @@ def run_network(
     """
     n_steps = x.shape[1]
     dtype = v_init_e.dtype
+    check_feedback(feedback, weights.w_out)
     state = initial_state(v_init_e, v_init_i, weights.w_out.shape[1])
     counts_e = torch.zeros_like(v_init_e)
     counts_i = torch.zeros_like(v_init_i)
@@ -130,7 +137,7 @@ def run_network(
                 v_e=_ScaleGradient.apply(state.v_e, membrane_grad_scale),
                 v_i=_ScaleGradient.apply(state.v_i, membrane_grad_scale),
             )
-        spikes_e, spikes_i, state = step(x[:, t].to(dtype), state, constants, weights, spike_fn)
+        spikes_e, spikes_i, state = step(x[:, t].to(dtype), state, constants, weights, spike_fn, feedback)
         counts_e = counts_e + spikes_e
         counts_i = counts_i + spikes_i
         if record_population:

@@ -56,6 +56,9 @@ dL/dcount_e`` and ``l_s_i = l_gi_e' w_ie^T + dL/dcount_i``; the readout's is
 ``l_u = dL/dscore_sum + decay_readout l_u'``. The weight gradients are
 ``dW_in = sum_t x(t)^T l_ge_e(t+1)``, ``dW_ie = sum_t s_i(t)^T l_gi_e(t+1)``,
 ``dW_ei = sum_t s_e(t)^T l_ge_i(t+1)``, ``dW_out = sum_t s_e(t)^T l_u(t+1)``.
+With a feedback matrix ``B`` (:mod:`bridge.feedback`) the E spikes' adjoint
+reads ``l_u' B^T`` in place of ``l_u' w_out^T`` (``[w_ei, B]`` in the
+product), and ``dW_out`` is unchanged.
 Without an I -> I block ``gi_i`` has no input, so its adjoint reaches no
 weight and is not computed; without an E -> E block ``l_ge_e`` only feeds
 ``dW_in`` and is computed only when ``w_in`` needs a gradient. This is the
@@ -121,6 +124,7 @@ from .dynamics import (
     transition,
 )
 from .eager import NetworkOutput, run_network
+from .feedback import check_feedback
 from .fused_kernels import (
     GRADIENT_ACCUMULATORS,
     KERNEL_SURROGATES,
@@ -260,6 +264,8 @@ class _Problem:
     library: KernelLibrary | None
     membrane_grad_scale: float = 1.0
     """Factor on the membrane adjoint at every step (:func:`run_network_fused`)."""
+    feedback: torch.Tensor | None = None
+    """Fixed feedback matrix in place of ``w_out`` in the E spikes' adjoint (:mod:`bridge.feedback`); None: exact."""
 
     @property
     def n_chunks(self) -> int:
@@ -276,6 +282,7 @@ class _Problem:
         w_e_out: torch.Tensor,
         w_ee: torch.Tensor | None,
         w_ii: torch.Tensor | None,
+        w_e_back: torch.Tensor | None = None,
     ) -> Network:
         c, (batch, n_steps, n_input) = self.constants, self.x.shape
         kind, slope, unit_mv = _surrogate_fields(self.surrogate)
@@ -306,6 +313,7 @@ class _Problem:
             membrane_grad_scale=self.membrane_grad_scale,
             w_ee=w_ee,
             w_ii=w_ii,
+            w_e_back=w_e_back,
         )
 
 
@@ -331,15 +339,28 @@ def _initial_state(problem: _Problem) -> dict[str, torch.Tensor]:
 
 
 def _forward_kernels(
-    problem: _Problem, w_in, w_ie, w_e_out, w_ee, w_ii, u, score_sum, trace, raster_e, raster_i, checkpoints, events
+    problem: _Problem,
+    w_in,
+    w_ie,
+    w_e_out,
+    w_ee,
+    w_ii,
+    u,
+    score_sum,
+    trace,
+    raster_e,
+    raster_i,
+    checkpoints,
+    events,
+    w_e_back=None,
 ):
     """The whole time loop in the CPU kernels; returns the final state, spike counts, population counts and the
-    kernels' ``Network`` struct (the backward pass passes it back)."""
+    kernels' ``Network`` struct (the backward pass passes it back, ``w_e_back`` for its adjoint)."""
     state = _initial_state(problem)
     batch, n_steps, _ = problem.x.shape
     counts = {name: torch.zeros_like(state[f"v_{name}"]) for name in ("e", "i")}
     population = {name: u.new_empty(batch, n_steps) for name in ("e", "i")}
-    network = problem.network_struct(w_in, w_ie, w_e_out, w_ee, w_ii)
+    network = problem.network_struct(w_in, w_ie, w_e_out, w_ee, w_ii, w_e_back)
     buffers = make_struct(
         ForwardBuffers,
         state=state_struct(state),
@@ -384,10 +405,23 @@ class _ForwardSynapses:
 
 
 def _forward_torch(
-    problem: _Problem, w_in, w_ie, w_e_out, w_ee, w_ii, u, score_sum, trace, raster_e, raster_i, checkpoints, events
+    problem: _Problem,
+    w_in,
+    w_ie,
+    w_e_out,
+    w_ee,
+    w_ii,
+    u,
+    score_sum,
+    trace,
+    raster_e,
+    raster_i,
+    checkpoints,
+    events,
+    w_e_back=None,
 ):
     """The whole time loop in torch operations (each step :func:`bridge.dynamics.transition`); returns what
-    :func:`_forward_kernels` returns."""
+    :func:`_forward_kernels` returns (``w_e_back`` is the adjoint's alone)."""
     x, constants = problem.x, problem.constants
     chunk, sparse = problem.chunk_steps, problem.sparse
     batch, n_steps, _ = x.shape
@@ -464,10 +498,13 @@ class _ForwardRun(NamedTuple):
     """The input raster's spikes by step (torch operations only; the kernels read the raster)."""
 
 
-def _run_forward(problem: _Problem, w_in, w_ie, w_e_out, n_classes: int, w_ee=None, w_ii=None) -> _ForwardRun:
+def _run_forward(
+    problem: _Problem, w_in, w_ie, w_e_out, n_classes: int, w_ee=None, w_ii=None, w_e_back=None
+) -> _ForwardRun:
     """The forward time loop (kernels or torch operations), with the buffers it fills.
 
-    ``w_ee`` / ``w_ii``: the recurrent blocks (contiguous), None where the network has none.
+    ``w_ee`` / ``w_ii``: the recurrent blocks (contiguous), None where the network has none. ``w_e_back``:
+    ``[w_ei, B]`` for the adjoint's E-spike products with a feedback matrix ``B`` (None: ``w_e_out``).
     """
     batch, n_steps, _ = problem.x.shape
     n_e, n_i = w_in.shape[1], w_ie.shape[0]
@@ -487,7 +524,7 @@ def _run_forward(problem: _Problem, w_in, w_ie, w_e_out, n_classes: int, w_ee=No
     run = _forward_kernels if problem.library is not None else _forward_torch
     buffers = (u, score_sum, trace, raster_e, raster_i, checkpoints)
     state, counts_e, counts_i, population_e, population_i, network = run(
-        problem, w_in, w_ie, w_e_out, w_ee, w_ii, *buffers, events
+        problem, w_in, w_ie, w_e_out, w_ee, w_ii, *buffers, events, w_e_back
     )
     return _ForwardRun(
         checkpoints,
@@ -540,6 +577,8 @@ class _Saved(NamedTuple):
     w_ii: torch.Tensor | None
     w_e_out: torch.Tensor
     """``[w_ei, w_out]``, the forward pass's concatenation (the adjoint's products use it too)."""
+    w_e_back: torch.Tensor | None
+    """``[w_ei, B]`` with a feedback matrix ``B``: the adjoint's E-spike products use it instead; None: exact."""
     raster_e: torch.Tensor
     raster_i: torch.Tensor
     events_step: torch.Tensor | None
@@ -580,7 +619,9 @@ class _FusedNetwork(torch.autograd.Function):
         w_in, w_ie = w_in.contiguous(), w_ie.contiguous()
         w_ee, w_ii = (None if w is None else w.contiguous() for w in (w_ee, w_ii))  # None: no such block
         w_e_out = torch.cat([w_ei, w_out], dim=1)  # E spikes feed ge_i and the readout: one gather serves both
-        run = _run_forward(problem, w_in, w_ie, w_e_out, w_out.shape[1], w_ee, w_ii)
+        # Feedback alignment: the readout's error reaches the E spikes through B instead of w_out.
+        w_e_back = None if problem.feedback is None else torch.cat([w_ei.detach(), problem.feedback], dim=1)
+        run = _run_forward(problem, w_in, w_ie, w_e_out, w_out.shape[1], w_ee, w_ii, w_e_back)
         state = run.state
         if problem.save:
             events = run.events
@@ -593,6 +634,7 @@ class _FusedNetwork(torch.autograd.Function):
                     w_ee,
                     w_ii,
                     w_e_out,
+                    w_e_back,
                     run.raster_e,
                     run.raster_i,
                     *((None,) * 3 if events is None else (events.step, events.trial, events.neuron)),
@@ -653,6 +695,8 @@ class _Adjoint:
         self.w_in, self.w_ie, self.w_out = w_in, w_ie, w_out
         self.w_ee, self.w_ii = w_ee, w_ii  # the recurrent blocks, None where the network has none
         self.w_e_out = saved.w_e_out
+        # The E spikes' adjoint reads [w_ei, B] with a feedback matrix; dW_out stays sum_t s_e(t)^T l_u(t + 1).
+        self.w_e_back = saved.w_e_out if saved.w_e_back is None else saved.w_e_back
         self.input_events = saved.input_events
         raster_e = saved.raster_e
         self.n_steps, self.batch, self.n_e = raster_e.shape
@@ -799,6 +843,8 @@ class _Adjoint:
     def _spike_adjoints(self, j: int, t: int):
         """``l_s_e = [l_ge_i, l_u](slot j + 1) [w_ei, w_out]^T + dL/dcount_e + dL/dpopulation_e(t)``, ``l_s_i = ...``.
 
+        With a feedback matrix ``B``, ``[w_ei, B]`` in place of ``[w_ei, w_out]``.
+
         ``l_s_i = l_gi_e(slot j + 1) w_ie^T + dL/dcount_i``; ``t`` is the step of slot ``j``.
         """
         bias_e = self.g_counts_e
@@ -807,7 +853,7 @@ class _Adjoint:
             bias_e = population.expand(-1, self.n_e) if bias_e is None else bias_e + population
         product = []
         for bias, adjoint, weight in (
-            (bias_e, self.leo[j + 1], self.w_e_out),
+            (bias_e, self.leo[j + 1], self.w_e_back),
             (self.g_counts_i, self.lgi_e[j + 1], self.w_ie),
         ):
             product.append(torch.mm(adjoint, weight.t()) if bias is None else torch.addmm(bias, adjoint, weight.t()))
@@ -1075,8 +1121,10 @@ class FusedEngine:
         record_population: bool = False,
         record_readout: bool = False,
         membrane_grad_scale: float = 1.0,
+        feedback: torch.Tensor | None = None,
     ) -> NetworkOutput:
         """Run whole trials; see :func:`run_network_fused`."""
+        check_feedback(feedback, weights.w_out)
 
         if spike_fn is heaviside:
             surrogate = None
@@ -1094,10 +1142,12 @@ class FusedEngine:
                 record_population=record_population,
                 record_readout=record_readout,
                 membrane_grad_scale=membrane_grad_scale,
+                feedback=feedback,
             )
         save = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
         problem = self._problem(x, v_init_e, v_init_i, weights, constants, surrogate, save)
         problem.membrane_grad_scale = float(membrane_grad_scale)
+        problem.feedback = None if feedback is None else feedback.detach().contiguous()
         w = weights
         # The kernels take the caller's flush-to-zero mode at the forward pass into the backward pass too.
         with flushed_denormals():
@@ -1184,6 +1234,7 @@ def run_network_fused(
     record_population: bool = False,
     record_readout: bool = False,
     membrane_grad_scale: float = 1.0,
+    feedback: torch.Tensor | None = None,
 ) -> NetworkOutput:
     """Run whole trials with the fused engine: a drop-in for :func:`bridge.eager.run_network`.
 
@@ -1211,6 +1262,9 @@ def run_network_fused(
     membrane_grad_scale : float
         As in :func:`bridge.eager.run_network`: the membrane adjoint is
         multiplied by it at every step (1: exact gradients).
+    feedback : Tensor (n_e, n_classes), optional
+        As in :func:`bridge.eager.run_network`: the E spikes' adjoint reads
+        ``[w_ei, feedback]`` instead of ``[w_ei, w_out]`` (None: exact).
 
     Returns
     -------
@@ -1239,4 +1293,5 @@ def run_network_fused(
         record_population=record_population,
         record_readout=record_readout,
         membrane_grad_scale=membrane_grad_scale,
+        feedback=feedback,
     )

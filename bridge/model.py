@@ -89,6 +89,9 @@ class PINGModel(nn.Module):
         See docs/training.md, "The readout's scale".
     membrane_grad_scale : float
         Damping of the membrane gradient through time (:func:`run_network`).
+    feedback : ndarray (n_e, n_classes), optional
+        Fixed feedback matrix through which the readout's error reaches the
+        E spikes instead of ``w_out`` (:mod:`bridge.feedback`); None: exact BPTT.
 
     Attributes
     ----------
@@ -104,6 +107,9 @@ class PINGModel(nn.Module):
     input_mask : Tensor (n_input, n_e) of bool
         Buffer: which input -> E edges exist. ``w_in`` is multiplied by it in
         the forward pass, so entries outside the mask get zero gradient.
+    feedback : Tensor (n_e, n_classes) or None
+        Buffer: the feedback matrix, in the model's dtype (saved with the
+        model's state where there is one).
     """
 
     def __init__(
@@ -117,6 +123,7 @@ class PINGModel(nn.Module):
         dtype: torch.dtype = torch.float32,
         w_out_unit: float = 1.0,
         membrane_grad_scale: float = 1.0,
+        feedback: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         if not (isinstance(membrane_grad_scale, (int, float)) and 0 < membrane_grad_scale <= 1):
@@ -147,6 +154,12 @@ class PINGModel(nn.Module):
             value = torch.as_tensor(value / self.w_out_unit if name == "w_out" else value, dtype=dtype)
             self.register_parameter(name, nn.Parameter(value.clone(), requires_grad=trainable.get(name, True)))
         self.register_buffer("input_mask", torch.as_tensor(np.asarray(weights.input_mask, dtype=bool)).clone())
+        if feedback is not None:
+            feedback = torch.as_tensor(np.asarray(feedback, dtype=np.float64), dtype=dtype)
+            if feedback.shape != self.w_out.shape:
+                expected = tuple(self.w_out.shape)
+                raise ValueError(f"feedback: expected the shape of w_out {expected}, got {tuple(feedback.shape)}")
+        self.register_buffer("feedback", feedback)
 
     @classmethod
     def from_network_weights(
@@ -161,6 +174,7 @@ class PINGModel(nn.Module):
         device: torch.device | str = "cpu",
         w_out_unit: float = 1.0,
         membrane_grad_scale: float = 1.0,
+        feedback: np.ndarray | None = None,
     ) -> PINGModel:
         """Build a model from stored numpy weights and move it to ``device``."""
         model = cls(
@@ -172,6 +186,7 @@ class PINGModel(nn.Module):
             dtype=dtype,
             w_out_unit=w_out_unit,
             membrane_grad_scale=membrane_grad_scale,
+            feedback=feedback,
         )
         return model.to(device)
 
@@ -224,6 +239,8 @@ class PINGModel(nn.Module):
             Also return the readout potentials after each step.
         """
         dtype = self.w_out.dtype
+        # Only with a feedback matrix: an engine registered without the option still runs exact models.
+        options = {} if self.feedback is None else {"feedback": self.feedback}
         return get_engine(self.engine)(
             x,
             v_init_e.to(dtype),
@@ -234,4 +251,5 @@ class PINGModel(nn.Module):
             record_population=record_population,
             record_readout=record_readout,
             membrane_grad_scale=self.membrane_grad_scale,
+            **options,
         )

@@ -26,6 +26,7 @@ from biosim.tiers import TIERS, RunSize
 from biosim.weight_files import FLOAT32_MAX
 from biosim.weights import RANK_PROFILES, NetworkWeights, init_weights
 
+from .feedback import feedback_matrix
 from .model import ENGINES, MATRICES, RECURRENT_BLOCKS, PINGModel
 from .surrogates import SURROGATES, get_surrogate
 
@@ -113,6 +114,11 @@ class TrainConfig:
     reg_gamma_power : float
         Strength lambda of the penalty on low gamma-band power of the E
         population (:func:`bridge.regularisers.gamma_shortfall`); 0 = off.
+    feedback_rank : int
+        0 = exact BPTT. ``d >= 1``: the readout's error reaches the E spikes
+        through a fixed random matrix of rank ``d`` (at most ``min(n_e,
+        n_classes)``) instead of ``w_out`` (:mod:`bridge.feedback`); the rest
+        of the gradient stays exact. Not trained batched.
     stream_digits : int
         Digits per trial (:mod:`biosim.streams`): with more than one, the
         digits of a batch are presented back to back in streams of this
@@ -180,6 +186,7 @@ class TrainConfig:
     train_w_ii: bool = False
     reg_w_ei_distance: float = 0.0
     reg_gamma_power: float = 0.0
+    feedback_rank: int = 0
     stream_digits: int = 1
     stream_settle_ms: float = 0.0
     seed: int = 42
@@ -259,6 +266,9 @@ class TrainConfig:
                     f"train_{name}",
                     f"trains a block the network does not have (network connectivity {probability} = 0)",
                 )
+        largest_rank = min(connectivity.n_e, connectivity.n_classes)
+        if not (is_int(self.feedback_rank) and 0 <= self.feedback_rank <= largest_rank):
+            fail("feedback_rank", f"must be an int in 0 .. min(n_e, n_classes) = {largest_rank} (0 = exact BPTT)")
         if not (is_int(self.max_retries) and self.max_retries >= 0):
             fail("max_retries", "must be a non-negative int")
         if not (is_number(self.retry_lr_factor) and 0 < self.retry_lr_factor <= 1):
@@ -423,4 +433,5 @@ def build_model(config: TrainConfig, params: NetworkParams) -> PINGModel:
         device=config.device,
         w_out_unit=config.w_out_unit,
         membrane_grad_scale=config.membrane_grad_scale,
+        feedback=feedback_matrix(params, config.seed, config.feedback_rank) if config.feedback_rank else None,
     )

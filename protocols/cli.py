@@ -275,6 +275,7 @@ _TRAIN_FLAGS = {
     "init_rank_spectrum": "--init-rank-spectrum",
     "idx_directory": "--idx-dir",
     "record_every": "--record-every",
+    "feedback_rank": "--feedback-rank",
 }
 """TrainConfig field -> the ``biosim train`` flag that sets it (named in config errors)."""
 
@@ -305,6 +306,7 @@ def _train(args: argparse.Namespace) -> int:
             "init_rank_w_ei",
             "init_rank_w_ie",
             "init_rank_spectrum",
+            "feedback_rank",
         )
         if getattr(args, key) is not None
     }
@@ -426,6 +428,12 @@ def _add_train(subparsers) -> None:
     )
     p.add_argument("--idx-dir", default=None, help="directory with the MNIST IDX files (default: embedded digits)")
     p.add_argument("--record-every", type=_positive_int, help=_RECORD_EVERY_HELP)
+    p.add_argument(
+        "--feedback-rank",
+        type=int,
+        help="error feedback into E through a fixed random matrix of this rank instead of W_out "
+        "(docs/learning_dynamics.md; default 0: exact BPTT)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_train)

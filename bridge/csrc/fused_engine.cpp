@@ -96,7 +96,8 @@ inline void vector_exp(int64_t n, const double* in, double* out) { vmdExp(n, in,
   F(double, surrogate_slope) F(double, surrogate_unit_mv)                                                  \
   F(double, membrane_grad_scale)    /* factor on the membrane adjoint handed to the step before (1: exact) */ \
   F(const void*, w_ee)              /* (n_e, n_e) E -> E onto ge_e, or null: no such block */             \
-  F(const void*, w_ii)              /* (n_i, n_i) I -> I onto gi_i, or null: no such block */
+  F(const void*, w_ii)              /* (n_i, n_i) I -> I onto gi_i, or null: no such block */             \
+  F(const void*, w_e_back)          /* (n_e, n_i + n_classes): [w_ei, B], feedback B in the adjoint; null: w_e_out */
 
 // (batch, n) rows; ready = first step at which a neuron integrates again
 #define BIOSIM_FIELDS_State(F)                                                                            \
@@ -878,6 +879,11 @@ void recurrent_spike_adjoints(const Network& net, const AdjointBuffers& buf, int
   }
 }
 
+// The matrix the E spikes' adjoint reads: [w_ei, w_out] (exact), or [w_ei, B] with a feedback matrix B.
+inline const void* adjoint_e_matrix(const Network& net) {
+  return net.w_e_back != nullptr ? net.w_e_back : net.w_e_out;
+}
+
 // The two products per step with the loop matrices (float32, weights packed by pack_weights), for `rows`
 // trials: ls_e (+)= [l_ge_i, l_u] [w_ei, w_out]^T, ls_i (+)= l_gi_e w_ie^T.
 void packed_products(const Network& net, int64_t rows, const float* leo, const float* lgi, const float* packed_e,
@@ -930,12 +936,13 @@ void spike_adjoints(const Network& net, const AdjointBuffers& buf, const ChunkEx
       return;
     }
   }
-  gemm("T", "N", &n_e, &rows, &n_eo, &one, static_cast<const T*>(net.w_e_out), &n_eo, leo, &n_eo, &beta_e, ls_e, &n_e);
+  gemm("T", "N", &n_e, &rows, &n_eo, &one, static_cast<const T*>(adjoint_e_matrix(net)), &n_eo, leo, &n_eo, &beta_e,
+       ls_e, &n_e);
   gemm("T", "N", &n_i, &rows, &n_e, &one, static_cast<const T*>(net.w_ie), &n_e, lgi, &n_e, &beta_i, ls_i, &n_i);
   recurrent_spike_adjoints<T>(net, buf, next, rows, ls_e, ls_i);
 }
 
-// Bytes of the packed [w_ei, w_out] and w_ie (float32), for products with up to `rows` trials: panels on
+// Bytes of the packed [w_ei, w_out] (or [w_ei, B]) and w_ie (float32), for products with up to `rows` trials: panels on
 // AVX-512 and AVX2, MKL's packed format elsewhere.
 void packed_sizes(const Network& net, int64_t rows, int64_t* sizes) {
   const int64_t n_eo = net.n_i + net.n_classes;
@@ -951,11 +958,11 @@ void packed_sizes(const Network& net, int64_t rows, int64_t* sizes) {
 void pack_weights(const Network& net, int64_t rows, void* packed_e, void* packed_i) {
   const int64_t n_eo = net.n_i + net.n_classes;
 #if BIOSIM_PANELS
-  to_panels(static_cast<const float*>(net.w_e_out), net.n_e, n_eo, static_cast<float*>(packed_e));
+  to_panels(static_cast<const float*>(adjoint_e_matrix(net)), net.n_e, n_eo, static_cast<float*>(packed_e));
   to_panels(static_cast<const float*>(net.w_ie), net.n_i, net.n_e, static_cast<float*>(packed_i));
 #else
-  cblas_sgemm_pack(kColumnMajor, kAMatrix, kTrans, net.n_e, rows, n_eo, 1.0f, static_cast<const float*>(net.w_e_out),
-                   n_eo, static_cast<float*>(packed_e));
+  cblas_sgemm_pack(kColumnMajor, kAMatrix, kTrans, net.n_e, rows, n_eo, 1.0f,
+                   static_cast<const float*>(adjoint_e_matrix(net)), n_eo, static_cast<float*>(packed_e));
   cblas_sgemm_pack(kColumnMajor, kAMatrix, kTrans, net.n_i, rows, net.n_e, 1.0f, static_cast<const float*>(net.w_ie),
                    net.n_e, static_cast<float*>(packed_i));
 #endif
