@@ -119,11 +119,16 @@ if AVAILABLE:  # jitted on first use (_kernels), when TRITON_INTERPRET is as the
             tl.store(fired_out + offsets, fired.to(tl.int8), mask=mask)
             tl.store(spikes_out + offsets, fired.to(v.dtype), mask=mask)  # 0/1 for the products: no cast kernel
 
-    def _readout_kernel(u_ptr, increment_ptr, score_ptr, decay_ptr, u_out, score_out, n, BLOCK: tl.constexpr):
+    def _readout_kernel(
+        u_ptr, increment_ptr, score_ptr, decay_ptr, u_out, score_out, n, n_columns, increment_row_stride,
+        HAS_INCREMENT: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offsets < n
         u = tl.load(u_ptr + offsets, mask=mask) * tl.load(decay_ptr)
-        u = u + tl.load(increment_ptr + offsets, mask=mask)
+        if HAS_INCREMENT:  # rows with their own stride: the increment may be a column slice of a wider product
+            rows = offsets // n_columns
+            u = u + tl.load(increment_ptr + rows * increment_row_stride + (offsets - rows * n_columns), mask=mask)
         tl.store(u_out + offsets, u, mask=mask)
         tl.store(score_out + offsets, tl.load(score_ptr + offsets, mask=mask) + u, mask=mask)
 
@@ -136,6 +141,11 @@ def _kernels() -> tuple[Any, Any, bool]:
         raise RuntimeError("bridge.triton_step needs the optional package triton (pip install triton)")
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     return triton.jit(_population_kernel), triton.jit(_readout_kernel), interpreted
+
+
+def _launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
+    """Every kernel launch of this module goes through here (``benchmarks/operations.py`` counts them)."""
+    kernel[grid](*args, **kwargs)
 
 
 def wanted(device: torch.device | str) -> bool:
@@ -212,8 +222,8 @@ def population_step(
     n = v.numel()
     grid = (triton.cdiv(n, BLOCK),)
     in_memory = isinstance(step, torch.Tensor)
-    population_kernel[grid](
-        *tensors, drive if drive is not None else tensors[1], k_tensor,
+    _launch(
+        population_kernel, grid, *tensors, drive if drive is not None else tensors[1], k_tensor,
         *outs, fired_bytes, integrating, spikes if spikes is not None else tensors[0],
         n, 0 if in_memory else step, step if in_memory else tensors[3], k.refractory_steps, 8,
         HAS_DRIVE=drive is not None, STEP_IN_MEMORY=in_memory, LIBDEVICE_EXP=not interpreted, FIRED_GIVEN=given,
@@ -225,15 +235,43 @@ def population_step(
 def readout_step(
     u: torch.Tensor, increment: torch.Tensor | None, score_sum: torch.Tensor, decay: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The readout's step in one kernel: ``u' = u decay + increment``, ``score_sum' = score_sum + u'``."""
+    """The readout's step in one kernel: ``u' = u decay + increment``, ``score_sum' = score_sum + u'``.
+
+    ``increment`` (None: nothing added, as :func:`bridge.dynamics.transition` adds nothing) is read in place
+    where its rows are evenly spaced (the fused engine's is a column slice of one product with ``[w_ei,
+    w_out]``): no copy kernel.
+    """
     readout_kernel = _kernels()[1]
     u, score_sum = u.contiguous(), score_sum.contiguous()
-    increment = torch.zeros_like(u) if increment is None else increment.contiguous()
+    row_stride = u.shape[-1]
+    if increment is not None:
+        if increment.shape != u.shape:
+            raise ValueError(f"readout_step: increment of shape {tuple(increment.shape)}, u {tuple(u.shape)}")
+        row_stride = _row_stride(increment)
+        if row_stride is None:
+            increment, row_stride = increment.contiguous(), u.shape[-1]
     u_out, score_out = torch.empty_like(u), torch.empty_like(score_sum)
     n = u.numel()
     decay_tensor = _decay(decay, u.dtype, u.device)
-    readout_kernel[(triton.cdiv(n, BLOCK),)](u, increment, score_sum, decay_tensor, u_out, score_out, n, BLOCK=BLOCK)
+    grid = (triton.cdiv(n, BLOCK),)
+    _launch(
+        readout_kernel, grid, u, u if increment is None else increment, score_sum, decay_tensor, u_out, score_out,
+        n, u.shape[-1], row_stride, HAS_INCREMENT=increment is not None, BLOCK=BLOCK,
+    )  # fmt: skip
     return u_out, score_out
+
+
+def _row_stride(t: torch.Tensor) -> int | None:
+    """The distance between consecutive rows (last dimension) of ``t`` in memory when every row is contiguous
+    and the rows are evenly spaced; None when reading it so needs a copy."""
+    if t.dim() == 0 or t.stride(-1) != 1:
+        return None
+    if t.dim() == 1:
+        return t.shape[-1]
+    for d in range(t.dim() - 2):
+        if t.shape[d] != 1 and t.stride(d) != t.stride(d + 1) * t.shape[d + 1]:
+            return None
+    return t.stride(-2)
 
 
 def kernel_transition(

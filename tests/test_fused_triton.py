@@ -194,3 +194,17 @@ def test_the_graph_paths_chunk_loop_gives_the_same_results(monkeypatch, triton):
         assert torch.equal(a, _outputs(output_b)[name]), name
     for name, a in gradients_a.items():  # the checkpoints the graph path saved
         assert torch.equal(a, gradients_b[name]), name
+
+
+@needs_triton
+def test_the_counted_launches_of_the_triton_step_are_its_codes():
+    """``biosim bench``'s "after" column counted on the wired engine: per step exactly the launches
+    :func:`benchmarks.operations.fused_launches` reads from the code; per chunk, the same work at any length."""
+    from benchmarks.operations import count_operations, fused_launches
+
+    counted = {steps: count_operations(small_network(), chunk_steps=steps, triton=True) for steps in (4, 8)}
+    code = fused_launches(counted[4])
+    for phase in ("forward", "recompute"):
+        per_chunk = [steps * (getattr(counts, phase) - code[phase]) for steps, counts in counted.items()]
+        assert per_chunk[0] == pytest.approx(per_chunk[1]) and per_chunk[0] > 0, phase
+    assert counted[4].adjoint == count_operations(small_network(), chunk_steps=4).adjoint  # the adjoint as it is

@@ -189,6 +189,21 @@ def test_a_chunk_of_triton_steps_equals_a_chunk_of_torch_steps():
         torch.testing.assert_close(triton_final[name], torch_final[name], rtol=1e-13, atol=1e-15)
 
 
+@pytest.mark.parametrize("shape", [(6, 10), (3, 4, 10)])  # (batch, classes) and (run, batch, classes)
+def test_readout_step_reads_a_column_slice_in_place_and_adds_nothing_without_increment(shape):
+    generator = torch.Generator().manual_seed(6)
+    u, score_sum = (torch.rand(shape, dtype=torch.float64, generator=generator) for _ in range(2))
+    wide = torch.rand((*shape[:-1], 16 + shape[-1]), dtype=torch.float64, generator=generator)
+    increment = wide[..., 16:]  # the readout's columns of the product with [w_ei, w_out]
+    assert not increment.is_contiguous() and triton_step._row_stride(increment) == wide.shape[-1]
+    decay = CONSTANTS.decay_readout
+    u_got, score_got = triton_step.readout_step(u, increment, score_sum, decay)
+    assert torch.equal(u_got, u * decay + increment) and torch.equal(score_got, score_sum + u_got)
+    u_got, score_got = triton_step.readout_step(u, None, score_sum, decay)
+    assert torch.equal(u_got, u * decay) and torch.equal(score_got, score_sum + u * decay)
+    assert triton_step._row_stride(wide.transpose(-1, -2)) is None  # columns not contiguous: copied
+
+
 def test_launches_per_step_counts_the_kernels():
     assert triton_step.launches_per_step() == {"triton": 3, "matmul": 4, "add": 3, "total": 10}
     assert triton_step.launches_per_step(("w_ee",))["total"] == 12
