@@ -135,7 +135,8 @@ def _simulated_capture(counter: _Counter) -> Iterator[None]:
 
     Per replay the host copies the state and the drives into the graph's buffers and launches the graph once
     (counted in the current phase); the graph's kernels run as :func:`bridge.cuda_graphs.run_chunk` runs
-    them, counted in the phase ``"graph"``. Making the graph (warm-up, capture) is per run and not counted.
+    them, counted in the phase ``"<phase> graph"`` (``forward graph``, ``recompute graph``). Making the
+    graph (warm-up, capture) is per run and not counted.
     """
     from bridge import cuda_graphs
 
@@ -149,7 +150,8 @@ def _simulated_capture(counter: _Counter) -> Iterator[None]:
                 buffer.copy_(state[name])
             self.drives.copy_(drives)
             counter.launch("graph replay")
-            phase, counter.phase = counter.phase, "graph"
+            phase = counter.phase
+            counter.phase = f"{phase} graph"
             try:
                 return cuda_graphs.run_chunk(self.step, self.state, self.drives)
             finally:
@@ -206,7 +208,7 @@ def _per_step(
     params = params or NetworkParams()
     short = _count_run(params, chunk_steps, batch, chunk_steps, seed, triton, captured)
     long = _count_run(params, 2 * chunk_steps, batch, chunk_steps, seed, triton, captured)
-    phases = ("forward", "recompute", "adjoint", "graph")
+    phases = ("forward", "recompute", "adjoint", "forward graph", "recompute graph")
     return {phase: (long[phase] - short[phase]) / chunk_steps for phase in phases}
 
 
@@ -226,11 +228,17 @@ def count_operations(
 def count_captured(
     params: NetworkParams | None = None, *, batch: int = 2, chunk_steps: int = 10, seed: int = 0, triton: bool = False
 ) -> dict[str, float]:
-    """The forward pass replaying captured chunks, per step: ``host`` launches (the per-chunk copies, products
-    and replay, amortised over the chunk) and the kernels ``in_graph``; counted as :func:`count_operations`
+    """The forward pass and the recompute replaying captured chunks, per step: ``host`` launches (the per-chunk
+    copies, products and replay, amortised over the chunk) and the kernels ``in_graph`` of the forward pass,
+    ``recompute_host`` and ``recompute_in_graph`` of the recompute; counted as :func:`count_operations`
     counts, the capture simulated on the CPU (``tests/test_fused_triton.py`` checks that path's results)."""
     per_step = _per_step(params, batch, chunk_steps, seed, triton, captured=True)
-    return {"host": per_step["forward"], "in_graph": per_step["graph"]}
+    return {
+        "host": per_step["forward"],
+        "in_graph": per_step["forward graph"],
+        "recompute_host": per_step["recompute"],
+        "recompute_in_graph": per_step["recompute graph"],
+    }
 
 
 def triton_counts_here() -> bool:
@@ -272,8 +280,12 @@ def operations_record(params: NetworkParams | None = None, chunk_steps: int = 50
         after_is = "counted, the engine with BIOSIM_CUDA_TRITON=on and BIOSIM_CUDA_GRAPHS=on (capture simulated)"
     else:
         after = {**fused_launches(before), "adjoint": before.adjoint}
-        after_is = "Triton step counted from the code (triton cannot run here); captured forward counted"
+        after_is = "Triton step counted from the code (triton cannot run here); captured chunks counted"
     after |= {"forward_captured": captured["host"], "kernels_per_step_in_graph": captured["in_graph"]}
+    after |= {
+        "recompute_captured": captured["recompute_host"],
+        "recompute_kernels_in_graph": captured["recompute_in_graph"],
+    }
     return {
         "operations_per_step": {
             "before": {"forward": before.forward, "backward": before.backward, **before._asdict()},

@@ -113,7 +113,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "BIOSIM_CUDA_GRAPHS",
         "off",
-        "on: the fused engine's torch forward pass replays each chunk of steps as a captured CUDA graph (CUDA only)",
+        "on: the fused engine's torch path replays each chunk of steps (forward, recompute) as a captured CUDA graph "
+        "(CUDA only)",
         _switch_error,
     ),
     Variable("BIOSIM_VENV", ".venv", "where scripts/ensure_venv.sh creates the environment"),

@@ -10,7 +10,7 @@ not bake the step's index into the graph as a Python number: :func:`transition_s
 0-d int32 tensor in the state (``"step"``), which :func:`bridge.dynamics.transition` accepts in place of an
 int (the same comparisons and additions, so the same results).
 
-The fused engine's torch forward pass replays its chunks this way where ``BIOSIM_CUDA_GRAPHS=on``
+The fused engine's torch forward pass and recompute replay their chunks this way where ``BIOSIM_CUDA_GRAPHS=on``
 (:func:`wanted`, off by default until measured on a GPU; on a device other than CUDA a request is refused).
 Without a GPU only :func:`run_chunk` and :func:`transition_step` are tested (tests/test_cuda_graphs.py, and
 the engine's chunk loop with :func:`run_chunk` in place of the capture, tests/test_fused_triton.py); the
@@ -46,7 +46,7 @@ def enabled(device: torch.device | str, requested: bool) -> bool:
 
 
 def wanted(device: torch.device | str) -> bool:
-    """Whether the fused engine's torch forward pass on ``device`` replays captured chunks:
+    """Whether the fused engine's torch path (forward, recompute) on ``device`` replays captured chunks:
     ``BIOSIM_CUDA_GRAPHS`` (off by default), refused on a device other than CUDA."""
     requested = switch("BIOSIM_CUDA_GRAPHS")
     try:

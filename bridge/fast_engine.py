@@ -96,8 +96,8 @@ Two implementations
   chunk. Two switches, off by default (unmeasured on a GPU), change how the torch path steps, not what it
   computes: ``BIOSIM_CUDA_TRITON=on`` runs each step's population updates and readout in the Triton
   kernels of :mod:`bridge.triton_step` (forward and recompute; the products stay torch's), and
-  ``BIOSIM_CUDA_GRAPHS=on`` replays each chunk of forward steps as a captured CUDA graph
-  (:mod:`bridge.cuda_graphs`; dense products only). See ``docs/gpu.md``.
+  ``BIOSIM_CUDA_GRAPHS=on`` replays each full chunk of forward and of recomputed steps as a captured CUDA
+  graph (:mod:`bridge.cuda_graphs`; dense products only). See ``docs/gpu.md``.
 """
 
 from __future__ import annotations
@@ -757,6 +757,7 @@ class _Adjoint:
         self.grad_e_out = torch.zeros_like(self.w_e_out) if (self.need_ei or self.need_out) else None
         self.grad_ee = torch.zeros_like(w_ee) if self.need_ee else None
         self.grad_ii = torch.zeros_like(w_ii) if self.need_ii else None
+        self.captured_recompute: cuda_graphs.CapturedChunk | None = None  # BIOSIM_CUDA_GRAPHS: made once per pass
 
     def _empty(self, *shape: int) -> torch.Tensor:
         return torch.empty(shape, dtype=self.dtype, device=self.device)
@@ -1040,6 +1041,8 @@ class _Adjoint:
                 if weight is not None:
                     increments[pathway.weight] = rasters[pathway.pre][first:last].to(self.dtype) @ weight
         start = {name: value[index].clone() for name, value in saved.checkpoints.items()}
+        if problem.graphs and n == problem.chunk_steps:  # a full chunk: replayed as one captured graph
+            return self._recompute_captured(start, drive, increments, first)
         state = NetworkState(**start, u=None, score_sum=None, step=first)
         out = [self._empty(n, batch, n_e) for _ in range(3)]
         out.append(torch.empty(n, batch, n_e, dtype=torch.bool, device=self.device))
@@ -1059,6 +1062,56 @@ class _Adjoint:
             out[3][j], out[7][j] = made.integrating_e, made.integrating_i
             state = made.state
         return tuple(out)
+
+    def _recompute_captured(
+        self, start: dict[str, torch.Tensor], drive: torch.Tensor, increments: dict[str, torch.Tensor], first: int
+    ) -> tuple[torch.Tensor, ...]:
+        """:meth:`_recompute_torch`'s steps for a full chunk, replayed as a captured CUDA graph (dense products).
+
+        A step's inputs (its input drive, the chunk's increment of each pathway, the saved spikes as 0/1) are
+        packed side by side in one tensor per step, the step function's ``drive``; the step is the same
+        transition (or Triton step) with the saved spikes as its threshold, its index a 0-d tensor. Captured at
+        the first full chunk of the backward pass. The results are the graph's buffers, valid until the next
+        replay: the adjoint reads them before the next chunk is recomputed.
+        """
+        saved, constants, n = self.saved, self.problem.constants, drive.shape[0]
+        names = [pathway.weight for pathway in PATHWAYS if pathway.weight in increments]
+        rasters = [raster[first : first + n].to(self.dtype) for raster in (saved.raster_e, saved.raster_i)]
+        parts = [drive, *(increments[name] for name in names), *rasters]
+        widths = [part.shape[-1] for part in parts]
+        packed = torch.cat(parts, dim=-1)
+
+        def step(tensors: dict[str, torch.Tensor], inputs: torch.Tensor):
+            drive_j, *rest = inputs.split(widths, dim=-1)
+            chunk_increments = dict(zip(names, rest[: len(names)], strict=True))
+            fired_e, fired_i = rest[-2] != 0, rest[-1] != 0
+            current = NetworkState(**{name: tensors[name] for name in STATE_NAMES}, u=None, score_sum=None,
+                                   step=tensors["step"])  # fmt: skip
+
+            def synapses(name: str, spikes: torch.Tensor) -> torch.Tensor | None:
+                return chunk_increments.get(name)
+
+            if self.problem.triton:
+                made = triton_step.kernel_transition(current, constants, drive_j, synapses, (fired_e, fired_i))
+            else:
+
+                def threshold(population: str, v1, integrating, k: PopulationConstants):
+                    fired = fired_e if population == "e" else fired_i
+                    return fired, fired
+
+                made = transition(current, constants, drive_j, threshold, synapses)
+            record = {name: tensors[name] for name in ("v_e", "ge_e", "gi_e", "v_i", "ge_i", "gi_i")}
+            record |= {"integrating_e": made.integrating_e, "integrating_i": made.integrating_i}
+            following = {name: getattr(made.state, name) for name in STATE_NAMES}
+            following["step"] = made.state.step
+            return following, record
+
+        state = {**start, "step": torch.tensor(first, dtype=torch.int32, device=self.device)}
+        if self.captured_recompute is None:
+            self.captured_recompute = cuda_graphs.CapturedChunk(step, state, packed, warmup=1)
+        _, records = self.captured_recompute(state, packed)
+        fields = ("v_e", "ge_e", "gi_e", "integrating_e", "v_i", "ge_i", "gi_i", "integrating_i")
+        return tuple(records[name] for name in fields)
 
 
 # --- public entry points ------------------------------------------------------------

@@ -673,7 +673,8 @@ def _bench_summary(r: dict[str, Any]) -> str:
         lines.append(
             f"operations per step: forward {before['forward']:.1f}, backward {before['backward']:.1f} (torch path, "
             f"counted)\n                   after: forward {after['forward']:.1f}, backward {after['backward']:.1f}, "
-            f"forward captured {after['forward_captured']:.2f} host launches ({counts['after_is']})"
+            f"captured: forward {after['forward_captured']:.2f}, recompute {after['recompute_captured']:.2f} host "
+            f"launches ({counts['after_is']})"
         )
     if "brian2_trials_per_s" in r:
         agree = "yes" if r["brian2_spike_counts_match_fused_float64"] else "NO"

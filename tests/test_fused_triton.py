@@ -175,8 +175,9 @@ class _Uncaptured:
 
 @pytest.mark.parametrize("triton", [False, pytest.param(True, marks=needs_triton)])
 def test_the_graph_paths_chunk_loop_gives_the_same_results(monkeypatch, triton):
-    """Full chunks go through the capture (once made, replayed for each), the shorter last one runs uncaptured;
-    the step index lives in the state as a tensor. Spikes, outputs and gradients as the dense torch path's."""
+    """Full chunks, forward and recomputed, go through the capture (once made, replayed for each), the shorter
+    last one runs uncaptured; the step index lives in the state as a tensor. Spikes, outputs and gradients as
+    the dense torch path's, bit for bit."""
     engine = FusedEngine(chunk_steps=15, implementation="torch", propagation="dense")
     if triton:
         monkeypatch.setenv("BIOSIM_CUDA_TRITON", "on")
@@ -186,13 +187,14 @@ def test_the_graph_paths_chunk_loop_gives_the_same_results(monkeypatch, triton):
     monkeypatch.setattr(_Uncaptured, "made", 0)
     monkeypatch.setattr(_Uncaptured, "calls", 0)
     actual = _run(PARAMS, torch.float64, engine)
-    assert (_Uncaptured.made, _Uncaptured.calls) == (2, 4)  # the training run and spike_rasters: 2 full chunks each
+    # Two full chunks each: the forward pass and the recompute of the training run, and spike_rasters' forward.
+    assert (_Uncaptured.made, _Uncaptured.calls) == (3, 6)
     (output_a, rasters_a, gradients_a), (output_b, rasters_b, gradients_b) = expected, actual
     for a, b in zip(rasters_a, rasters_b, strict=True):
         assert torch.equal(a, b)
     for name, a in _outputs(output_a).items():  # the same operations: bit for bit
         assert torch.equal(a, _outputs(output_b)[name]), name
-    for name, a in gradients_a.items():  # the checkpoints the graph path saved
+    for name, a in gradients_a.items():  # the checkpoints the graph path saved, and its recompute
         assert torch.equal(a, gradients_b[name]), name
 
 

@@ -25,13 +25,13 @@ def test_a_captured_chunk_launches_from_the_host_once_per_chunk_not_per_step():
     params = small_network()
     five, ten = count_captured(params, chunk_steps=5), count_captured(params, chunk_steps=10)
     assert 0 < ten["host"] < five["host"] and 5 * five["host"] == 10 * ten["host"]
-    assert five["in_graph"] > 20
+    assert 5 * five["recompute_host"] == 10 * ten["recompute_host"] and ten["recompute_host"] > 0
+    assert five["in_graph"] > 20 and five["recompute_in_graph"] > 20
 
 
 def test_the_record_names_before_and_after():
     record = operations_record(small_network(), chunk_steps=4)["operations_per_step"]
     assert set(record["before"]) == {"forward", "backward", "recompute", "adjoint"}
-    assert {"forward", "backward", "recompute", "adjoint", "forward_captured", "kernels_per_step_in_graph"} == set(
-        record["after"]
-    )
+    captured = {"forward_captured", "kernels_per_step_in_graph", "recompute_captured", "recompute_kernels_in_graph"}
+    assert {"forward", "backward", "recompute", "adjoint", *captured} == set(record["after"])
     assert record["after"]["forward"] < record["before"]["forward"] and "not timed" in record["after_is"]
