@@ -18,7 +18,8 @@
     shorter trial (``grad_check_steps``) at full network size
     (:mod:`benchmarks.gradients`);
 (d) the torch operations (kernel launches on CUDA) per time step of the fused engine's torch path, forward
-    and backward, counted on the CPU, and of the fused Triton path, counted from its code
+    and backward, counted on the CPU, and of the same path with ``BIOSIM_CUDA_TRITON`` and
+    ``BIOSIM_CUDA_GRAPHS`` on: counted where triton runs, else its Triton step counted from its code
     (:mod:`benchmarks.operations`);
 (e) Brian2's evaluation of ``n_brian2_trials`` test trials on
     ``cpp_standalone`` (one build; build and simulation times separately),
@@ -122,8 +123,9 @@ def run_benchmark(
     dict
         ``speedup`` (fused / eager sample-steps per second, each engine's fastest repetition),
         ``memory_ratio`` (fused / eager peak memory), ``grad_max_rel_diff``,
-        ``operations_per_step`` (``before``: the torch path's, counted; ``after``: the fused path's, counted
-        from its code), ``brian2_trials_per_s`` (simulation only; the build is ``brian2_build_s``), the raw
+        ``operations_per_step`` (``before``: the torch path's, counted; ``after``: with the Triton step and
+        captured chunks, ``after_is`` says how counted), ``brian2_trials_per_s`` (simulation only; the
+        build is ``brian2_build_s``), the raw
         numbers behind each (``seconds_per_batch[engine][threads]`` lists every repetition),
         ``brian2_trials_mismatching_fused_float64`` (trials whose Brian2 spike counts differ
         from the fused engine's float64 forward pass, which equals the mirror's), machine
@@ -199,14 +201,14 @@ def run_benchmark(
     say(f"  max relative difference {result['grad_max_rel_diff']:.2e}")
 
     # (d) operations per step
-    say("operations per step of the torch path (counted on the CPU) and of the fused path (from its code)")
+    say("operations per step of the torch path and of the Triton step and captured chunks (counted on the CPU)")
     # The count does not depend on the populations' sizes (tests/test_operations.py): counted on small ones.
     small = problem_params(n_steps).replace(connectivity__n_e=64, connectivity__n_i=16)
     result.update(operations_record(small))
     counts = result["operations_per_step"]
     before, after = counts["before"], counts["after"]
     say(
-        f"  forward {before['forward']:.1f} -> {after['forward']:.0f}, backward {before['backward']:.1f} -> "
+        f"  forward {before['forward']:.1f} -> {after['forward']:.1f}, backward {before['backward']:.1f} -> "
         f"{after['backward']:.1f}"
     )
 

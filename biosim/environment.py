@@ -103,6 +103,20 @@ VARIABLES: tuple[Variable, ...] = (
         "on: cuda_standalone compiled without -use_fast_math, with --fmad=false and IEEE division and square root",
         _switch_error,
     ),
+    Variable(
+        "BIOSIM_CUDA_TRITON",
+        "off",
+        "on: the fused engine's torch path steps its populations and readout in Triton kernels (CUDA, or the CPU "
+        "under TRITON_INTERPRET=1)",
+        _switch_error,
+    ),
+    Variable(
+        "BIOSIM_CUDA_GRAPHS",
+        "off",
+        "on: the fused engine's torch path replays each chunk of steps (forward, recompute) as a captured CUDA graph "
+        "(CUDA only)",
+        _switch_error,
+    ),
     Variable("BIOSIM_VENV", ".venv", "where scripts/ensure_venv.sh creates the environment"),
     Variable("BIOSIM_FAULT_KILL_WORKER_ONCE", "unset", "the runner's own tests only: kill the first worker once"),
     Variable(

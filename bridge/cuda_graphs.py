@@ -10,10 +10,11 @@ not bake the step's index into the graph as a Python number: :func:`transition_s
 0-d int32 tensor in the state (``"step"``), which :func:`bridge.dynamics.transition` accepts in place of an
 int (the same comparisons and additions, so the same results).
 
-The entry point for the fused engine's torch forward pass and recompute is :func:`enabled`, with the caller's
-flag (off by default until measured on a GPU; on a device other than CUDA a request is refused). Without a GPU
-only :func:`run_chunk` and :func:`transition_step` are tested (tests/test_cuda_graphs.py); the capture's
-test is skipped.
+The fused engine's torch forward pass and recompute replay their chunks this way where ``BIOSIM_CUDA_GRAPHS=on``
+(:func:`wanted`, off by default until measured on a GPU; on a device other than CUDA a request is refused).
+Without a GPU only :func:`run_chunk` and :func:`transition_step` are tested (tests/test_cuda_graphs.py, and
+the engine's chunk loop with :func:`run_chunk` in place of the capture, tests/test_fused_triton.py); the
+capture's test is skipped.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from collections.abc import Callable
 
 import torch
 
-from . import triton_step
-from .dynamics import Constants, NetworkState, PopulationConstants, transition
+from biosim.environment import switch
 
-__all__ = ["enabled", "StepFunction", "run_chunk", "transition_step", "CapturedChunk"]
+from . import triton_step
+from .dynamics import Constants, NetworkState, PopulationConstants, Synapses, transition
+
+__all__ = ["enabled", "wanted", "StepFunction", "run_chunk", "transition_step", "CapturedChunk"]
 
 State = dict[str, torch.Tensor]
 StepFunction = Callable[[State, torch.Tensor], tuple[State, State]]
@@ -42,6 +45,16 @@ def enabled(device: torch.device | str, requested: bool) -> bool:
     return bool(requested)
 
 
+def wanted(device: torch.device | str) -> bool:
+    """Whether the fused engine's torch path (forward, recompute) on ``device`` replays captured chunks:
+    ``BIOSIM_CUDA_GRAPHS`` (off by default), refused on a device other than CUDA."""
+    requested = switch("BIOSIM_CUDA_GRAPHS")
+    try:
+        return enabled(device, requested)
+    except ValueError as error:
+        raise ValueError(f"BIOSIM_CUDA_GRAPHS=on: {error}") from None
+
+
 def run_chunk(step: StepFunction, state: State, drives: torch.Tensor) -> tuple[State, State]:
     """``drives.shape[0]`` steps of ``step`` from ``state``: the final state and each record stacked by step."""
     records: list[State] = []
@@ -52,28 +65,35 @@ def run_chunk(step: StepFunction, state: State, drives: torch.Tensor) -> tuple[S
 
 
 def transition_step(
-    constants: Constants, weights: dict[str, torch.Tensor | None], *, triton: bool = False
+    constants: Constants,
+    weights: dict[str, torch.Tensor | None],
+    *,
+    triton: bool = False,
+    synapses: Synapses | None = None,
 ) -> StepFunction:
     """:func:`bridge.dynamics.transition` as a :data:`StepFunction`: the fused engine's bool threshold, dense
     products (``weights`` by the names of :data:`bridge.dynamics.PATHWAYS`, None: no such block), and the
     step's index as the 0-d tensor ``state["step"]``. Records ``fired_e``, ``fired_i`` and ``u``. With
-    ``triton``, the step is :func:`bridge.triton_step.fused_transition` (its kernels read the index from the
-    tensor too)."""
+    ``triton``, the step is :func:`bridge.triton_step.kernel_transition` (its kernels read the index from the
+    tensor too). ``synapses``: the caller's pathways in place of the products of ``weights`` (the fused
+    engine's own dense products); for capture they must not synchronise with the host."""
 
     def threshold(population: str, v1: torch.Tensor, integrating: torch.Tensor, k: PopulationConstants):
         fired = ((v1 - k.v_threshold) > 0) & integrating  # dynamics.crossed
         return fired, fired
 
-    def synapses(name: str, fired: torch.Tensor) -> torch.Tensor | None:
+    def products(name: str, fired: torch.Tensor) -> torch.Tensor | None:
         weight = weights.get(name)
         return None if weight is None else fired.to(weight.dtype) @ weight
+
+    pathways = products if synapses is None else synapses
 
     def step(state: State, drive: torch.Tensor) -> tuple[State, State]:
         current = NetworkState(**{name: state[name] for name in _STATE_FIELDS}, step=state["step"])
         if triton:
-            made = triton_step.fused_transition(current, constants, drive, weights)
+            made = triton_step.kernel_transition(current, constants, drive, pathways)
         else:
-            made = transition(current, constants, drive, threshold, synapses)
+            made = transition(current, constants, drive, threshold, pathways)
         following = {name: getattr(made.state, name) for name in _STATE_FIELDS}
         following["step"] = made.state.step
         return following, {"fired_e": made.fired_e, "fired_i": made.fired_i, "u": made.state.u}

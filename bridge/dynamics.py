@@ -246,7 +246,13 @@ def fire(v1: torch.Tensor, integrating: torch.Tensor, k: PopulationConstants, sp
 def reset(
     v: torch.Tensor, ready: torch.Tensor, fired: torch.Tensor, step: int, k: PopulationConstants
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reset of the neurons that ``fired`` (bool) at ``step``: ``v = v_reset``, refractory until ``step + t_ref``."""
+    """Reset of the neurons that ``fired`` (bool) at ``step``: ``v = v_reset``, refractory until ``step + t_ref``.
+
+    ``step`` may be a 0-d int32 tensor (a captured CUDA graph's step index): ``masked_fill`` would read a tensor
+    value back to the host on CUDA, which a capture forbids, so the same integers are selected by ``where``.
+    """
+    if isinstance(step, torch.Tensor):
+        return v.masked_fill(fired, k.v_reset), torch.where(fired, step + k.refractory_steps, ready)
     return v.masked_fill(fired, k.v_reset), ready.masked_fill(fired, step + k.refractory_steps)
 
 

@@ -96,7 +96,11 @@ Two implementations
   with vectorised torch operations. On CUDA (``propagation="auto"``) spikes
   propagate by dense products of the 0/1 spike matrices, which need no host
   synchronisation per step, and the weight gradients are one product per
-  chunk. CUDA graphs are not used (see ``docs/performance.md``).
+  chunk. Two switches, off by default (unmeasured on a GPU), change how the torch path steps, not what it
+  computes: ``BIOSIM_CUDA_TRITON=on`` runs each step's population updates and readout in the Triton
+  kernels of :mod:`bridge.triton_step` (forward and recompute; the products stay torch's), and
+  ``BIOSIM_CUDA_GRAPHS=on`` replays each full chunk of forward and of recomputed steps as a captured CUDA
+  graph (:mod:`bridge.cuda_graphs`; dense products only). See ``docs/gpu.md``.
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import cuda_graphs, triton_step
 from .dynamics import (
     PATHWAYS,
     Constants,
@@ -266,6 +271,10 @@ class _Problem:
     """Factor on the membrane adjoint at every step (:func:`run_network_fused`)."""
     feedback: torch.Tensor | None = None
     """Fixed feedback matrix in place of ``w_out`` in the E spikes' adjoint (:mod:`bridge.feedback`); None: exact."""
+    triton: bool = False
+    """The torch path steps on the Triton kernels (``BIOSIM_CUDA_TRITON``; never with the CPU kernels)."""
+    graphs: bool = False
+    """The torch forward pass replays captured chunks (``BIOSIM_CUDA_GRAPHS``; dense products)."""
 
     @property
     def n_chunks(self) -> int:
@@ -434,22 +443,28 @@ def _forward_torch(
         fired = crossed(v1, integrating, k)
         return fired, fired
 
-    for index, first in enumerate(range(0, n_steps, chunk)):
-        last = min(first + chunk, n_steps)
-        if sparse:
-            rows, neuron = events.chunk(first, last, batch)
-            drive = _scatter_rows(rows, neuron, w_in, (last - first) * batch).view(last - first, batch, -1)
-        else:
-            drive = x[:, first:last].transpose(0, 1).to(w_in.dtype) @ w_in
-        if checkpoints is not None:
-            for name in STATE_NAMES:
-                checkpoints[name][index] = getattr(state, name)
-        for t in range(first, last):
-            made = transition(state, constants, drive[t - first], threshold, synapses)
-            state = made.state
-            trace[:, t] = state.u
-            raster_e[t] = made.fired_e
-            raster_i[t] = made.fired_i
+    if problem.graphs:
+        state = _forward_chunks_captured(problem, w_in, synapses, state, trace, raster_e, raster_i, checkpoints)
+    else:
+        for index, first in enumerate(range(0, n_steps, chunk)):
+            last = min(first + chunk, n_steps)
+            if sparse:
+                rows, neuron = events.chunk(first, last, batch)
+                drive = _scatter_rows(rows, neuron, w_in, (last - first) * batch).view(last - first, batch, -1)
+            else:
+                drive = x[:, first:last].transpose(0, 1).to(w_in.dtype) @ w_in
+            if checkpoints is not None:
+                for name in STATE_NAMES:
+                    checkpoints[name][index] = getattr(state, name)
+            for t in range(first, last):
+                if problem.triton:  # the same step on the Triton kernels: the products stay the synapses' own
+                    made = triton_step.kernel_transition(state, constants, drive[t - first], synapses)
+                else:
+                    made = transition(state, constants, drive[t - first], threshold, synapses)
+                state = made.state
+                trace[:, t] = state.u
+                raster_e[t] = made.fired_e
+                raster_i[t] = made.fired_i
     u.copy_(state.u)
     score_sum.copy_(state.score_sum)
     dtype = u.dtype
@@ -457,6 +472,39 @@ def _forward_torch(
     population_e, population_i = raster_e.sum(dim=2).t().to(dtype), raster_i.sum(dim=2).t().to(dtype)
     final = {name: getattr(state, name) for name in STATE_NAMES}
     return final, counts_e, counts_i, population_e.contiguous(), population_i.contiguous(), None
+
+
+def _forward_chunks_captured(
+    problem: _Problem, w_in, synapses: _ForwardSynapses, state: NetworkState, trace, raster_e, raster_i, checkpoints
+) -> NetworkState:
+    """:func:`_forward_torch`'s chunk loop with every full chunk replayed as one captured CUDA graph.
+
+    The step is :func:`bridge.cuda_graphs.transition_step` with the forward pass's own dense pathways and
+    threshold (or the Triton step), its index a 0-d tensor; the graph is captured at the first full chunk of
+    the call (the weights are new tensors each call), and a shorter last chunk runs the same step uncaptured.
+    Returns the final state (step: the trial's length, an int as elsewhere).
+    """
+    x, chunk, n_steps = problem.x, problem.chunk_steps, problem.x.shape[1]
+    step = cuda_graphs.transition_step(problem.constants, {}, triton=problem.triton, synapses=synapses)
+    tensors = {name: value for name, value in state._asdict().items() if name != "step"}
+    tensors["step"] = torch.tensor(0, dtype=torch.int32, device=w_in.device)
+    captured = None
+    for index, first in enumerate(range(0, n_steps, chunk)):
+        last = min(first + chunk, n_steps)
+        drive = x[:, first:last].transpose(0, 1).to(w_in.dtype) @ w_in
+        if checkpoints is not None:
+            for name in STATE_NAMES:
+                checkpoints[name][index] = tensors[name]
+        if last - first == chunk:
+            if captured is None:
+                captured = cuda_graphs.CapturedChunk(step, tensors, drive, warmup=1)
+            tensors, records = captured(tensors, drive)
+        else:
+            tensors, records = cuda_graphs.run_chunk(step, tensors, drive)
+        raster_e[first:last] = records["fired_e"]
+        raster_i[first:last] = records["fired_i"]
+        trace[:, first:last] = records["u"].transpose(0, 1)
+    return NetworkState(**{name: value for name, value in tensors.items() if name != "step"}, step=n_steps)
 
 
 class _Replay:
@@ -753,6 +801,7 @@ class _Adjoint:
         self.grad_e_out = torch.zeros_like(self.w_e_out) if (self.need_ei or self.need_out) else None
         self.grad_ee = torch.zeros_like(w_ee) if self.need_ee else None
         self.grad_ii = torch.zeros_like(w_ii) if self.need_ii else None
+        self.captured_recompute: cuda_graphs.CapturedChunk | None = None  # BIOSIM_CUDA_GRAPHS: made once per pass
 
     def _empty(self, *shape: int) -> torch.Tensor:
         return torch.empty(shape, dtype=self.dtype, device=self.device)
@@ -1038,6 +1087,8 @@ class _Adjoint:
                 if weight is not None:
                     increments[pathway.weight] = rasters[pathway.pre][first:last].to(self.dtype) @ weight
         start = {name: value[index].clone() for name, value in saved.checkpoints.items()}
+        if problem.graphs and n == problem.chunk_steps:  # a full chunk: replayed as one captured graph
+            return self._recompute_captured(start, drive, increments, first)
         state = NetworkState(**start, u=None, score_sum=None, step=first)
         out = [self._empty(n, batch, n_e) for _ in range(3)]
         out.append(torch.empty(n, batch, n_e, dtype=torch.bool, device=self.device))
@@ -1049,10 +1100,64 @@ class _Adjoint:
             out[0][j], out[1][j], out[2][j] = state.v_e, state.ge_e, state.gi_e
             out[4][j], out[5][j], out[6][j] = state.v_i, state.ge_i, state.gi_i
             replay.step = first + j
-            made = transition(state, problem.constants, drive[j], replay.threshold, replay.synapses)
+            if problem.triton:  # the population kernels with the saved spikes as their threshold
+                fired = (saved.raster_e[first + j], saved.raster_i[first + j])
+                made = triton_step.kernel_transition(state, problem.constants, drive[j], replay.synapses, fired)
+            else:
+                made = transition(state, problem.constants, drive[j], replay.threshold, replay.synapses)
             out[3][j], out[7][j] = made.integrating_e, made.integrating_i
             state = made.state
         return tuple(out)
+
+    def _recompute_captured(
+        self, start: dict[str, torch.Tensor], drive: torch.Tensor, increments: dict[str, torch.Tensor], first: int
+    ) -> tuple[torch.Tensor, ...]:
+        """:meth:`_recompute_torch`'s steps for a full chunk, replayed as a captured CUDA graph (dense products).
+
+        A step's inputs (its input drive, the chunk's increment of each pathway, the saved spikes as 0/1) are
+        packed side by side in one tensor per step, the step function's ``drive``; the step is the same
+        transition (or Triton step) with the saved spikes as its threshold, its index a 0-d tensor. Captured at
+        the first full chunk of the backward pass. The results are the graph's buffers, valid until the next
+        replay: the adjoint reads them before the next chunk is recomputed.
+        """
+        saved, constants, n = self.saved, self.problem.constants, drive.shape[0]
+        names = [pathway.weight for pathway in PATHWAYS if pathway.weight in increments]
+        rasters = [raster[first : first + n].to(self.dtype) for raster in (saved.raster_e, saved.raster_i)]
+        parts = [drive, *(increments[name] for name in names), *rasters]
+        widths = [part.shape[-1] for part in parts]
+        packed = torch.cat(parts, dim=-1)
+
+        def step(tensors: dict[str, torch.Tensor], inputs: torch.Tensor):
+            drive_j, *rest = inputs.split(widths, dim=-1)
+            chunk_increments = dict(zip(names, rest[: len(names)], strict=True))
+            fired_e, fired_i = rest[-2] != 0, rest[-1] != 0
+            current = NetworkState(**{name: tensors[name] for name in STATE_NAMES}, u=None, score_sum=None,
+                                   step=tensors["step"])  # fmt: skip
+
+            def synapses(name: str, spikes: torch.Tensor) -> torch.Tensor | None:
+                return chunk_increments.get(name)
+
+            if self.problem.triton:
+                made = triton_step.kernel_transition(current, constants, drive_j, synapses, (fired_e, fired_i))
+            else:
+
+                def threshold(population: str, v1, integrating, k: PopulationConstants):
+                    fired = fired_e if population == "e" else fired_i
+                    return fired, fired
+
+                made = transition(current, constants, drive_j, threshold, synapses)
+            record = {name: tensors[name] for name in ("v_e", "ge_e", "gi_e", "v_i", "ge_i", "gi_i")}
+            record |= {"integrating_e": made.integrating_e, "integrating_i": made.integrating_i}
+            following = {name: getattr(made.state, name) for name in STATE_NAMES}
+            following["step"] = made.state.step
+            return following, record
+
+        state = {**start, "step": torch.tensor(first, dtype=torch.int32, device=self.device)}
+        if self.captured_recompute is None:
+            self.captured_recompute = cuda_graphs.CapturedChunk(step, state, packed, warmup=1)
+        _, records = self.captured_recompute(state, packed)
+        fields = ("v_e", "ge_e", "gi_e", "integrating_e", "v_i", "ge_i", "gi_i", "integrating_i")
+        return tuple(records[name] for name in fields)
 
 
 # --- public entry points ------------------------------------------------------------
@@ -1175,7 +1280,14 @@ class FusedEngine:
         dtype = weights.w_out.dtype
         if any(w.dtype != dtype for w in weights) or v_init_e.dtype != dtype or v_init_i.dtype != dtype:
             raise ValueError("weights and initial potentials must share one floating-point dtype")
-        sparse = self.propagation == "sparse" or (self.propagation == "auto" and v_init_e.device.type == "cpu")
+        device = v_init_e.device
+        # The switches are read at each call (both off by default; refused off CUDA, see their functions).
+        triton, graphs = triton_step.wanted(device), cuda_graphs.wanted(device)
+        if graphs and self.propagation == "sparse":
+            raise ValueError("BIOSIM_CUDA_GRAPHS=on: a captured chunk needs dense products, not "
+                             "FusedEngine(propagation='sparse') (its nonzero waits for the host)")  # fmt: skip
+        sparse = self.propagation == "sparse" or (self.propagation == "auto" and device.type == "cpu" and not graphs)
+        library = self._library(v_init_e, surrogate)
         return _Problem(
             x=x.contiguous(),
             v_init_e=v_init_e.detach(),
@@ -1185,7 +1297,9 @@ class FusedEngine:
             chunk_steps=self.chunk_steps,
             sparse=sparse,
             save=save,
-            library=self._library(v_init_e, surrogate),
+            library=library,
+            triton=triton and library is None,
+            graphs=graphs and library is None,
         )
 
     @torch.no_grad()

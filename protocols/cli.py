@@ -706,11 +706,13 @@ def _bench_summary(r: dict[str, Any]) -> str:
         f"{s['grad_check_steps']} steps)"
     )
     if "operations_per_step" in r:
-        before, after = r["operations_per_step"]["before"], r["operations_per_step"]["after"]
+        counts = r["operations_per_step"]
+        before, after = counts["before"], counts["after"]
         lines.append(
             f"operations per step: forward {before['forward']:.1f}, backward {before['backward']:.1f} (torch path, "
-            f"counted)\n                   after: forward {after['forward']:.0f}, backward {after['backward']:.1f}, "
-            f"forward captured {after['forward_captured']:.2f} (fused path, counted from its code, not timed)"
+            f"counted)\n                   after: forward {after['forward']:.1f}, backward {after['backward']:.1f}, "
+            f"captured: forward {after['forward_captured']:.2f}, recompute {after['recompute_captured']:.2f} host "
+            f"launches ({counts['after_is']})"
         )
     if "brian2_trials_per_s" in r:
         agree = "yes" if r["brian2_spike_counts_match_fused_float64"] else "NO"

@@ -98,6 +98,30 @@ def test_neurons_exactly_at_threshold_do_not_fire(dtype):
     assert torch.equal(actual[0], expected[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_given_spikes_replace_the_threshold(dtype):
+    """The recompute's step: the saved spikes decide the reset, even where the threshold would decide otherwise."""
+    generator = torch.Generator().manual_seed(4)
+    step = 30
+    v, ge, gi, ready = _random_population((5, 40), dtype, step, generator)
+    own = triton_step.population_step(v, ge, gi, ready, step, CONSTANTS.e, CONSTANTS)
+    integrating = own[5]
+    given = own[4].clone()
+    flip = integrating & (torch.rand(given.shape, generator=generator) < 0.3)
+    given[flip] = ~given[flip]  # some spikes suppressed, some added
+    assert (given & ~own[4]).any() and (own[4] & ~given).any()
+    v1, integrating_want = update_membrane(v, ge, gi, ready, step, CONSTANTS.e, CONSTANTS.dt)
+    v_want, ready_want = reset(v1, ready, given, step, CONSTANTS.e)
+    v_got, ge_got, gi_got, ready_got, fired_got, integrating_got, spikes = triton_step.population_step(
+        v, ge, gi, ready, step, CONSTANTS.e, CONSTANTS, fired=given
+    )
+    assert fired_got is given and spikes is None
+    assert torch.equal(integrating_got, integrating_want) and torch.equal(ready_got, ready_want)
+    assert torch.equal(v_got[given], v_want[given])  # reset where the given spikes say
+    torch.testing.assert_close(v_got, v_want, rtol=RTOL[dtype], atol=0.0)
+    assert torch.equal(ge_got, own[1]) and torch.equal(gi_got, own[2])
+
+
 @pytest.mark.parametrize("step_in_memory", [False, True])  # a 0-d tensor: the index a captured graph reads
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fused_transition_equals_dynamics_transition(dtype, step_in_memory):
@@ -163,6 +187,21 @@ def test_a_chunk_of_triton_steps_equals_a_chunk_of_torch_steps():
         assert torch.equal(triton_final[name], torch_final[name]), name
     for name in ("v_e", "ge_e", "gi_e", "v_i", "ge_i", "gi_i", "u", "score_sum"):  # exp's last bit, carried on
         torch.testing.assert_close(triton_final[name], torch_final[name], rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("shape", [(6, 10), (3, 4, 10)])  # (batch, classes) and (run, batch, classes)
+def test_readout_step_reads_a_column_slice_in_place_and_adds_nothing_without_increment(shape):
+    generator = torch.Generator().manual_seed(6)
+    u, score_sum = (torch.rand(shape, dtype=torch.float64, generator=generator) for _ in range(2))
+    wide = torch.rand((*shape[:-1], 16 + shape[-1]), dtype=torch.float64, generator=generator)
+    increment = wide[..., 16:]  # the readout's columns of the product with [w_ei, w_out]
+    assert not increment.is_contiguous() and triton_step._row_stride(increment) == wide.shape[-1]
+    decay = CONSTANTS.decay_readout
+    u_got, score_got = triton_step.readout_step(u, increment, score_sum, decay)
+    assert torch.equal(u_got, u * decay + increment) and torch.equal(score_got, score_sum + u_got)
+    u_got, score_got = triton_step.readout_step(u, None, score_sum, decay)
+    assert torch.equal(u_got, u * decay) and torch.equal(score_got, score_sum + u * decay)
+    assert triton_step._row_stride(wide.transpose(-1, -2)) is None  # columns not contiguous: copied
 
 
 def test_launches_per_step_counts_the_kernels():
