@@ -61,7 +61,7 @@ def protocol_command(protocol: Protocol, out_dir: str | Path | None = None) -> s
         parts += ["--conditions", *protocol.conditions]
     if protocol.preset != "project":
         parts += ["--preset", protocol.preset]
-    for key in ("dtype", "device"):
+    for key in ("epochs", "dtype", "device"):
         if key in protocol.overrides:
             parts += [f"--{key}", str(protocol.overrides[key])]
     if out_dir is not None:
