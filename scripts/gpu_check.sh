@@ -110,7 +110,7 @@ if [ "$rehearse" = 1 ]; then
     install=0
     n_trials=4
     max_copies=4
-    [ -n "$budget" ] || budget=420
+    [ -n "$budget" ] || budget=900  # a ceiling: on a free 2-core CPU the steps end in about 4 minutes
     [ -n "$python" ] || python="$(command -v python3)"
 fi
 case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
@@ -346,7 +346,7 @@ merge_report() {  # merge_report STATE: the one JSON file from the step files so
 }
 
 # --- the measurements -----------------------------------------------------------------------------
-cores="$(nproc 2>/dev/null || echo 1)"
+cores="$(env -u OMP_NUM_THREADS nproc 2>/dev/null || echo 1)"  # nproc alone would obey OMP_NUM_THREADS
 protocol_dir="$work/protocol"
 # Estimated seconds of each step on the H200 (the header gives their basis); scaled to the budget below.
 declare -A share=([protocol_probe]=60 [protocol]=150 [validate]=80 [cuda]=100 [cpp16]=20 [cpp1]=15 [compare]=20
@@ -384,16 +384,15 @@ step_wanted() {  # step_wanted KEY: is the step (protocol_probe counts as protoc
 }
 
 skip_step() {  # skip_step KEY NAME WHY [EXTRA]: recorded as skipped; its share goes to the next step
-    step_wanted "$1" && allotted=$((allotted + share[$1] * budget / total_share))
+    step_wanted "$1" || return 0  # a step not asked for leaves no file: it is not a step that is not ok
+    allotted=$((allotted + share[$1] * budget / total_share))
     write_step "$2" skipped "" "" "" "$3" "${4:-}"
     say "$2: skipped ($3)"
 }
 
 run_step() {  # run_step KEY NAME EXTRA_JSON -- COMMAND...
     local key="$1" name="$2" extra="$3"; shift 4
-    if ! step_wanted "$key"; then
-        write_step "$name" skipped "" "" "" "not in --steps" "$extra"; return
-    fi
+    step_wanted "$key" || return 0  # not asked for: no file, as for skip_step
     # This step's share of the budget, scaled to --budget-s, plus what earlier steps left.
     allotted=$((allotted + share[$key] * budget / total_share))
     local limit=$((measure_start + allotted - SECONDS))
