@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -180,7 +181,7 @@ def _choose_command(args: argparse.Namespace) -> int:
 def _write(path: str | Path, data: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # two merges at once never share one
     temporary.write_text(json.dumps(data, indent=2) + "\n")
     temporary.replace(path)
 
