@@ -10,7 +10,8 @@ one epoch of ``probe_batches`` Adam steps, in a scratch directory, and times
   step, the optimizer steps): the last step of the epoch, as the first pays
   the warm-up (kernels, allocator);
 - the evaluation of one digit by one run, from epoch 0 (each run's untrained
-  network on the probe's training and test digits, one run after another).
+  network on the probe's training digits and one batch of test digits, one run
+  after another).
 
 :func:`choose_epochs` then predicts the protocol's own epochs from them,
 
@@ -67,11 +68,15 @@ def probe(protocol: Protocol, work_dir: str | Path, *, probe_batches: int = 3) -
     specs = protocol.runs()
     first = specs[0].config.resolved()
     n_probe = probe_batches * first.batch_size
+    n_probe_test = min(first.n_test, first.batch_size)  # one evaluation batch: the time per digit is the figure
     root = Path(work_dir) / "probe"
     if root.exists():  # a finished probe run would be returned as stored, untimed
         shutil.rmtree(root)
     jobs = [
-        (dataclasses.replace(spec.config, n_train=n_probe, epochs=1), root / spec.run_id.replace("/", "_"))
+        (
+            dataclasses.replace(spec.config, n_train=n_probe, n_test=n_probe_test, epochs=1),
+            root / spec.run_id.replace("/", "_"),
+        )
         for spec in specs
     ]
     cuda = first.device == "cuda"
@@ -96,7 +101,7 @@ def probe(protocol: Protocol, work_dir: str | Path, *, probe_batches: int = 3) -
         raise RuntimeError(f"probe: {len(forward_done)} training forward passes seen; expected {probe_batches}")
     runs = len(jobs)
     n_steps = first.network_params().simulation.n_steps
-    evaluated = runs * (n_probe + first.n_test)  # epoch 0: each run's untrained network on its digits
+    evaluated = runs * (n_probe + n_probe_test)  # epoch 0: each run's untrained network on its digits
     return {
         "runs": runs,
         "device": first.device,
@@ -105,6 +110,7 @@ def probe(protocol: Protocol, work_dir: str | Path, *, probe_batches: int = 3) -
         "batch_size": first.batch_size,
         "n_steps": n_steps,
         "probe_n_train": n_probe,
+        "probe_n_test": n_probe_test,
         "probe_batches": probe_batches,
         "protocol_n_train": first.n_train,
         "protocol_n_test": first.n_test,

@@ -22,16 +22,17 @@
 #
 # Budget (seconds), estimated before any GPU ran this (none has been lent yet); each from what is known:
 #   install + preflight   45  3 wheels --no-deps into a --target folder, ~12 interpreter starts (torch, brian2)
-#   protocol_probe        60  start + models (15), epoch 0 of 12 runs on 768 digits each, 3 Adam steps, 1 eval
-#   protocol             150  start (30), epoch 0 on 2000 digits x 12 runs, N epochs (7 Adam steps + 400 digits)
-#   protocol_validate     80  12 validations, each ~10 s: an incremental cpp_standalone build, 400 trials over
+#   protocol_probe        75  start + models (15), epoch 0 of 12 runs on 768 + 256 digits each (~1 s a batch of
+#                             256 if a time step's ~60 launches take ~8 us each), 3 Adam steps, 12 x 256 digits
+#   protocol             145  start (30), epoch 0 on 2000 digits x 12 runs, N epochs (7 Adam steps + 400 digits)
+#   protocol_validate     75  12 validations, each ~10 s: an incremental cpp_standalone build, 400 trials over
 #                             16 processes, the float64 and float32 mirrors on 16 threads; table and figures
 #   cuda                 100  nvcc build (326 s on 2 cores for the copies layout, about 16x less over 16 cores),
 #                             400 copies: host-side synapse creation (~25 s on the CPU), 2000 steps, results
 #   cpp16                 20  a fresh build (~12 s), 400 trials over 16 processes
 #   cpp1                  15  cpp16's build again (nothing recompiled), 400 trials at ~76 trials/s (bench here)
 #   compare               20  the float64 mirror on 400 trials (16 threads), three identity reports
-#   bench, bench_fused  20+20 biosim bench --device cuda --no-brian2 --no-batch-sweep, twice
+#   bench, bench_fused  20+15 biosim bench --device cuda --no-brian2 --no-batch-sweep, twice
 #   merge, logs           10  (reserved outside the shares)
 #   total                540  = the device command's limit; the device tool's timeout_s=560 leaves 20 s over
 # The shares are scaled to what the install leaves of --total-s; a step's unused time goes to the next.
@@ -349,8 +350,8 @@ merge_report() {  # merge_report STATE: the one JSON file from the step files so
 cores="$(env -u OMP_NUM_THREADS nproc 2>/dev/null || echo 1)"  # nproc alone would obey OMP_NUM_THREADS
 protocol_dir="$work/protocol"
 # Estimated seconds of each step on the H200 (the header gives their basis); scaled to the budget below.
-declare -A share=([protocol_probe]=60 [protocol]=150 [validate]=80 [cuda]=100 [cpp16]=20 [cpp1]=15 [compare]=20
-                  [bench]=20 [bench_fused]=20 [train]=60)
+declare -A share=([protocol_probe]=75 [protocol]=145 [validate]=75 [cuda]=100 [cpp16]=20 [cpp1]=15 [compare]=20
+                  [bench]=20 [bench_fused]=15 [train]=60)
 order=(protocol_probe protocol validate cuda cpp16 cpp1 compare bench bench_fused train)
 reserve=10  # the last merge and the archive
 measure_start=$SECONDS
