@@ -1,31 +1,32 @@
 """The steps of ``scripts/gpu_check.sh``, the prepared GPU check (one process per step).
 
-The shell script installs what it can, then runs each step here in its own
+The shell script installs what it can, then runs each step in its own
 process under its own timeout, so that one failure or hang loses only that
 step's figures. Every step writes one small JSON file; ``merge`` joins them
-(and the script's notes on the install and each step's exit) into the one
-JSON file the check reports. Steps:
+(and the script's notes on the install and each step's exit, and the
+protocol's per-epoch metrics) into the one JSON file the check reports.
+The protocol steps run ``protocols.epoch_budget`` and ``biosim protocol
+run``; the steps here:
 
 ``env``
     Versions and devices as the interpreter that runs the steps sees them.
 ``train``
-    Medium-tier training (1600 digits, batch 256, fused engine, float32) on
-    CUDA torch through :func:`bridge.training.train`; the seconds of each
-    epoch as the trainer records them (``wall_time_s``: the epoch's 7
-    optimizer steps and its evaluation of the 400 test digits).
+    Medium-tier training of one run (1600 digits, batch 256, fused engine,
+    float32) through :func:`bridge.training.train`; the seconds of each
+    epoch as the trainer records them.
 ``brian2``
     400 test digits (untrained canonical weights, seed 0, as ``biosim
-    crosscheck``) on one Brian2 backend, one build; the spikes go to an
-    ``.npz`` file for ``compare``.
+    crosscheck``) on one Brian2 backend, one build, in one layout
+    (back to back or as copies of the network) and over some processes; the
+    spikes go to an ``.npz`` file for ``compare``.
 ``compare``
     The float64 mirror on the same trials (CPU, the reference of
-    ``biosim crosscheck`` and ``biosim validate``) against each backend's
-    spikes: spike identity per population, and ``cuda_standalone``'s speed
-    against ``cpp_standalone``'s.
+    ``biosim crosscheck`` and ``biosim validate``) against each spike file:
+    the spike-identity report (:mod:`bridge.spike_identity`) per file.
 ``merge``
-    The one JSON file: steps, install notes, and a summary with the GPU
-    targets (medium epoch <= 2 s, ``cuda_standalone`` >= 20x
-    ``cpp_standalone``).
+    The one JSON file: steps, install notes, the protocol's runs (per-epoch
+    metrics, validation) and a summary with the speed ratios and the GPU
+    targets (medium epoch <= 2 s, ``cuda_standalone`` >= 20x ``cpp_standalone``).
 
 ``merge`` uses the standard library only, so it runs with any Python 3. The
 no-GPU path of the script needs no Python at all.
@@ -47,8 +48,35 @@ __all__ = ["TARGETS", "main", "merge", "summarize"]
 TARGETS = {"medium_epoch_s": 2.0, "cuda_standalone_speedup": 20.0}
 """The GPU targets on an H100/H200: a medium epoch in at most 2 s, ``cuda_standalone`` at least 20x."""
 
-STEP_ORDER = ("train_epoch", "bench", "brian2_cpp_standalone", "brian2_cuda_standalone", "crosscheck")
+STEP_ORDER = (
+    "protocol_probe",
+    "protocol",
+    "protocol_validate",
+    "brian2_cuda_copies",
+    "brian2_cpp_p16",
+    "brian2_cpp_p1",
+    "crosscheck",
+    "bench",
+    "bench_fused",
+    "train_epoch",
+)
 """The steps in the order the script runs them (and the report lists them)."""
+
+PROTOCOL_EPOCH_FIELDS = (
+    "epoch",
+    "wall_time_s",
+    "elapsed_s",
+    "loss",
+    "train_accuracy",
+    "test_accuracy",
+    "rate_e_hz",
+    "rate_i_hz",
+    "gamma_peak_hz",
+    "w_ei_pruned_fraction",
+    "w_ie_pruned_fraction",
+    "retries",
+)
+"""What the report keeps of each epoch of each protocol run (``metrics.jsonl`` has more)."""
 
 SEED = 0
 """Seed of the weights, input spikes and initial states of the Brian2 trials (as ``biosim crosscheck``)."""
@@ -57,7 +85,7 @@ SEED = 0
 def _write(path: str | Path, data: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # two merges at once never share one
     temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
     os.replace(temporary, path)
 
@@ -202,8 +230,18 @@ def _brian2(args: argparse.Namespace) -> int:
 
     params, weights, trials = _trials_and_weights(args.n_trials)
     started = time.perf_counter()
+    # The copies layout runs in one process (processes stays unset there).
+    processes = args.processes if args.layout == "sequential" else None
     result = run_trials(
-        params, weights, trials, backend=args.backend, build_dir=args.build_dir, progress=True, processes=args.processes
+        params,
+        weights,
+        trials,
+        backend=args.backend,
+        build_dir=args.build_dir,
+        progress=True,
+        processes=processes,
+        layout=args.layout,
+        max_copies=args.max_copies,
     )
     wall = time.perf_counter() - started
     arrays = {}
@@ -221,6 +259,8 @@ def _brian2(args: argparse.Namespace) -> int:
         args.out,
         {
             "backend": args.backend,
+            "layout": args.layout,
+            "max_copies": args.max_copies,
             "n_trials": trials.n_trials,
             "seed": SEED,
             "build_s": timings.get("build"),
@@ -232,7 +272,7 @@ def _brian2(args: argparse.Namespace) -> int:
             "spikes_i": len(result.spikes_i),
             "brian2_version": brian2.__version__,
             "openmp_threads": brian2.prefs.devices.cpp_standalone.openmp_threads,
-            "processes": result.meta.get("build", {}).get("processes", 1),
+            "processes": result.meta.get("build", {}).get("processes", 1) if processes else 1,
             "precompiled_header": result.meta.get("build", {}).get("precompiled_header"),
             "extra_make_args_unix": list(brian2.prefs.devices.cpp_standalone.extra_make_args_unix),
             "spikes_file": str(args.spikes),
@@ -336,55 +376,151 @@ def _epochs_from_metrics(path: Path) -> dict[str, Any] | None:
     }
 
 
-def summarize(steps: dict[str, Any]) -> dict[str, Any]:
-    """The headline figures of the steps' results, with the targets and whether each is met."""
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # a line being written right now
+            continue
+    return [record for record in records if isinstance(record, dict)]
+
+
+def protocol_runs(protocol_dir: Path) -> dict[str, Any]:
+    """Each run of the protocol under ``protocol_dir``: its epochs (:data:`PROTOCOL_EPOCH_FIELDS`), status, validation.
+
+    Read while the protocol runs too (a run's ``metrics.jsonl`` gains a line per epoch).
+    """
+    runs: dict[str, Any] = {}
+    for metrics in sorted(protocol_dir.glob("*/seed_*/metrics.jsonl")):
+        run_dir = metrics.parent
+        run: dict[str, Any] = {
+            "epochs": [{k: e.get(k) for k in PROTOCOL_EPOCH_FIELDS if k in e} for e in _jsonl(metrics)]
+        }
+        status = _read(run_dir / "status.json") if (run_dir / "status.json").exists() else {}
+        run["status"] = status.get("status", "running or stopped")
+        run["elapsed_s"] = status.get("elapsed_s")
+        validation = status.get("validation") or {}
+        if validation:
+            run["validation"] = {"backend": validation.get("backend"), "verdict": validation.get("verdict")}
+            report = run_dir / f"validation_{validation.get('backend')}.json"
+            if report.exists():
+                record = _read(report)
+                run["validation"]["timings_s"] = record.get("timings_s")
+                run["validation"]["spike_identity_float64"] = record.get("spike_identity_float64")
+                run["validation"]["accuracy"] = {
+                    name: (simulator or {}).get("accuracy")
+                    for name, simulator in (record.get("simulators") or {}).items()
+                }
+        if status.get("error"):
+            run["error"] = status["error"]
+        runs[f"{run_dir.parent.name}/{run_dir.name}"] = run
+    return runs
+
+
+def _protocol_summary(steps: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
+    probe = (steps.get("protocol_probe") or {}).get("result") or {}
+    timings, choice = probe.get("probe") or {}, probe.get("choice") or {}
+    # The runs advance in rounds of one epoch; a run's wall_time_s runs from the round's start to the end of its
+    # own evaluation, so the round's time is the largest of them.
+    rounds: dict[int, float] = {}
+    for run in runs.values():
+        for epoch in run["epochs"]:
+            number, wall = epoch.get("epoch"), _number(epoch.get("wall_time_s"))
+            if isinstance(number, int) and number > 0 and wall is not None:
+                rounds[number] = max(rounds.get(number, 0.0), wall)
+    each = [round(rounds[k], 3) for k in sorted(rounds)]
+    done = [max((e.get("epoch") or 0 for e in run["epochs"]), default=0) for run in runs.values()]
+    validated = [run["validation"] for run in runs.values() if run.get("validation")]
+    brian2 = [((v.get("timings_s") or {}).get("brian2") or {}) for v in validated]
+    brian2_s = [sum(_number(x) or 0.0 for x in t.values()) for t in brian2 if t]
+    return {
+        "protocol_runs": len(runs),
+        "protocol_epochs_chosen": choice.get("epochs"),
+        "protocol_tier_epochs": choice.get("tier_epochs"),
+        "protocol_epochs_done_min": min(done) if done else None,
+        "protocol_epoch_s": each[-1] if each else None,
+        "protocol_epoch_s_each": each,
+        "protocol_predicted_epoch_s": choice.get("predicted_epoch_s"),
+        "protocol_adam_step_s": timings.get("adam_step_s"),
+        "protocol_time_step_ms": timings.get("time_step_ms"),
+        "protocol_runs_completed": sum(run["status"] == "completed" for run in runs.values()),
+        "protocol_runs_validated": len(validated),
+        "protocol_validation_pass": sum(v.get("verdict") == "pass" for v in validated),
+        "protocol_validation_brian2_s_mean": sum(brian2_s) / len(brian2_s) if brian2_s else None,
+    }
+
+
+def _ratio(numerator: Any, denominator: Any) -> float | None:
+    numerator, denominator = _number(numerator), _number(denominator)
+    return numerator / denominator if numerator and denominator else None
+
+
+def summarize(steps: dict[str, Any], runs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The headline figures of the steps' results (and the protocol's ``runs``), with the targets and ratios."""
 
     def result(name: str) -> dict[str, Any]:
         step = steps.get(name) or {}
         return step.get("result") or {}
 
-    train, cpp, cuda = result("train_epoch"), result("brian2_cpp_standalone"), result("brian2_cuda_standalone")
-    compare, bench = result("crosscheck"), result("bench")
-    epoch = _number(train.get("seconds_per_epoch"))
-    summary: dict[str, Any] = {
-        "medium_epoch_s": epoch,
-        "medium_epoch_first_s": _number(train.get("seconds_per_epoch_first")),
-        "medium_epoch_target_s": TARGETS["medium_epoch_s"],
-        "medium_epoch_meets_target": None if epoch is None else epoch <= TARGETS["medium_epoch_s"],
-    }
-    cpp_sim, cuda_sim = _number(cpp.get("simulate_s")), _number(cuda.get("simulate_s"))
-    speedup = cpp_sim / cuda_sim if cpp_sim and cuda_sim else None
-    cpp_total, cuda_total = _number(cpp.get("total_s")), _number(cuda.get("total_s"))
-    summary.update(
-        cpp_standalone_build_s=_number(cpp.get("build_s")),
-        cpp_standalone_simulate_s=cpp_sim,
-        cuda_standalone_build_s=_number(cuda.get("build_s")),
-        cuda_standalone_simulate_s=cuda_sim,
-        cuda_standalone_speedup=speedup,
-        cuda_standalone_speedup_with_build=cpp_total / cuda_total if cpp_total and cuda_total else None,
-        cuda_standalone_speedup_target=TARGETS["cuda_standalone_speedup"],
-        cuda_standalone_meets_target=None if speedup is None else speedup >= TARGETS["cuda_standalone_speedup"],
+    summary: dict[str, Any] = _protocol_summary(steps, runs or {})
+    train = result("train_epoch")
+    if train:
+        epoch = _number(train.get("seconds_per_epoch"))
+        summary.update(
+            medium_epoch_s=epoch,
+            medium_epoch_first_s=_number(train.get("seconds_per_epoch_first")),
+            medium_epoch_target_s=TARGETS["medium_epoch_s"],
+            medium_epoch_meets_target=None if epoch is None else epoch <= TARGETS["medium_epoch_s"],
+        )
+    cuda, cpp16, cpp1 = result("brian2_cuda_copies"), result("brian2_cpp_p16"), result("brian2_cpp_p1")
+    for key, part in (("cuda_copies", cuda), ("cpp_p16", cpp16), ("cpp_p1", cpp1)):
+        summary[f"{key}_backend"] = part.get("backend")
+        summary[f"{key}_build_s"] = _number(part.get("build_s"))
+        summary[f"{key}_simulate_s"] = _number(part.get("simulate_s"))
+    # Speed ratios: how many times faster the first simulates than the second (build included: _with_build).
+    for name, fast, slow in (
+        ("cuda_copies_vs_cpp_p1", cuda, cpp1),
+        ("cuda_copies_vs_cpp_p16", cuda, cpp16),
+        ("cpp_p16_vs_cpp_p1", cpp16, cpp1),
+    ):
+        summary[f"speedup_{name}"] = _ratio(slow.get("simulate_s"), fast.get("simulate_s"))
+        summary[f"speedup_{name}_with_build"] = _ratio(slow.get("total_s"), fast.get("total_s"))
+    speedup = summary["speedup_cuda_copies_vs_cpp_p1"]
+    summary["cuda_standalone_speedup_target"] = TARGETS["cuda_standalone_speedup"]
+    summary["cuda_standalone_meets_target"] = (
+        None
+        if speedup is None or cuda.get("backend") != "cuda_standalone"
+        else speedup >= TARGETS["cuda_standalone_speedup"]
     )
-    for backend, comparison in (compare.get("backends") or {}).items():
-        summary[f"{backend}_spikes_identical_to_mirror_float64"] = comparison.get("identical")
-        summary[f"{backend}_spike_identity_fraction"] = comparison.get("identity_fraction")
+    for label, comparison in (result("crosscheck").get("backends") or {}).items():
+        summary[f"{label}_spikes_identical_to_mirror_float64"] = comparison.get("identical")
+        summary[f"{label}_spike_identity_fraction"] = comparison.get("identity_fraction")
         trials = comparison.get("trials") or {}
-        summary[f"{backend}_identity_verdict"] = trials.get("verdict")
-        summary[f"{backend}_identical_trials"] = trials.get("identical_trials")
-    for key in ("speedup", "fused_sample_steps_per_s", "memory_ratio", "grad_max_rel_diff"):
-        if key in bench:
-            summary[f"bench_{key}"] = bench[key]
+        summary[f"{label}_identity_verdict"] = trials.get("verdict")
+        summary[f"{label}_identical_trials"] = trials.get("identical_trials")
+    for step in ("bench", "bench_fused"):
+        bench = result(step)
+        for key in ("speedup", "fused_sample_steps_per_s", "memory_ratio", "grad_max_rel_diff"):
+            if key in bench:
+                summary[f"{step}_{key}"] = bench[key]
     summary["steps_not_ok"] = sorted(name for name, step in steps.items() if (step or {}).get("status") != "ok")
     return summary
 
 
-def merge(parts: Path, out: Path, *, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Join the step files under ``parts`` into ``out``; returns what was written.
+def merge(
+    parts: Path, out: Path, *, meta: dict[str, Any] | None = None, protocol_dir: Path | None = None
+) -> dict[str, Any]:
+    """Join the step files under ``parts`` (and the protocol's runs under ``protocol_dir``) into ``out``.
 
     ``parts`` holds, per step ``NAME``, ``NAME.step.json`` (written by the
     script: status, exit code, timeout, seconds, log) and ``NAME.json`` (the
     step's own result, absent if it failed before writing it), plus
-    ``install.json`` and ``env.json``.
+    ``install.json`` and ``env.json``. Returns what was written.
     """
     steps: dict[str, Any] = {}
     order = {name: k for k, name in enumerate(STEP_ORDER)}
@@ -405,15 +541,19 @@ def merge(parts: Path, out: Path, *, meta: dict[str, Any] | None = None) -> dict
     for name in ("install", "env"):
         if (parts / f"{name}.json").exists():
             report[name] = _read(parts / f"{name}.json")
+    runs = protocol_runs(protocol_dir) if protocol_dir is not None else {}
     report["steps"] = steps
-    report["summary"] = summarize(steps)
+    if protocol_dir is not None:
+        report["protocol"] = {"dir": str(protocol_dir), "runs": runs}
+    report["summary"] = summarize(steps, runs)
     _write(out, report)
     return report
 
 
 def _merge(args: argparse.Namespace) -> int:
     meta = json.loads(args.meta) if args.meta else {}
-    report = merge(Path(args.parts), Path(args.out), meta=meta)
+    protocol_dir = Path(args.protocol_dir) if args.protocol_dir else None
+    report = merge(Path(args.parts), Path(args.out), meta=meta, protocol_dir=protocol_dir)
     print(json.dumps(report["summary"], indent=2))
     return 0
 
@@ -442,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--processes", type=int, default=1, help="cpp_standalone: processes sharing the build (default 1: one program)"
     )
+    p.add_argument("--layout", default="sequential", choices=("sequential", "copies"), help="biosim.copies")
+    p.add_argument("--max-copies", type=int, help="copies layout: at most this many trials at once")
     p.add_argument("--spikes", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(handler=_brian2)
@@ -454,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--meta", help="JSON object of top-level fields")
+    p.add_argument("--protocol-dir", help="the protocol's output directory: its runs' epochs and validations")
     p.set_defaults(handler=_merge)
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -506,6 +506,8 @@ def _protocol_run(args: argparse.Namespace) -> int:
     overrides = {"dtype": args.dtype} if args.dtype else {}
     if args.record_every:
         overrides["record_every"] = args.record_every
+    if args.epochs:  # every run's config records it; the tier's number otherwise
+        overrides["epochs"] = args.epochs
     if args.device:
         if args.device == "cuda":
             import torch
@@ -522,7 +524,9 @@ def _protocol_run(args: argparse.Namespace) -> int:
         **overrides,
     )
     recipe = "" if protocol.preset == "project" else f"_{protocol.preset}"
-    out = Path(args.out or f"results/{args.name}_{protocol.tier}{recipe}")
+    # Runs of another length are other runs: a directory of their own, never mixed with the tier's.
+    length = f"_{args.epochs}epochs" if args.epochs else ""
+    out = Path(args.out or f"results/{args.name}_{protocol.tier}{recipe}{length}")
     statuses = run_protocol(
         protocol,
         out,
@@ -605,6 +609,12 @@ def _add_protocol(subparsers) -> None:
         help=_RECORD_EVERY_HELP.replace("default: none", "default: the protocol's, none for most; protocol list"),
     )
     run.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help="epochs of every run, recorded in its config (default: the tier's; biosim protocol list); "
+        "the default output directory then ends in _NEPOCHS",
+    )
+    run.add_argument(
         "--preset",
         choices=_preset_names(),
         help="recipe every run starts from: project or reference (the study's; docs/reference.md); default: the "
@@ -621,7 +631,7 @@ def _add_protocol(subparsers) -> None:
         help="train the runs of one network shape together as one batched model, in this process "
         "(default: on with --device cuda, off on the CPU; docs/gpu.md, Many runs as one)",
     )
-    run.add_argument("--out", help="output directory (default: results/NAME_TIER, results/NAME_TIER_PRESET)")
+    run.add_argument("--out", help="output directory (default: results/NAME_TIER[_PRESET][_NEPOCHS])")
     run.add_argument("--formats", nargs="+", default=["png"], help="figure formats (png, pdf, svg)")
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(handler=_protocol_run)

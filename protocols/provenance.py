@@ -63,7 +63,7 @@ def protocol_command(protocol: Protocol, out_dir: str | Path | None = None) -> s
     # project's must be named to be run again).
     if protocol.preset != "project" or (record is not None and record.defaults.preset != "project"):
         parts += ["--preset", protocol.preset]
-    for key in ("dtype", "device", "record_every"):
+    for key in ("epochs", "dtype", "device", "record_every"):
         if key in protocol.overrides:
             parts += [f"--{key.replace('_', '-')}", str(protocol.overrides[key])]
     if out_dir is not None:

@@ -382,3 +382,47 @@ def test_code_version_without_git_is_null_not_an_error(tmp_path, monkeypatch):
     monkeypatch.undo()
     if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode == 0:
         assert len(code_version(REPO)["commit"]) == 40
+
+
+def test_an_epochs_override_sets_every_runs_length_and_the_run_is_validated(tmp_path):
+    """``--epochs N`` (overrides["epochs"]): recorded in each run's config and in the command that runs it again."""
+    tiny = _tiny(conditions=("frozen_ping",), seeds=(42,))
+    protocol = dataclasses.replace(tiny, overrides={**tiny.overrides, "epochs": 2})
+    assert [spec.config.epochs for spec in protocol.runs()] == [2]  # the smoke tier's own is 1
+    statuses = run_protocol(protocol, tmp_path, progress=False)
+    assert [s["status"] for s in statuses] == ["completed"]
+    assert statuses[0]["validation"]["verdict"] == "pass"
+    run_dir = tmp_path / "frozen_ping" / "seed_42"
+    assert json.loads((run_dir / "config.json").read_text())["config"]["epochs"] == 2
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2]
+    record = json.loads((tmp_path / "protocol.json").read_text())
+    assert record["protocol"]["overrides"]["epochs"] == 2
+    assert "--epochs 2" in record["command"]
+
+
+def test_the_epochs_flag_reaches_every_run_and_names_the_default_directory(tmp_path, monkeypatch, capsys):
+    import protocols.report
+    import protocols.runner
+    from protocols.cli import main
+
+    seen = {}
+
+    def fake_run(protocol, out, **options):
+        seen.update(protocol=protocol, out=out)
+        return []
+
+    monkeypatch.setattr(protocols.runner, "run_protocol", fake_run)
+    monkeypatch.setattr(protocols.report, "write_report", lambda out, formats: (tmp_path / "table.md", []))
+    (tmp_path / "table.md").write_text("table\n")
+    monkeypatch.chdir(tmp_path)
+    arguments = ["protocol", "run", "dale_pruning", "--tier", "cpu", "--preset", "reference", "--seeds", "42"]
+    assert main([*arguments, "--epochs", "3"]) == 0
+    assert seen["out"] == Path("results/dale_pruning_cpu_reference_3epochs")
+    assert {spec.config.epochs for spec in seen["protocol"].runs()} == {3}
+    assert main(arguments) == 0
+    assert seen["out"] == Path("results/dale_pruning_cpu_reference")
+    assert {spec.config.epochs for spec in seen["protocol"].runs()} == {2}  # the cpu tier's
+    with pytest.raises(SystemExit):
+        main([*arguments, "--epochs", "0"])
+    assert "--epochs" in capsys.readouterr().err
