@@ -504,7 +504,11 @@ bench_step bench bench
 switches="BIOSIM_CUDA_TRITON BIOSIM_CUDA_GRAPHS"
 if timeout 120 "$python" -c "import sys, biosim.environment as e; known = {v.name for v in e.VARIABLES}; \
 sys.exit(0 if set('$switches'.split()) <= known else 1)" 2>/dev/null; then
-    bench_step bench_fused bench_fused BIOSIM_CUDA_TRITON=on BIOSIM_CUDA_GRAPHS=on
+    if [ "$rehearse" = 1 ]; then  # CUDA graphs are refused off CUDA; tests/test_fused_triton.py covers the CPU side
+        skip_step bench_fused bench_fused "a rehearsal: BIOSIM_CUDA_GRAPHS is refused off CUDA"
+    else
+        bench_step bench_fused bench_fused BIOSIM_CUDA_TRITON=on BIOSIM_CUDA_GRAPHS=on
+    fi
 else
     skip_step bench_fused bench_fused "biosim.environment does not know $switches in this checkout"
 fi
