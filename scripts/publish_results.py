@@ -22,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+MAIN_JOB_PROTOCOL = "dale_pruning"
+"""The protocol scripts/main.sh runs: the one whose table the README shows."""
 BEGIN = "<!-- main-job table: begin -->"
 END = "<!-- main-job table: end -->"
 _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
@@ -68,16 +70,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("protocol_dir", type=Path, help="a protocol's output directory (holds protocol.json)")
     parser.add_argument("--name", help="page name under docs/results/ (default: the protocol's name)")
-    parser.add_argument("--no-readme", action="store_true", help="leave the README's main-job table as it is")
+    parser.add_argument(
+        "--no-readme", action="store_true", help="keep the README main-job table (only dale_pruning writes it)"
+    )
     args = parser.parse_args(argv)
     for required in ("protocol.json", "table.md", "report.md"):
         if not (args.protocol_dir / required).is_file():
             hint = " (biosim protocol report DIR writes it)" if required == "report.md" else ""
             parser.error(f"protocol_dir: {args.protocol_dir / required} does not exist{hint}")
-    name = args.name or json.loads((args.protocol_dir / "protocol.json").read_text())["protocol"]["name"]
+    protocol = json.loads((args.protocol_dir / "protocol.json").read_text())["protocol"]
+    name = args.name or protocol["name"]
     page = publish_report(args.protocol_dir, name, ROOT / "docs" / "results")
     print(f"wrote {page.relative_to(ROOT)}", file=sys.stderr)
-    if not args.no_readme:
+    # Only the main job's protocol owns the README's table; another protocol's page must not replace it.
+    if not args.no_readme and protocol["name"] == MAIN_JOB_PROTOCOL:
         table = table_summary((args.protocol_dir / "table.md").read_text())
         README.write_text(replace_block(README.read_text(), table))
         print(f"wrote the main-job table into {README.relative_to(ROOT)}", file=sys.stderr)
